@@ -1,0 +1,40 @@
+# One task runner: these targets are what developers and CI run.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+BIN    := $(VENV)/bin
+
+.PHONY: run test lint proto bench install dev clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.dev-installed: $(VENV)/.installed pyproject.toml
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed     ## the project, for `make run`
+dev: $(VENV)/.dev-installed     ## the project and what the tests and tools need
+
+run: install                    ## serve with the embedded defaults (gRPC :50051, HTTP :9095, ./var)
+	$(BIN)/pipewarden serve
+
+test: dev lint                  ## lint, then the whole suite
+	$(BIN)/pytest -q
+
+lint: dev                       ## ruff, strict mypy and buf lint on the protos
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/buf lint
+
+proto: dev                      ## regenerate pipewarden/v1 and pipewarden/storage/v1 from protos/
+	$(PY) scripts/gen_protos.py
+
+bench: dev                      ## the benchmarks; results also in bench/results.json
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis

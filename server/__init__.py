@@ -1,0 +1,1 @@
+"""The Pipewarden server: ingestion, sharded state, the event log and the gRPC service."""

@@ -1,0 +1,312 @@
+"""Configuration: typed, frozen, validated once at start.
+
+The YAML file of CONTRACT.md section 4 is read into these dataclasses; every key is optional and
+unknown keys are errors, so a typo is caught at start rather than silently ignored. Command-line
+flags override the file (see `with_overrides`). Every error names the key and what is wrong.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from server.errors import ConfigError
+
+__all__ = [
+    "AuthToken",
+    "Config",
+    "IngestLimits",
+    "Receiver",
+    "Route",
+    "ServerConfig",
+    "load",
+    "parse",
+    "parse_hostport",
+]
+
+
+@dataclass(frozen=True)
+class IngestLimits:
+    """Bounds on what one request may carry; beyond them a request or a row is refused."""
+
+    max_request_bytes: int = 16 * 1024 * 1024
+    """Largest accepted request message; larger ones get RESOURCE_EXHAUSTED."""
+    max_executions_per_request: int = 10_000
+    """Most executions in one IngestRequest; more get RESOURCE_EXHAUSTED."""
+    max_id_length: int = 256
+    """Longest execution_id, pipeline_id or upstream pipeline id; longer rows are rejected."""
+    max_team_length: int = 128
+    """Longest team name; longer rows are rejected."""
+    max_labels: int = 64
+    """Most labels on one execution; more are rejected."""
+    max_label_length: int = 256
+    """Longest label key or value."""
+    max_upstreams: int = 256
+    """Most upstream pipeline ids on one execution."""
+    max_error_message_length: int = 4096
+    """Longer error messages are kept, cut to this length."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Where the server listens, where it keeps its data, and how its state is laid out."""
+
+    listen: str = "127.0.0.1:50051"
+    """gRPC address, HOST:PORT."""
+    http_listen: str = "127.0.0.1:9095"
+    """HTTP address for /metrics and /healthz, HOST:PORT; empty turns HTTP off."""
+    data_dir: str = "./var"
+    """Directory of the write-ahead log (wal/) and snapshots (snapshots/)."""
+    shards: int = 16
+    """How many shards pipelines are spread over (by a stable hash of pipeline_id)."""
+    window: int = 64
+    """Runs kept per pipeline in its ring buffers of recent runs."""
+    max_in_flight_per_stream: int = 64
+    """Requests of one StreamIngest stream processed but not yet answered; more wait."""
+    max_seen_executions: int = 10_000_000
+    """Terminal execution ids remembered for duplicate detection; the oldest are forgotten."""
+    shutdown_grace_seconds: float = 10.0
+    """How long a stop waits for open streams to finish."""
+    limits: IngestLimits = field(default_factory=IngestLimits)
+    """Request and row size limits."""
+
+
+@dataclass(frozen=True)
+class Receiver:
+    """A notification receiver (delivered by the notifier workers)."""
+
+    name: str
+    """Name that routes refer to."""
+    type: str
+    """One of pagerduty, slack, email, webhook, console."""
+    options: Mapping[str, Any]
+    """The receiver's own settings (url, routing_key, smtp_host, ...)."""
+
+
+@dataclass(frozen=True)
+class Route:
+    """Which receivers get a team's alerts, by severity. The first matching route wins."""
+
+    team: str | None
+    """The team this route is for; None matches every team."""
+    critical: tuple[str, ...] = ()
+    """Receivers of CRITICAL alerts."""
+    high: tuple[str, ...] = ()
+    """Receivers of HIGH alerts."""
+    medium: tuple[str, ...] = ()
+    """Receivers of MEDIUM alerts."""
+
+
+@dataclass(frozen=True)
+class AuthToken:
+    """A bearer token and what it may do."""
+
+    token: str
+    """The token itself."""
+    team: str | None
+    """The team it belongs to; None for an admin token of no team."""
+    role: str
+    """reader, writer or admin."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration."""
+
+    server: ServerConfig = field(default_factory=ServerConfig)
+    """Listening addresses, data directory and state layout."""
+    receivers: tuple[Receiver, ...] = ()
+    """Notification receivers."""
+    routes: tuple[Route, ...] = ()
+    """Alert routes, first match wins."""
+    tokens: tuple[AuthToken, ...] = ()
+    """Bearer tokens; none means no authentication (loopback only)."""
+
+    def with_overrides(self, **server_keys: Any) -> Config:
+        """A copy with the given `server:` keys replaced (those whose value is not None)."""
+        changes = {k: v for k, v in server_keys.items() if v is not None}
+        if not changes:
+            return self
+        merged = {f.name: getattr(self.server, f.name) for f in dataclasses.fields(self.server)}
+        merged.update(changes)
+        return dataclasses.replace(self, server=_server(merged, "server"))
+
+
+RECEIVER_TYPES = ("pagerduty", "slack", "email", "webhook", "console")
+ROLES = ("reader", "writer", "admin")
+
+
+def load(path: str | Path | None) -> Config:
+    """Read and validate the YAML file at `path`; no path gives the defaults."""
+    if path is None:
+        return Config()
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ConfigError(str(path), f"cannot read the file: {e.strerror}") from e
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(str(path), f"not valid YAML: {e}") from e
+    return parse(data if data is not None else {})
+
+
+def parse(data: Any) -> Config:
+    """Validate a decoded configuration document."""
+    doc = _mapping(data, "(top level)", {"server", "receivers", "routes", "auth"})
+    server = _server(_mapping(doc.get("server", {}), "server", None), "server")
+    receivers = tuple(
+        _receiver(item, f"receivers[{i}]") for i, item in enumerate(_list(doc, "receivers"))
+    )
+    names = [r.name for r in receivers]
+    for name in names:
+        if names.count(name) > 1:
+            raise ConfigError("receivers", f"receiver name {name!r} is used more than once")
+    routes = tuple(
+        _route(item, f"routes[{i}]", set(names)) for i, item in enumerate(_list(doc, "routes"))
+    )
+    auth = _mapping(doc.get("auth", {}), "auth", {"tokens"})
+    tokens = tuple(
+        _token(item, f"auth.tokens[{i}]") for i, item in enumerate(_list(auth, "tokens"))
+    )
+    return Config(server=server, receivers=receivers, routes=routes, tokens=tokens)
+
+
+def parse_hostport(value: str, key: str) -> tuple[str, int]:
+    """Split HOST:PORT (IPv6 hosts in brackets), or raise a ConfigError naming `key`."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host:
+        raise ConfigError(key, f"{value!r} is not HOST:PORT")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(key, f"{value!r}: the port must be a number from 0 to 65535")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError as e:
+            raise ConfigError(key, f"{value!r}: an IPv6 host goes in brackets") from e
+    return host, int(port)
+
+
+def _server(raw: Mapping[str, Any], key: str) -> ServerConfig:
+    known = {f.name for f in dataclasses.fields(ServerConfig)}
+    for k in raw:
+        if k not in known:
+            raise ConfigError(f"{key}.{k}", f"unknown key (known: {', '.join(sorted(known))})")
+    defaults = ServerConfig()
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(ServerConfig):
+        if f.name not in raw:
+            continue
+        value = raw[f.name]
+        name = f"{key}.{f.name}"
+        if f.name == "limits":
+            value = value if isinstance(value, IngestLimits) else _limits(value, name)
+        elif isinstance(getattr(defaults, f.name), str):
+            value = _str(value, name, allow_empty=f.name == "http_listen")
+        elif isinstance(getattr(defaults, f.name), float):
+            value = _number(value, name, minimum=0.0)
+        else:
+            value = _int(value, name, minimum=1)
+        values[f.name] = value
+    config = dataclasses.replace(defaults, **values)
+    parse_hostport(config.listen, f"{key}.listen")
+    if config.http_listen:
+        parse_hostport(config.http_listen, f"{key}.http_listen")
+    if config.shards > 4096:
+        raise ConfigError(f"{key}.shards", f"{config.shards} is more than 4096")
+    if config.window > 4096:
+        raise ConfigError(f"{key}.window", f"{config.window} is more than 4096")
+    return config
+
+
+def _limits(raw: Any, key: str) -> IngestLimits:
+    doc = _mapping(raw, key, {f.name for f in dataclasses.fields(IngestLimits)})
+    return IngestLimits(**{k: _int(v, f"{key}.{k}", minimum=1) for k, v in doc.items()})
+
+
+def _receiver(raw: Any, key: str) -> Receiver:
+    doc = _mapping(raw, key, None)
+    name = _str(doc.get("name"), f"{key}.name")
+    rtype = _str(doc.get("type"), f"{key}.type")
+    if rtype not in RECEIVER_TYPES:
+        raise ConfigError(f"{key}.type", f"{rtype!r} is not one of {', '.join(RECEIVER_TYPES)}")
+    options = {k: v for k, v in doc.items() if k not in ("name", "type")}
+    return Receiver(name=name, type=rtype, options=options)
+
+
+def _route(raw: Any, key: str, receivers: set[str]) -> Route:
+    doc = _mapping(raw, key, {"team", "critical", "high", "medium"})
+    team = _str(doc["team"], f"{key}.team") if "team" in doc else None
+    lists: dict[str, tuple[str, ...]] = {}
+    for level in ("critical", "high", "medium"):
+        names = tuple(_str(n, f"{key}.{level}[{i}]") for i, n in enumerate(_list(doc, level)))
+        for n in names:
+            if n not in receivers:
+                raise ConfigError(f"{key}.{level}", f"no receiver is named {n!r}")
+        lists[level] = names
+    return Route(team=team, **lists)
+
+
+def _token(raw: Any, key: str) -> AuthToken:
+    doc = _mapping(raw, key, {"token", "team", "role"})
+    role = _str(doc.get("role", "reader"), f"{key}.role")
+    if role not in ROLES:
+        raise ConfigError(f"{key}.role", f"{role!r} is not one of {', '.join(ROLES)}")
+    team = _str(doc["team"], f"{key}.team") if "team" in doc else None
+    if team is None and role != "admin":
+        raise ConfigError(f"{key}.team", f"a {role} token needs a team")
+    return AuthToken(token=_str(doc.get("token"), f"{key}.token"), team=team, role=role)
+
+
+def _mapping(value: Any, key: str, allowed: set[str] | None) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(key, f"expected a mapping, got {type(value).__name__}")
+    for k in value:
+        if not isinstance(k, str):
+            raise ConfigError(key, f"key {k!r} is not a string")
+        if allowed is not None and k not in allowed:
+            where = f"{key}.{k}" if key != "(top level)" else k
+            raise ConfigError(where, f"unknown key (known: {', '.join(sorted(allowed))})")
+    return value
+
+
+def _list(doc: Mapping[str, Any], key: str) -> Sequence[Any]:
+    value = doc.get(key, [])
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ConfigError(key, f"expected a list, got {type(value).__name__}")
+    return value
+
+
+def _str(value: Any, key: str, *, allow_empty: bool = False) -> str:
+    if value is None:
+        raise ConfigError(key, "missing")
+    if not isinstance(value, str):
+        raise ConfigError(key, f"expected a string, got {type(value).__name__}")
+    if not value and not allow_empty:
+        raise ConfigError(key, "must not be empty")
+    return value
+
+
+def _int(value: Any, key: str, *, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(key, f"expected a whole number, got {value!r}")
+    if value < minimum:
+        raise ConfigError(key, f"{value} is less than {minimum}")
+    return value
+
+
+def _number(value: Any, key: str, *, minimum: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(key, f"expected a number, got {value!r}")
+    if value < minimum:
+        raise ConfigError(key, f"{value} is less than {minimum}")
+    return float(value)

@@ -1,0 +1,68 @@
+"""The detection seams: a detector reads state and finds anomalies; an alert sink receives them.
+
+The defaults here do nothing, so ingestion runs without detection until real detectors are
+plugged in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from server.shards import PipelineState, ShardSet
+
+__all__ = ["AlertSink", "Anomaly", "Detector", "NullDetector", "NullSink"]
+
+
+@dataclass(frozen=True, slots=True)
+class Anomaly:
+    """One current deviation of one pipeline."""
+
+    pipeline_id: str
+    """The pipeline that deviates."""
+    team: str
+    """Its team."""
+    kind: int
+    """A pipewarden.v1.AnomalyKind number."""
+    severity: int
+    """A pipewarden.v1.Severity number."""
+    message: str
+    """What was observed and what was expected, in words with the numbers."""
+    observed: float
+    """The observed value in the metric's unit."""
+    expected: float
+    """The expected value or threshold in the metric's unit."""
+    unit: str
+    """The unit: ratio, seconds, records or runs."""
+
+
+class Detector(Protocol):
+    """Finds the anomalies of one pipeline, reading its state and the fleet's."""
+
+    def evaluate(self, pipeline: PipelineState, fleet: ShardSet, now: float) -> Sequence[Anomaly]:
+        """The pipeline's current anomalies (empty when it is healthy)."""
+        ...
+
+
+class AlertSink(Protocol):
+    """Receives each evaluated pipeline's current anomalies."""
+
+    def receive(self, pipeline: PipelineState, anomalies: Sequence[Anomaly], now: float) -> None:
+        """Take the pipeline's anomalies as of `now`; an empty list means it is healthy."""
+        ...
+
+
+class NullDetector:
+    """Finds nothing."""
+
+    def evaluate(self, pipeline: PipelineState, fleet: ShardSet, now: float) -> Sequence[Anomaly]:
+        """No anomalies."""
+        return ()
+
+
+class NullSink:
+    """Drops what it receives."""
+
+    def receive(self, pipeline: PipelineState, anomalies: Sequence[Anomaly], now: float) -> None:
+        """Nothing to do."""

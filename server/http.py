@@ -1,0 +1,51 @@
+"""The HTTP port: /healthz, /readyz and /metrics (Prometheus text format)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+__all__ = ["HttpServer"]
+
+
+class HttpServer:
+    """A small aiohttp server; `ready` says whether recovery has finished."""
+
+    def __init__(self, host: str, port: int, ready: Callable[[], bool]) -> None:
+        self.host = host
+        self.port = port
+        self._ready = ready
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        """Listen. After it, `port` is the bound port (useful when asked for port 0)."""
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._metrics)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        for address in self._runner.addresses:
+            self.port = int(address[1])
+            break
+
+    async def close(self) -> None:
+        """Stop listening. Idempotent."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        if self._ready():
+            return web.Response(text="ready\n")
+        return web.Response(status=503, text="recovering\n")
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})

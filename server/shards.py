@@ -1,0 +1,486 @@
+"""Sharded in-memory state: per-pipeline aggregates, ring buffers of recent runs, team totals.
+
+Pipelines are spread over shards by a stable hash of their id (CRC-32, never Python's salted
+`hash()`), so a pipeline lands in the same shard on every run and on every node. Each shard owns
+its pipelines and its share of every team's totals; team metrics are the sum of the shards'
+shares, kept incrementally, so no read scans the pipelines. Everything here is pure: no I/O, no
+waiting.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import sys
+import zlib
+from array import array
+from collections.abc import Iterator
+
+from pipewarden.storage.v1 import storage_pb2
+from server.model import CANCELLED, FAILED, SUCCEEDED, Execution
+
+__all__ = ["MAX_IN_FLIGHT", "PipelineState", "Ring", "Shard", "ShardSet", "TeamTotals", "shard_of"]
+
+MAX_IN_FLIGHT = 64
+"""Runs remembered as in flight per pipeline; the oldest is forgotten beyond that."""
+
+
+def shard_of(pipeline_id: str, shards: int) -> int:
+    """The shard that owns `pipeline_id`: stable across processes and releases."""
+    return zlib.crc32(pipeline_id.encode()) % shards
+
+
+class Ring:
+    """A fixed-size ring buffer of recent terminal runs, in packed arrays (about 25 bytes a run).
+
+    Preallocated at full size, so a pipeline's memory does not grow with its history.
+    """
+
+    __slots__ = ("count", "duration", "position", "records", "status", "time")
+
+    def __init__(self, size: int) -> None:
+        self.status = array("b", bytes(size))
+        self.duration = array("d", bytes(8 * size))
+        self.records = array("q", bytes(8 * size))
+        self.time = array("d", bytes(8 * size))
+        self.position = 0
+        self.count = 0
+
+    def push(self, status: int, duration: float | None, records: int, time: float) -> None:
+        """Record one run, overwriting the oldest when full."""
+        i = self.position
+        self.status[i] = status
+        self.duration[i] = math.nan if duration is None else duration
+        self.records[i] = records
+        self.time[i] = time
+        size = len(self.status)
+        self.position = i + 1 if i + 1 < size else 0
+        if self.count < size:
+            self.count += 1
+
+    def indices(self) -> Iterator[int]:
+        """Slots in use, oldest first."""
+        size = len(self.status)
+        start = (self.position - self.count) % size
+        for k in range(self.count):
+            yield (start + k) % size
+
+    def runs(self) -> list[tuple[int, float | None, int, float]]:
+        """The runs, oldest first: (status, duration or None, records, time)."""
+        out: list[tuple[int, float | None, int, float]] = []
+        for i in self.indices():
+            d = self.duration[i]
+            out.append(
+                (self.status[i], None if math.isnan(d) else d, self.records[i], self.time[i])
+            )
+        return out
+
+
+class PipelineState:
+    """Everything kept about one pipeline."""
+
+    __slots__ = (
+        "cancelled",
+        "consecutive_failures",
+        "duration_count",
+        "duration_sum",
+        "failed",
+        "in_flight",
+        "labels",
+        "last_error",
+        "last_status",
+        "last_success_time",
+        "last_time",
+        "pipeline_id",
+        "records_sum",
+        "ring",
+        "succeeded",
+        "team",
+        "upstream",
+    )
+
+    def __init__(self, pipeline_id: str, team: str, window: int) -> None:
+        self.pipeline_id = pipeline_id
+        self.team = team
+        self.succeeded = 0
+        self.failed = 0
+        self.cancelled = 0
+        self.duration_sum = 0.0
+        self.duration_count = 0
+        self.records_sum = 0
+        self.last_time: float | None = None
+        self.last_status = 0
+        self.consecutive_failures = 0
+        self.last_error = ""
+        self.last_success_time: float | None = None
+        self.in_flight: dict[str, float] | None = None
+        self.upstream: tuple[str, ...] = ()
+        self.labels: dict[str, str] | None = None
+        self.ring = Ring(window)
+
+    @property
+    def total(self) -> int:
+        """Counted executions."""
+        return self.succeeded + self.failed + self.cancelled
+
+    @property
+    def success_rate(self) -> float:
+        """succeeded / (succeeded + failed), 0 when there are none."""
+        judged = self.succeeded + self.failed
+        return self.succeeded / judged if judged else 0.0
+
+    @property
+    def avg_duration(self) -> float:
+        """Mean known duration of succeeded and failed executions, seconds."""
+        return self.duration_sum / self.duration_count if self.duration_count else 0.0
+
+    @property
+    def avg_records(self) -> float:
+        """Mean records of succeeded and failed executions."""
+        judged = self.succeeded + self.failed
+        return self.records_sum / judged if judged else 0.0
+
+    def recent_success_rate(self) -> tuple[float, int]:
+        """Success rate over the ring buffer, and how many runs it holds."""
+        ok = bad = 0
+        status = self.ring.status
+        for i in self.ring.indices():
+            s = status[i]
+            if s == SUCCEEDED:
+                ok += 1
+            elif s == FAILED:
+                bad += 1
+        return (ok / (ok + bad) if ok + bad else 0.0), self.ring.count
+
+
+class TeamTotals:
+    """One shard's share of one team's totals."""
+
+    __slots__ = (
+        "cancelled",
+        "duration_count",
+        "duration_sum",
+        "failed",
+        "failing",
+        "pipelines",
+        "records_sum",
+        "succeeded",
+    )
+
+    def __init__(self) -> None:
+        self.pipelines = 0
+        self.succeeded = 0
+        self.failed = 0
+        self.cancelled = 0
+        self.duration_sum = 0.0
+        self.duration_count = 0
+        self.records_sum = 0
+        self.failing = 0
+
+    def add(self, other: TeamTotals) -> None:
+        """Add another share into this one."""
+        self.pipelines += other.pipelines
+        self.succeeded += other.succeeded
+        self.failed += other.failed
+        self.cancelled += other.cancelled
+        self.duration_sum += other.duration_sum
+        self.duration_count += other.duration_count
+        self.records_sum += other.records_sum
+        self.failing += other.failing
+
+
+class Shard:
+    """The pipelines whose id hashes to one index, and their teams' totals."""
+
+    __slots__ = ("index", "pipelines", "teams", "window")
+
+    def __init__(self, index: int, window: int) -> None:
+        self.index = index
+        self.window = window
+        self.pipelines: dict[str, PipelineState] = {}
+        self.teams: dict[str, TeamTotals] = {}
+
+    def create(self, pipeline_id: str, team: str) -> PipelineState:
+        """Add a new pipeline."""
+        team = sys.intern(team)
+        state = PipelineState(pipeline_id, team, self.window)
+        self.pipelines[pipeline_id] = state
+        totals = self.teams.get(team)
+        if totals is None:
+            totals = self.teams[team] = TeamTotals()
+        totals.pipelines += 1
+        return state
+
+    def apply_terminal(self, state: PipelineState, e: Execution) -> None:
+        """Count one terminal execution of `state`'s pipeline (already known to be new)."""
+        totals = self.teams[state.team]
+        status = e.status
+        t = e.event_time
+        if state.in_flight is not None:
+            state.in_flight.pop(e.execution_id, None)
+            if not state.in_flight:
+                state.in_flight = None
+        if e.upstream:
+            state.upstream = e.upstream
+        if e.labels:
+            state.labels = e.labels
+        state.ring.push(status, e.duration, e.records, t)
+        if status == CANCELLED:
+            state.cancelled += 1
+            totals.cancelled += 1
+        else:
+            if status == SUCCEEDED:
+                state.succeeded += 1
+                totals.succeeded += 1
+                last_success = state.last_success_time
+                if last_success is None or t >= last_success:
+                    state.last_success_time = t
+                    if state.last_time is None or t >= state.last_time:
+                        state.consecutive_failures = 0
+                    else:
+                        # A late success: only the failures after it (by event time) still count.
+                        state.consecutive_failures = self._failures_after(state, t)
+            else:
+                state.failed += 1
+                totals.failed += 1
+                state.last_error = e.error_message
+                last_success = state.last_success_time
+                if last_success is None or t >= last_success:
+                    state.consecutive_failures += 1
+            duration = e.duration
+            if duration is not None:
+                state.duration_sum += duration
+                state.duration_count += 1
+                totals.duration_sum += duration
+                totals.duration_count += 1
+            state.records_sum += e.records
+            totals.records_sum += e.records
+        if state.last_time is None or t >= state.last_time:
+            was_failing = state.last_status == FAILED
+            state.last_time = t
+            state.last_status = status
+            is_failing = status == FAILED
+            if was_failing != is_failing:
+                totals.failing += 1 if is_failing else -1
+
+    @staticmethod
+    def _failures_after(state: PipelineState, t: float) -> int:
+        ring = state.ring
+        return sum(1 for i in ring.indices() if ring.status[i] == FAILED and ring.time[i] > t)
+
+    @staticmethod
+    def apply_running(state: PipelineState, e: Execution) -> None:
+        """Mark one execution of `state`'s pipeline as in flight."""
+        if state.in_flight is None:
+            state.in_flight = {}
+        elif len(state.in_flight) >= MAX_IN_FLIGHT and e.execution_id not in state.in_flight:
+            state.in_flight.pop(next(iter(state.in_flight)))
+        state.in_flight[e.execution_id] = e.event_time
+
+    # -- snapshots ---------------------------------------------------------------------------
+
+    def dump(self) -> storage_pb2.ShardSnapshot:
+        """The whole shard as a snapshot message."""
+        snap = storage_pb2.ShardSnapshot(index=self.index)
+        for p in self.pipelines.values():
+            ring = p.ring
+            msg = snap.pipelines.add(
+                pipeline_id=p.pipeline_id,
+                team=p.team,
+                succeeded=p.succeeded,
+                failed=p.failed,
+                cancelled=p.cancelled,
+                duration_sum=p.duration_sum,
+                duration_count=p.duration_count,
+                records_sum=str(p.records_sum),
+                last_status=p.last_status,
+                consecutive_failures=p.consecutive_failures,
+                last_error=p.last_error,
+                upstream=p.upstream,
+                ring=storage_pb2.RingSnapshot(
+                    size=len(ring.status),
+                    position=ring.position,
+                    count=ring.count,
+                    status=ring.status.tobytes(),
+                    duration=ring.duration.tobytes(),
+                    records=ring.records.tobytes(),
+                    time=ring.time.tobytes(),
+                ),
+            )
+            if p.last_time is not None:
+                msg.last_time = p.last_time
+            if p.last_success_time is not None:
+                msg.last_success_time = p.last_success_time
+            if p.in_flight:
+                msg.in_flight.update(p.in_flight)
+            if p.labels:
+                msg.labels.update(p.labels)
+        for team, t in self.teams.items():
+            snap.teams.add(
+                team=team,
+                pipelines=t.pipelines,
+                succeeded=t.succeeded,
+                failed=t.failed,
+                cancelled=t.cancelled,
+                duration_sum=t.duration_sum,
+                duration_count=t.duration_count,
+                records_sum=str(t.records_sum),
+                failing=t.failing,
+            )
+        return snap
+
+    @classmethod
+    def restore(cls, snap: storage_pb2.ShardSnapshot, window: int) -> Shard:
+        """A shard from its snapshot. A ring of another size is refilled into `window` slots."""
+        shard = cls(snap.index, window)
+        for msg in snap.pipelines:
+            p = PipelineState(msg.pipeline_id, msg.team, window)
+            p.succeeded = msg.succeeded
+            p.failed = msg.failed
+            p.cancelled = msg.cancelled
+            p.duration_sum = msg.duration_sum
+            p.duration_count = msg.duration_count
+            p.records_sum = int(msg.records_sum or "0")
+            p.last_time = msg.last_time if msg.HasField("last_time") else None
+            p.last_status = msg.last_status
+            p.consecutive_failures = msg.consecutive_failures
+            p.last_error = msg.last_error
+            p.last_success_time = (
+                msg.last_success_time if msg.HasField("last_success_time") else None
+            )
+            p.in_flight = dict(msg.in_flight) or None
+            p.upstream = tuple(msg.upstream)
+            p.labels = dict(msg.labels) or None
+            _restore_ring(p.ring, msg.ring)
+            shard.pipelines[p.pipeline_id] = p
+        for t in snap.teams:
+            totals = shard.teams[t.team] = TeamTotals()
+            totals.pipelines = t.pipelines
+            totals.succeeded = t.succeeded
+            totals.failed = t.failed
+            totals.cancelled = t.cancelled
+            totals.duration_sum = t.duration_sum
+            totals.duration_count = t.duration_count
+            totals.records_sum = int(t.records_sum or "0")
+            totals.failing = t.failing
+        return shard
+
+
+def _restore_ring(ring: Ring, msg: storage_pb2.RingSnapshot) -> None:
+    if msg.size == len(ring.status):
+        ring.status = array("b", msg.status)
+        ring.duration = array("d", msg.duration)
+        ring.records = array("q", msg.records)
+        ring.time = array("d", msg.time)
+        ring.position = msg.position
+        ring.count = msg.count
+        return
+    old = Ring(msg.size)
+    old.status = array("b", msg.status)
+    old.duration = array("d", msg.duration)
+    old.records = array("q", msg.records)
+    old.time = array("d", msg.time)
+    old.position, old.count = msg.position, msg.count
+    for status, duration, records, time in old.runs():
+        ring.push(status, duration, records, time)
+
+
+class ShardSet:
+    """All shards, the sorted index of pipeline ids that paging reads, and team lookups."""
+
+    def __init__(self, shards: int, window: int) -> None:
+        self.window = window
+        self.shards = [Shard(i, window) for i in range(shards)]
+        self._sorted: list[str] = []
+        self._sorted_by_team: dict[str, list[str]] = {}
+
+    def __len__(self) -> int:
+        return len(self._sorted)
+
+    def shard_for(self, pipeline_id: str) -> Shard:
+        """The shard that owns `pipeline_id`."""
+        return self.shards[zlib.crc32(pipeline_id.encode()) % len(self.shards)]
+
+    def get(self, pipeline_id: str) -> PipelineState | None:
+        """A pipeline's state, or None when it has never been seen."""
+        return self.shard_for(pipeline_id).pipelines.get(pipeline_id)
+
+    def create(self, shard: Shard, pipeline_id: str, team: str) -> PipelineState:
+        """Add a pipeline to its shard and to the sorted indexes."""
+        state = shard.create(pipeline_id, team)
+        bisect.insort(self._sorted, pipeline_id)
+        bisect.insort(self._sorted_by_team.setdefault(team, []), pipeline_id)
+        return state
+
+    def page(self, team: str, after: str, size: int) -> tuple[list[PipelineState], bool]:
+        """Up to `size` pipelines with ids after `after`, in id order; and whether more follow."""
+        ids = self._sorted_by_team.get(team, []) if team else self._sorted
+        start = bisect.bisect_right(ids, after) if after else 0
+        chunk = ids[start : start + size]
+        more = start + size < len(ids)
+        states = []
+        for pid in chunk:
+            state = self.get(pid)
+            assert state is not None
+            states.append(state)
+        return states, more
+
+    def teams(self) -> list[str]:
+        """Every team, sorted."""
+        return sorted(self._sorted_by_team)
+
+    def team_totals(self, team: str) -> TeamTotals | None:
+        """One team's totals summed over the shards, or None for an unknown team."""
+        if team not in self._sorted_by_team:
+            return None
+        total = TeamTotals()
+        for shard in self.shards:
+            part = shard.teams.get(team)
+            if part is not None:
+                total.add(part)
+        return total
+
+    def pipelines(self) -> Iterator[PipelineState]:
+        """Every pipeline, shard by shard."""
+        for shard in self.shards:
+            yield from shard.pipelines.values()
+
+    def dump(self) -> list[storage_pb2.ShardSnapshot]:
+        """Every shard as a snapshot message."""
+        return [shard.dump() for shard in self.shards]
+
+    def restore(self, snaps: list[storage_pb2.ShardSnapshot]) -> None:
+        """Replace all state with the snapshots'. Pipelines are re-spread if the shard count
+        changed since the snapshot was taken."""
+        if len(snaps) == len(self.shards) and all(s.index == i for i, s in enumerate(snaps)):
+            self.shards = [Shard.restore(s, self.window) for s in snaps]
+        else:
+            self.shards = [Shard(i, self.window) for i in range(len(self.shards))]
+            for snap in snaps:
+                old = Shard.restore(snap, self.window)
+                for pid, state in old.pipelines.items():
+                    self.shard_for(pid).pipelines[pid] = state
+            for shard in self.shards:
+                for state in shard.pipelines.values():
+                    _add_to_totals(shard, state)
+        self._sorted = sorted(p.pipeline_id for p in self.pipelines())
+        by_team: dict[str, list[str]] = {}
+        for pid in self._sorted:
+            found = self.get(pid)
+            assert found is not None
+            by_team.setdefault(found.team, []).append(pid)
+        self._sorted_by_team = by_team
+
+
+def _add_to_totals(shard: Shard, p: PipelineState) -> None:
+    totals = shard.teams.get(p.team)
+    if totals is None:
+        totals = shard.teams[p.team] = TeamTotals()
+    totals.pipelines += 1
+    totals.succeeded += p.succeeded
+    totals.failed += p.failed
+    totals.cancelled += p.cancelled
+    totals.duration_sum += p.duration_sum
+    totals.duration_count += p.duration_count
+    totals.records_sum += p.records_sum
+    totals.failing += 1 if p.last_status == FAILED else 0

@@ -1,0 +1,175 @@
+"""Translate a protobuf PipelineExecution into an Execution, or say why it is refused.
+
+The checks are those of CONTRACT.md section 3 plus the size limits of the configuration. Each
+reason names the field, the value and the rule, so the runner's owner can fix it without reading
+the server's code.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from pipewarden.v1.execution_pb2 import PipelineExecution
+from server.config import IngestLimits
+from server.model import CANCELLED, FAILED, RUNNING, SUCCEEDED, Execution
+
+__all__ = ["convert", "format_time"]
+
+_STATUSES = frozenset({SUCCEEDED, FAILED, RUNNING, CANCELLED})
+# The range of google.protobuf.Timestamp: 0001-01-01 to 9999-12-31.
+_MIN_SECONDS = -62_135_596_800
+_MAX_SECONDS = 253_402_300_799
+_MAX_DURATION_SECONDS = 315_576_000_000
+
+
+def format_time(t: float) -> str:
+    """An event time as an ISO 8601 UTC string, for messages."""
+    try:
+        return datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")
+    except (OverflowError, OSError, ValueError):
+        return f"{t:.0f}s since the epoch"
+
+
+def _timestamp(ts: Timestamp, name: str) -> float | str:
+    if not _MIN_SECONDS <= ts.seconds <= _MAX_SECONDS or not 0 <= ts.nanos <= 999_999_999:
+        return (
+            f"{name} is not a valid timestamp (seconds={ts.seconds}, nanos={ts.nanos}); "
+            "it must lie between years 1 and 9999 with nanos from 0 to 999999999"
+        )
+    return ts.seconds + ts.nanos * 1e-9
+
+
+def _duration(d: Duration) -> float | str:
+    s, n = d.seconds, d.nanos
+    if abs(s) > _MAX_DURATION_SECONDS or abs(n) > 999_999_999 or (s > 0 > n) or (s < 0 < n):
+        return f"duration is not a valid Duration (seconds={s}, nanos={n})"
+    value = s + n * 1e-9
+    if value < 0:
+        return f"duration is {value:g}s; it must not be negative"
+    return value
+
+
+def convert(
+    msg: PipelineExecution, received_at: float, limits: IngestLimits, *, check_limits: bool = True
+) -> Execution | str:
+    """The Execution for `msg`, or the reason it is refused.
+
+    `received_at` (Unix seconds) stands in for the event time when the runner sent no times.
+    With `check_limits` False (replaying the log, where the event was accepted once already) the
+    size limits are not applied, so a lowered limit never drops what was acknowledged.
+    """
+    execution_id = msg.execution_id
+    pipeline_id = msg.pipeline_id
+    team = msg.team
+    status = msg.status
+    if not execution_id.strip():
+        return "execution_id is required"
+    if not pipeline_id.strip():
+        return "pipeline_id is required"
+    if not team.strip():
+        return "team is required"
+    if status not in _STATUSES:
+        if status == 0:
+            return "status is required (it is EXECUTION_STATUS_UNSPECIFIED)"
+        return f"status {status} is not a known ExecutionStatus"
+    records = msg.records_processed
+    if records < 0:
+        return f"records_processed is {records}; it must not be negative"
+
+    started_at: float | None = None
+    finished_at: float | None = None
+    duration: float | None = None
+    if msg.HasField("started_at"):
+        value = _timestamp(msg.started_at, "started_at")
+        if isinstance(value, str):
+            return value
+        started_at = value
+    if msg.HasField("finished_at"):
+        value = _timestamp(msg.finished_at, "finished_at")
+        if isinstance(value, str):
+            return value
+        finished_at = value
+    if msg.HasField("duration"):
+        value = _duration(msg.duration)
+        if isinstance(value, str):
+            return value
+        duration = value
+    if started_at is not None and finished_at is not None:
+        if finished_at < started_at:
+            return (
+                f"finished_at ({format_time(finished_at)}) is before started_at "
+                f"({format_time(started_at)})"
+            )
+        if duration is None:
+            duration = finished_at - started_at
+
+    upstream = tuple(msg.upstream_pipeline_ids)
+    labels = dict(msg.labels)
+    error_message = msg.error_message
+    if check_limits:
+        reason = _check_limits(execution_id, pipeline_id, team, upstream, labels, limits)
+        if reason:
+            return reason
+    if len(error_message) > limits.max_error_message_length:
+        error_message = error_message[: limits.max_error_message_length]
+
+    if finished_at is not None:
+        event_time = finished_at
+    elif started_at is not None:
+        event_time = started_at + duration if duration is not None else started_at
+    else:
+        event_time = received_at
+    if status == RUNNING:
+        # A run in flight happens at its start; its duration is not known yet.
+        event_time = started_at if started_at is not None else received_at
+    return Execution(
+        execution_id,
+        pipeline_id,
+        team,
+        status,
+        started_at,
+        finished_at,
+        duration,
+        records,
+        upstream,
+        labels,
+        error_message,
+        event_time,
+    )
+
+
+def _check_limits(
+    execution_id: str,
+    pipeline_id: str,
+    team: str,
+    upstream: tuple[str, ...],
+    labels: dict[str, str],
+    limits: IngestLimits,
+) -> str | None:
+    for name, value, limit in (
+        ("execution_id", execution_id, limits.max_id_length),
+        ("pipeline_id", pipeline_id, limits.max_id_length),
+        ("team", team, limits.max_team_length),
+    ):
+        if len(value) > limit:
+            return f"{name} is {len(value)} characters long; the limit is {limit}"
+    if len(upstream) > limits.max_upstreams:
+        count, limit = len(upstream), limits.max_upstreams
+        return f"upstream_pipeline_ids has {count} entries; the limit is {limit}"
+    for i, up in enumerate(upstream):
+        if not up.strip():
+            return f"upstream_pipeline_ids[{i}] is empty"
+        if len(up) > limits.max_id_length:
+            return (
+                f"upstream_pipeline_ids[{i}] is {len(up)} characters long; "
+                f"the limit is {limits.max_id_length}"
+            )
+    if len(labels) > limits.max_labels:
+        return f"labels has {len(labels)} entries; the limit is {limits.max_labels}"
+    for key, value in labels.items():
+        if len(key) > limits.max_label_length or len(value) > limits.max_label_length:
+            return f"label {key[:40]!r} is longer than {limits.max_label_length} characters"
+    return None
