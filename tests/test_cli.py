@@ -1,0 +1,124 @@
+"""The `pipewarden` command against a real server process."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.process import BIN, ServerProcess
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
+    proc = ServerProcess(tmp_path / "data")
+    try:
+        proc.wait_serving()
+        yield proc
+    finally:
+        proc.kill()
+
+
+def pw(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN), *args],
+        capture_output=True,
+        text=True,
+        input=stdin,
+        timeout=60,
+        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
+    )
+
+
+LINES = [
+    {
+        "executionId": "e1",
+        "pipelineId": "etl.orders",
+        "team": "sales",
+        "status": "EXECUTION_STATUS_SUCCEEDED",
+        "startedAt": "2026-11-26T08:00:00Z",
+        "finishedAt": "2026-11-26T08:01:00Z",
+        "recordsProcessed": "100",
+    },
+    {
+        "executionId": "e2",
+        "pipelineId": "etl.orders",
+        "team": "sales",
+        "status": "EXECUTION_STATUS_FAILED",
+        "startedAt": "2026-11-26T09:00:00Z",
+        "duration": "30s",
+        "recordsProcessed": 50,
+        "errorMessage": "boom",
+    },
+    {
+        "executionId": "e1",
+        "pipelineId": "etl.orders",
+        "team": "sales",
+        "status": "EXECUTION_STATUS_SUCCEEDED",
+    },
+    {
+        "executionId": "e3",
+        "pipelineId": "etl.orders",
+        "team": "sales",
+        "status": "EXECUTION_STATUS_SUCCEEDED",
+        "recordsProcessed": -1,
+    },
+]
+
+
+def test_send_health_and_teams(server: ServerProcess, tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    path.write_text("\n".join(json.dumps(x) for x in LINES) + "\n{not json\n")
+    sent = pw("send", str(path), "--target", server.target, "--json")
+    assert sent.returncode == 1, sent.stderr  # some lines were rejected
+    result = json.loads(sent.stdout)
+    assert (result["accepted"], result["duplicates"]) == (2, 1)
+    assert [(r["line"], r["execution_id"]) for r in result["rejected"]] == [(4, "e3"), (5, "")]
+    assert "records_processed is -1" in result["rejected"][0]["reason"]
+
+    health = json.loads(pw("health", "--target", server.target, "--json").stdout)
+    assert [(h["pipelineId"], h["totalExecutions"], h["successRate"]) for h in health] == [
+        ("etl.orders", "2", 0.5)
+    ]
+    one = json.loads(pw("health", "etl.orders", "--target", server.target, "--json").stdout)
+    assert one["avgDurationSeconds"] == 45.0 and one["lastErrorMessage"] == "boom"
+    table = pw("health", "--target", server.target)
+    assert table.returncode == 0 and "etl.orders" in table.stdout and "50.0%" in table.stdout
+    teams = pw("teams", "--target", server.target)
+    assert teams.returncode == 0 and "sales" in teams.stdout
+    missing = pw("health", "nope", "--target", server.target)
+    assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr
+
+
+def test_send_from_standard_input(server: ServerProcess) -> None:
+    sent = pw("send", "-", "--target", server.target, stdin=json.dumps(LINES[0]) + "\n")
+    assert sent.returncode == 0, sent.stderr
+    assert "accepted 1" in sent.stdout
+
+
+def test_client_commands_explain_an_unreachable_server(tmp_path: Path) -> None:
+    from tests.process import free_port
+
+    out = pw("teams", "--target", f"127.0.0.1:{free_port()}")
+    assert out.returncode == 1
+    assert "cannot reach Pipewarden" in out.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_serve_stops_cleanly_on_signals(tmp_path: Path, sig: int) -> None:
+    proc = ServerProcess(tmp_path / "data")
+    proc.wait_serving()
+    assert proc.stop(sig) == 0
+    assert "stopped" in proc.log()
+
+
+def test_serve_refuses_a_bad_configuration(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("server: {shards: 0}\n")
+    out = pw("serve", "--config", str(config))
+    assert out.returncode == 2
+    assert "server.shards: 0 is less than 1" in out.stderr

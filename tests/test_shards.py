@@ -1,0 +1,83 @@
+"""Unit tests of the sharded state: the pure core, table-driven."""
+
+from __future__ import annotations
+
+import math
+import zlib
+
+import pytest
+
+from server.model import CANCELLED, FAILED, SUCCEEDED, Execution
+from server.shards import Ring, ShardSet, shard_of
+
+
+def _e(
+    eid: str, status: int, t: float, duration: float | None = 1.0, records: int = 1
+) -> Execution:
+    return Execution(eid, "p", "team", status, t - 1, t, duration, records, (), {}, "", t)
+
+
+def test_shard_of_is_a_stable_hash() -> None:
+    # CRC-32 of the id's UTF-8 bytes: the same in every process, unlike hash().
+    assert shard_of("payments.settle", 16) == zlib.crc32(b"payments.settle") % 16
+    assert shard_of("payments.settle", 16) == 5  # pinned: moving it would move data
+    assert {shard_of(f"p{i}", 8) for i in range(200)} == set(range(8))
+
+
+def test_ring_keeps_the_latest_runs_oldest_first() -> None:
+    ring = Ring(3)
+    for i in range(5):
+        ring.push(SUCCEEDED if i % 2 else FAILED, None if i == 4 else float(i), i * 10, 100.0 + i)
+    assert ring.count == 3
+    assert ring.runs() == [
+        (FAILED, 2.0, 20, 102.0),
+        (SUCCEEDED, 3.0, 30, 103.0),
+        (FAILED, None, 40, 104.0),
+    ]
+    assert math.isnan(ring.duration[(ring.position - 1) % 3])
+
+
+@pytest.mark.parametrize(
+    ("events", "streak"),
+    [
+        ([(FAILED, 10), (FAILED, 20)], 2),
+        ([(FAILED, 10), (SUCCEEDED, 20), (FAILED, 30)], 1),
+        ([(SUCCEEDED, 10), (FAILED, 10)], 1),  # same time: the later arrival is after
+        ([(FAILED, 10), (SUCCEEDED, 10)], 0),
+        ([(FAILED, 10), (FAILED, 30), (SUCCEEDED, 20)], 1),  # late success in between
+        ([(SUCCEEDED, 20), (FAILED, 10)], 0),  # late failure before the success
+        ([(FAILED, 10), (CANCELLED, 20), (FAILED, 30)], 2),  # cancelled runs do not break it
+    ],
+)
+def test_consecutive_failures_by_event_time(events: list[tuple[int, float]], streak: int) -> None:
+    shards = ShardSet(4, window=16)
+    shard = shards.shard_for("p")
+    state = shards.create(shard, "p", "team")
+    for i, (status, t) in enumerate(events):
+        shard.apply_terminal(state, _e(f"e{i}", status, t))
+    assert state.consecutive_failures == streak
+
+
+def test_failing_pipelines_follow_the_latest_status() -> None:
+    shards = ShardSet(2, window=8)
+    shard = shards.shard_for("p")
+    state = shards.create(shard, "p", "team")
+    shard.apply_terminal(state, _e("a", FAILED, 10))
+    assert shards.team_totals("team").failing == 1  # type: ignore[union-attr]
+    shard.apply_terminal(state, _e("b", FAILED, 5))  # older: the latest is still a failure
+    shard.apply_terminal(state, _e("c", SUCCEEDED, 20))
+    assert shards.team_totals("team").failing == 0  # type: ignore[union-attr]
+
+
+def test_restore_into_another_window_keeps_the_latest_runs() -> None:
+    shards = ShardSet(1, window=8)
+    shard = shards.shard_for("p")
+    state = shards.create(shard, "p", "team")
+    for i in range(6):
+        shard.apply_terminal(state, _e(f"e{i}", SUCCEEDED, float(i), duration=float(i)))
+    smaller = ShardSet(1, window=4)
+    smaller.restore(shards.dump())
+    restored = smaller.get("p")
+    assert restored is not None
+    assert [r[1] for r in restored.ring.runs()] == [2.0, 3.0, 4.0, 5.0]
+    assert restored.total == 6
