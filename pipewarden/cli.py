@@ -18,6 +18,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import json_format
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -57,6 +58,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen", help="gRPC address HOST:PORT (default 127.0.0.1:50051)")
     serve.add_argument("--http-listen", help="HTTP address HOST:PORT (default 127.0.0.1:9095)")
     serve.add_argument("--data-dir", help="where the log and snapshots live (default ./var)")
+    serve.add_argument(
+        "--repair",
+        action="store_true",
+        help="cut a log that is corrupt before its newest segment at the corruption, "
+        "losing what follows, instead of refusing to start",
+    )
     serve.set_defaults(run=_serve)
 
     def client(name: str, help: str) -> argparse.ArgumentParser:
@@ -139,7 +146,7 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as e:
         err.print(f"[red]error:[/] {e}")
         return 2
-    return app.run(config)
+    return app.run(config, repair=args.repair)
 
 
 # -- send ----------------------------------------------------------------------------------------
@@ -233,31 +240,27 @@ def _health(args: argparse.Namespace) -> int:
     if not pipelines:
         console.print("No pipelines yet." + (f" (team {args.team})" if args.team else ""))
         return 0
-    table = Table(title=f"Pipelines ({len(pipelines)})")
-    for column, justify in (
-        ("pipeline", "left"),
-        ("team", "left"),
-        ("runs", "right"),
-        ("success", "right"),
-        ("avg duration", "right"),
-        ("avg records", "right"),
-        ("last run", "right"),
-        ("fails in a row", "right"),
-        ("last", "left"),
-    ):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    title = f"Pipelines of {args.team}" if args.team else "Pipelines"
+    table = Table(title=f"{title} ({len(pipelines)})", box=box.SIMPLE_HEAD)
+    table.add_column("pipeline", overflow="fold", min_width=20)
+    if not args.team:
+        table.add_column("team", overflow="fold", min_width=8)
+    for column in ("runs", "ok", "avg time", "avg recs", "since", "streak"):
+        table.add_column(column, justify="right", no_wrap=True)
+    table.add_column("last", no_wrap=True)
     for p in pipelines:
-        table.add_row(
-            p.pipeline_id,
-            p.team,
+        last = p.last_execution_time.ToSeconds() if p.HasField("last_execution_time") else None
+        row = [p.pipeline_id] + ([] if args.team else [p.team])
+        row += [
             f"{p.total_executions:,}",
             _rate(p.success_rate, p.succeeded + p.failed),
             _seconds(p.avg_duration_seconds),
             _count(p.avg_records_processed),
-            _ago(p.last_execution_time.ToSeconds()) if p.HasField("last_execution_time") else "-",
+            _ago(last).removesuffix(" ago") if last is not None else "-",
             _streak(p.consecutive_failures),
             _status(p.last_status),
-        )
+        ]
+        table.add_row(*row)
     console.print(table)
     return 0
 
@@ -302,7 +305,7 @@ def _teams(args: argparse.Namespace) -> int:
     if not teams:
         console.print("No teams yet.")
         return 0
-    table = Table(title=f"Teams ({len(teams)})")
+    table = Table(title=f"Teams ({len(teams)})", box=box.SIMPLE_HEAD)
     for column in (
         "team",
         "pipelines",

@@ -1,8 +1,9 @@
 """Wiring: builds every part from the configuration, starts them in order, stops them in reverse.
 
-Start: recover state from the event log, listen for gRPC and HTTP, then report SERVING. Stop
-(SIGTERM or SIGINT): report NOT_SERVING, let open streams finish within the grace period, make
-the log durable, stop HTTP.
+Start: restore the newest snapshot, replay the log after it, listen for gRPC and HTTP, then
+report SERVING (gRPC health and /readyz say NOT_SERVING until recovery is done). Stop (SIGTERM or
+SIGINT): report NOT_SERVING, let open streams finish within the grace period, write a snapshot,
+make the log durable, stop HTTP. A log that cannot write stops the server with exit status 1.
 """
 
 from __future__ import annotations
@@ -20,44 +21,65 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from server import metrics
 from server.config import Config, parse_hostport
 from server.dedup import SeenExecutions
-from server.eventlog import EventLog, MemoryLog
+from server.errors import CorruptLogError, LogError
+from server.eventlog import EventLog
 from server.http import HttpServer
 from server.ingest import Ingestor
 from server.servicer import SERVICE_NAME, PipelineMonitorService
 from server.shards import ShardSet
+from server.snapshot import SnapshotStore
+from server.wal import WriteAheadLog
 
-__all__ = ["App", "serve"]
+__all__ = ["App", "run", "serve"]
 
 log = logging.getLogger("pipewarden")
 
 STATS_INTERVAL_SECONDS = 10.0
+SNAPSHOT_CHECK_SECONDS = 1.0
 
 
 class App:
     """One Pipewarden node."""
 
-    def __init__(self, config: Config, *, event_log: EventLog | None = None) -> None:
+    def __init__(
+        self, config: Config, *, event_log: EventLog | None = None, repair: bool = False
+    ) -> None:
         self.config = config
         sc = config.server
+        self.repair = repair
+        data = Path(sc.data_dir)
         self.shards = ShardSet(sc.shards, sc.window)
-        self.seen = SeenExecutions(sc.max_seen_executions)
-        self.log: EventLog = event_log if event_log is not None else MemoryLog()
+        self.seen = SeenExecutions(sc.max_seen_executions, sc.dedup_retention_seconds)
+        self.log: EventLog = event_log or WriteAheadLog(
+            data / "wal",
+            fsync=sc.fsync,
+            fsync_interval=sc.fsync_interval_seconds,
+            segment_bytes=sc.wal_segment_bytes,
+            repair=repair,
+            on_failure=self._log_failed,
+        )
+        self.snapshots = SnapshotStore(data / "snapshots")
         self.ingestor = Ingestor(self.shards, self.seen, self.log, sc.limits)
         self.service = PipelineMonitorService(self.ingestor, self.shards, self.log, sc)
         self.health = health_aio.HealthServicer()
         self.grpc_port = 0
         self.http: HttpServer | None = None
         self.ready = False
+        self.failure: LogError | None = None
+        self.stop_requested = asyncio.Event()
         self._server: grpc.aio.Server | None = None
-        self._stats: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._snapshot_lock = asyncio.Lock()
+        self._log_bytes_at_snapshot = 0
+        self._snapshot_time = time.monotonic()
         self._closed = False
 
     async def start(self) -> None:
-        """Recover, then serve."""
+        """Listen (NOT_SERVING), recover, then serve."""
         sc = self.config.server
-        await asyncio.to_thread(Path(sc.data_dir).mkdir, parents=True, exist_ok=True)
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", sc.limits.max_request_bytes),
@@ -67,8 +89,7 @@ class App:
         server.add_generic_rpc_handlers((self.service.handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
-            server,
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
         await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -78,36 +99,89 @@ class App:
         except RuntimeError as e:
             raise OSError(f"cannot listen on {sc.listen} for gRPC: {e}") from e
         self._server = server
-        await server.start()
         if sc.http_listen:
             host, port = parse_hostport(sc.http_listen, "server.http_listen")
             self.http = HttpServer(host, port, lambda: self.ready)
             await self.http.start()
         await self._recover()
+        # Requests are served only once recovery is complete.
+        await server.start()
         self.ready = True
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
-        self._stats = asyncio.create_task(self._report_stats())
+        self._tasks.append(asyncio.create_task(self._report_stats(), name="stats"))
+        self._tasks.append(asyncio.create_task(self._snapshot_loop(), name="snapshots"))
 
     async def _recover(self) -> None:
         began = time.perf_counter()
+        loaded = await asyncio.to_thread(self.snapshots.load_latest)
+        after = 0
+        if loaded is not None:
+            self.shards.restore(loaded.shards)
+            self.seen.restore(loaded.seen)
+            after = loaded.seq
+            log.info(
+                "restored snapshot %s: %d pipelines, %d execution ids",
+                loaded.path.name,
+                loaded.pipelines,
+                len(self.seen),
+            )
         await self.log.open()
+        if self.log.first_seq > after + 1:
+            problem = (
+                f"the log starts at entry {self.log.first_seq} but the newest usable snapshot "
+                f"covers entries up to {after}: entries in between are missing"
+            )
+            if not self.repair:
+                raise CorruptLogError(problem + "; start with --repair to accept the loss")
+            log.warning("%s; --repair: going on without them", problem)
+        self.log.start_after(after)
         records = events = 0
-        for _, payload in self.log.replay(0):
+        for _, payload in self.log.replay(after):
             events += self.ingestor.replay(payload)
             records += 1
-        if records:
-            log.info(
-                "recovered %d events from %d log records in %.2fs: %d pipelines",
-                events,
-                records,
-                time.perf_counter() - began,
-                len(self.shards),
+        metrics.PIPELINES.set(len(self.shards))
+        self._log_bytes_at_snapshot = self.log.size_bytes()
+        log.info(
+            "recovered in %.2fs: %d pipelines, %d events replayed from %d log entries",
+            time.perf_counter() - began,
+            len(self.shards),
+            events,
+            records,
+        )
+
+    async def snapshot(self) -> Path | None:
+        """Write a snapshot now, prune old ones and the log they cover."""
+        if self.failure is not None:
+            return None
+        async with self._snapshot_lock:
+            self._snapshot_time = time.monotonic()
+            size = self.log.size_bytes()
+            path = await self.snapshots.write(self.shards, self.seen, self.log)
+            self._log_bytes_at_snapshot = size
+            oldest = await asyncio.to_thread(self.snapshots.prune)
+            if oldest is not None:
+                dropped = await self.log.truncate_before(oldest)
+                if dropped:
+                    log.info("deleted %d log segment(s) covered by snapshot %d", dropped, oldest)
+                self._log_bytes_at_snapshot = self.log.size_bytes()
+            return path
+
+    async def _snapshot_loop(self) -> None:
+        sc = self.config.server
+        while True:
+            await asyncio.sleep(SNAPSHOT_CHECK_SECONDS)
+            grown = self.log.size_bytes() - self._log_bytes_at_snapshot
+            due = sc.snapshot_interval_seconds > 0 and (
+                time.monotonic() - self._snapshot_time >= sc.snapshot_interval_seconds
             )
+            if grown >= sc.snapshot_log_bytes or (due and grown > 0):
+                try:
+                    await self.snapshot()
+                except (OSError, LogError) as e:
+                    log.error("snapshot failed: %s", e)
 
     async def _report_stats(self) -> None:
-        from server import metrics
-
         last = -1.0
         while True:
             await asyncio.sleep(STATS_INTERVAL_SECONDS)
@@ -121,34 +195,42 @@ class App:
                 )
                 last = total
 
+    def _log_failed(self, error: LogError) -> None:
+        self.failure = error
+        self.stop_requested.set()
+
     async def close(self) -> None:
         """Stop in reverse order of start. Idempotent."""
         if self._closed:
             return
         self._closed = True
-        if self._stats is not None:
-            self._stats.cancel()
+        self.ready = False
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._stats
+                await task
         await self.health.enter_graceful_shutdown()
         if self._server is not None:
             await self._server.stop(self.config.server.shutdown_grace_seconds)
-        await self.log.close()
-        if self.http is not None:
-            await self.http.close()
+        try:
+            if self.failure is None and self._tasks:
+                await self.snapshot()
+        finally:
+            await self.log.close()
+            if self.http is not None:
+                await self.http.close()
 
 
-async def serve(config: Config) -> int:
+async def serve(config: Config, *, repair: bool = False) -> int:
     """Run a node until SIGTERM or SIGINT; return the exit status."""
-    app = App(config)
-    stop = asyncio.Event()
+    app = App(config, repair=repair)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, app.stop_requested.set)
     try:
         await app.start()
-    except OSError as e:
-        log.error("%s", e)
+    except (OSError, CorruptLogError) as e:
+        log.error("cannot start: %s", e)
         await app.close()
         return 1
     http = f", HTTP on {config.server.http_listen}" if app.http else ""
@@ -158,16 +240,19 @@ async def serve(config: Config) -> int:
         http,
         os.path.abspath(config.server.data_dir),  # noqa: ASYNC240 - once, at start
     )
-    await stop.wait()
-    log.info("stopping: draining streams and flushing the log")
+    await app.stop_requested.wait()
+    if app.failure is not None:
+        log.error("stopping: %s", app.failure)
+    else:
+        log.info("stopping: draining streams, writing a snapshot, flushing the log")
     await app.close()
     log.info("stopped")
-    return 0
+    return 1 if app.failure is not None else 0
 
 
-def run(config: Config) -> int:
+def run(config: Config, *, repair: bool = False) -> int:
     """Blocking entry point for `pipewarden serve`."""
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    return asyncio.run(serve(config))
+    return asyncio.run(serve(config, repair=repair))

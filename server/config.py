@@ -71,6 +71,22 @@ class ServerConfig:
     """Requests of one StreamIngest stream processed but not yet answered; more wait."""
     max_seen_executions: int = 10_000_000
     """Terminal execution ids remembered for duplicate detection; the oldest are forgotten."""
+    dedup_retention_seconds: float = 14 * 86400.0
+    """Execution ids are also forgotten once their event time is this much older than the newest
+    event seen (a chunk of 4,096 at a time). A resent event whose id was forgotten counts again."""
+    fsync: str = "always"
+    """When the log calls fdatasync: always (before every answer; loses nothing acknowledged on
+    power loss), interval (every fsync_interval_seconds; a power loss may lose that much, a
+    process crash nothing), off (never; a crash of the process loses nothing, a power loss or
+    kernel crash may lose whatever the OS had not yet written)."""
+    fsync_interval_seconds: float = 0.1
+    """With fsync: interval, how often the log is synced."""
+    wal_segment_bytes: int = 64 * 1024 * 1024
+    """Size at which the log starts a new segment."""
+    snapshot_interval_seconds: float = 300.0
+    """A snapshot is taken this often (0 turns the timer off)..."""
+    snapshot_log_bytes: int = 256 * 1024 * 1024
+    """...and whenever the log has grown this much since the last one."""
     shutdown_grace_seconds: float = 10.0
     """How long a stop waits for open streams to finish."""
     limits: IngestLimits = field(default_factory=IngestLimits)
@@ -219,6 +235,8 @@ def _server(raw: Mapping[str, Any], key: str) -> ServerConfig:
     parse_hostport(config.listen, f"{key}.listen")
     if config.http_listen:
         parse_hostport(config.http_listen, f"{key}.http_listen")
+    if config.fsync not in ("always", "interval", "off"):
+        raise ConfigError(f"{key}.fsync", f"{config.fsync!r} is not one of always, interval, off")
     if config.shards > 4096:
         raise ConfigError(f"{key}.shards", f"{config.shards} is more than 4096")
     if config.window > 4096:

@@ -41,17 +41,55 @@ class EventLog(Protocol):
         """Make everything appended durable and release the log. Idempotent."""
         ...
 
+    @property
+    def first_seq(self) -> int:
+        """The number of the first record still held (last_seq + 1 when empty)."""
+        ...
+
+    def start_after(self, seq: int) -> None:
+        """Number the next record at least seq + 1 (after restoring a snapshot at seq)."""
+        ...
+
+    async def truncate_before(self, seq: int) -> int:
+        """Drop what is no longer needed once a snapshot covers everything up to `seq`; return
+        how many storage units (segments) were dropped."""
+        ...
+
+    def size_bytes(self) -> int:
+        """Bytes the log holds."""
+        ...
+
 
 class MemoryLog:
     """Records in a list: durable as soon as appended, lost with the process."""
 
     def __init__(self) -> None:
         self._records: list[bytes] = []
+        self._base = 0  # records numbered up to _base were dropped or skipped
 
     @property
     def last_seq(self) -> int:
         """The sequence number of the last appended record; 0 when empty."""
-        return len(self._records)
+        return self._base + len(self._records)
+
+    @property
+    def first_seq(self) -> int:
+        """The number of the first record held."""
+        return self._base + 1
+
+    def start_after(self, seq: int) -> None:
+        """Number the next record at least seq + 1."""
+        if seq > self.last_seq:
+            self._records.clear()
+            self._base = seq
+
+    async def truncate_before(self, seq: int) -> int:
+        """Keep everything: memory is not reclaimed here, so replay stays whole."""
+        return 0
+
+    def size_bytes(self) -> int:
+        """Bytes held."""
+        return sum(len(r) for r in self._records)
 
     async def open(self) -> None:
         """Nothing to open."""
@@ -59,15 +97,15 @@ class MemoryLog:
     def append(self, payload: bytes) -> int:
         """Add a record."""
         self._records.append(payload)
-        return len(self._records)
+        return self.last_seq
 
     async def wait_durable(self, seq: int) -> None:
         """Memory is as durable as it gets here."""
 
     def replay(self, after: int) -> Iterator[tuple[int, bytes]]:
         """The records after `after`."""
-        for i in range(after, len(self._records)):
-            yield i + 1, self._records[i]
+        for i in range(max(after - self._base, 0), len(self._records)):
+            yield self._base + i + 1, self._records[i]
 
     async def close(self) -> None:
         """Nothing to release."""

@@ -133,28 +133,38 @@ class Ingestor:
                 self.sink.receive(state, self.detector.evaluate(state, self.shards, now), now)
         return out, seq
 
-    def _apply(self, e: Execution, touched: dict[str, PipelineState]) -> int | str:
+    def _apply(
+        self, e: Execution, touched: dict[str, PipelineState], replaying: bool = False
+    ) -> int | str:
+        """Decide and apply one event. Replaying, the decision was made once already (the log
+        holds only applied events), so it is not made again: forgetting ids by retention may
+        differ between runs, and must not change what the log says happened."""
         shards = self.shards
         shard = shards.shard_for(e.pipeline_id)
         state = shard.pipelines.get(e.pipeline_id)
-        seen = e.execution_id in self.seen
-        if e.status == RUNNING:
-            if seen:
-                return _LATE_RUNNING
-        elif seen:
-            return _DUPLICATE
+        if not replaying:
+            seen = e.execution_id in self.seen
+            if e.status == RUNNING:
+                if seen:
+                    return _LATE_RUNNING
+            elif seen:
+                return _DUPLICATE
         if state is None:
             state = shards.create(shard, e.pipeline_id, e.team)
             metrics.PIPELINES.inc()
-        elif state.team != e.team:
-            return (
-                f"pipeline {e.pipeline_id!r} belongs to team {state.team!r}, not {e.team!r}; "
-                "a pipeline keeps the team of its first event"
-            )
+        else:
+            if state.team != e.team and not replaying:
+                return (
+                    f"pipeline {e.pipeline_id!r} belongs to team {state.team!r}, not "
+                    f"{e.team!r}; a pipeline keeps the team of its first event"
+                )
+            if shards.job is not None:
+                shards.job.preserve(shard.index, state)
         if e.status == RUNNING:
             shard.apply_running(state, e)
             return _RUNNING
-        self.seen.add(e.execution_id)
+        if e.execution_id not in self.seen:
+            self.seen.add(e.execution_id, e.event_time)
         shard.apply_terminal(state, e)
         touched[e.pipeline_id] = state
         return _ACCEPTED
@@ -177,6 +187,6 @@ class Ingestor:
             if isinstance(e, str):
                 log.warning("log record holds an event that no longer converts: %s", e)
                 continue
-            if not isinstance(self._apply(e, touched), str):
-                count += 1
+            self._apply(e, touched, replaying=True)
+            count += 1
         return count

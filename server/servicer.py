@@ -21,6 +21,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from pipewarden.v1 import health_pb2, service_pb2
 from server.config import ServerConfig
+from server.errors import LogError
 from server.eventlog import EventLog
 from server.ingest import Ingestor, IngestOutcome
 from server.shards import PipelineState, ShardSet, TeamTotals
@@ -191,8 +192,11 @@ class PipelineMonitorService:
     ) -> service_pb2.IngestResponse:
         """Ingest: apply, wait until durable, answer."""
         request = await self._decode_ingest(raw, context)
-        outcome, seq = self.ingestor.ingest(raw, request)
-        await self.log.wait_durable(seq)
+        try:
+            outcome, seq = self.ingestor.ingest(raw, request)
+            await self.log.wait_durable(seq)
+        except LogError as e:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
         return ingest_response(outcome)
 
     async def stream_ingest(
@@ -227,7 +231,11 @@ class PipelineMonitorService:
                         )
                         return
                     await slots.acquire()
-                    pending.put_nowait(self.ingestor.ingest(raw, request))
+                    try:
+                        pending.put_nowait(self.ingestor.ingest(raw, request))
+                    except LogError as e:
+                        refusal.append((grpc.StatusCode.UNAVAILABLE, str(e)))
+                        return
             finally:
                 pending.put_nowait(None)
 
@@ -235,7 +243,10 @@ class PipelineMonitorService:
         try:
             while (item := await pending.get()) is not None:
                 outcome, seq = item
-                await self.log.wait_durable(seq)
+                try:
+                    await self.log.wait_durable(seq)
+                except LogError as e:
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
                 yield ingest_response(outcome)
                 slots.release()
             await reader  # re-raises what ended the reader, if anything did

@@ -19,7 +19,17 @@ from collections.abc import Iterator
 from pipewarden.storage.v1 import storage_pb2
 from server.model import CANCELLED, FAILED, SUCCEEDED, Execution
 
-__all__ = ["MAX_IN_FLIGHT", "PipelineState", "Ring", "Shard", "ShardSet", "TeamTotals", "shard_of"]
+__all__ = [
+    "MAX_IN_FLIGHT",
+    "PipelineState",
+    "Ring",
+    "Shard",
+    "ShardSet",
+    "SnapshotJob",
+    "TeamTotals",
+    "dump_pipeline",
+    "shard_of",
+]
 
 MAX_IN_FLIGHT = 64
 """Runs remembered as in flight per pipeline; the oldest is forgotten beyond that."""
@@ -84,6 +94,7 @@ class PipelineState:
         "consecutive_failures",
         "duration_count",
         "duration_sum",
+        "epoch",
         "failed",
         "in_flight",
         "labels",
@@ -117,6 +128,8 @@ class PipelineState:
         self.upstream: tuple[str, ...] = ()
         self.labels: dict[str, str] | None = None
         self.ring = Ring(window)
+        self.epoch = 0
+        """The last snapshot that has this pipeline's state (see SnapshotJob)."""
 
     @property
     def total(self) -> int:
@@ -281,40 +294,13 @@ class Shard:
 
     def dump(self) -> storage_pb2.ShardSnapshot:
         """The whole shard as a snapshot message."""
+        snap = self.dump_teams()
+        snap.pipelines.extend(dump_pipeline(p) for p in self.pipelines.values())
+        return snap
+
+    def dump_teams(self) -> storage_pb2.ShardSnapshot:
+        """The shard's team totals as a snapshot message (without its pipelines)."""
         snap = storage_pb2.ShardSnapshot(index=self.index)
-        for p in self.pipelines.values():
-            ring = p.ring
-            msg = snap.pipelines.add(
-                pipeline_id=p.pipeline_id,
-                team=p.team,
-                succeeded=p.succeeded,
-                failed=p.failed,
-                cancelled=p.cancelled,
-                duration_sum=p.duration_sum,
-                duration_count=p.duration_count,
-                records_sum=str(p.records_sum),
-                last_status=p.last_status,
-                consecutive_failures=p.consecutive_failures,
-                last_error=p.last_error,
-                upstream=p.upstream,
-                ring=storage_pb2.RingSnapshot(
-                    size=len(ring.status),
-                    position=ring.position,
-                    count=ring.count,
-                    status=ring.status.tobytes(),
-                    duration=ring.duration.tobytes(),
-                    records=ring.records.tobytes(),
-                    time=ring.time.tobytes(),
-                ),
-            )
-            if p.last_time is not None:
-                msg.last_time = p.last_time
-            if p.last_success_time is not None:
-                msg.last_success_time = p.last_success_time
-            if p.in_flight:
-                msg.in_flight.update(p.in_flight)
-            if p.labels:
-                msg.labels.update(p.labels)
         for team, t in self.teams.items():
             snap.teams.add(
                 team=team,
@@ -366,6 +352,43 @@ class Shard:
         return shard
 
 
+def dump_pipeline(p: PipelineState) -> storage_pb2.PipelineSnapshot:
+    """One pipeline's whole state as a snapshot message."""
+    ring = p.ring
+    msg = storage_pb2.PipelineSnapshot(
+        pipeline_id=p.pipeline_id,
+        team=p.team,
+        succeeded=p.succeeded,
+        failed=p.failed,
+        cancelled=p.cancelled,
+        duration_sum=p.duration_sum,
+        duration_count=p.duration_count,
+        records_sum=str(p.records_sum),
+        last_status=p.last_status,
+        consecutive_failures=p.consecutive_failures,
+        last_error=p.last_error,
+        upstream=p.upstream,
+        ring=storage_pb2.RingSnapshot(
+            size=len(ring.status),
+            position=ring.position,
+            count=ring.count,
+            status=ring.status.tobytes(),
+            duration=ring.duration.tobytes(),
+            records=ring.records.tobytes(),
+            time=ring.time.tobytes(),
+        ),
+    )
+    if p.last_time is not None:
+        msg.last_time = p.last_time
+    if p.last_success_time is not None:
+        msg.last_success_time = p.last_success_time
+    if p.in_flight:
+        msg.in_flight.update(p.in_flight)
+    if p.labels:
+        msg.labels.update(p.labels)
+    return msg
+
+
 def _restore_ring(ring: Ring, msg: storage_pb2.RingSnapshot) -> None:
     if msg.size == len(ring.status):
         ring.status = array("b", msg.status)
@@ -385,6 +408,50 @@ def _restore_ring(ring: Ring, msg: storage_pb2.RingSnapshot) -> None:
         ring.push(status, duration, records, time)
 
 
+class SnapshotJob:
+    """A consistent snapshot taken while ingestion goes on: copy-on-write, pipeline by pipeline.
+
+    At the start the team totals are copied and the pipelines listed; the writer then dumps
+    the listed pipelines a chunk at a time, yielding to the event loop in between. A pipeline
+    about to change before its turn is dumped first (`preserve`), so every pipeline is written
+    as it was at the start. Pipelines created later are not in the snapshot (the log has them).
+    """
+
+    def __init__(self, epoch: int, shards: list[Shard]) -> None:
+        self.epoch = epoch
+        self.teams = [shard.dump_teams() for shard in shards]
+        self._listed = [(shard.index, list(shard.pipelines.values())) for shard in shards]
+        self._preserved: list[tuple[int, storage_pb2.PipelineSnapshot]] = []
+
+    def preserve(self, shard_index: int, state: PipelineState) -> None:
+        """Dump `state` now, before it changes, unless it is already in the snapshot."""
+        if state.epoch != self.epoch:
+            state.epoch = self.epoch
+            self._preserved.append((shard_index, dump_pipeline(state)))
+
+    def chunks(self, size: int) -> Iterator[tuple[int, list[storage_pb2.PipelineSnapshot]]]:
+        """(shard index, up to `size` pipelines) until every listed pipeline is out."""
+        for index, states in self._listed:
+            batch: list[storage_pb2.PipelineSnapshot] = []
+            for state in states:
+                if state.epoch != self.epoch:
+                    state.epoch = self.epoch
+                    batch.append(dump_pipeline(state))
+                    if len(batch) >= size:
+                        yield index, batch
+                        batch = []
+                if self._preserved:
+                    yield from self._drain()
+            if batch:
+                yield index, batch
+        yield from self._drain()
+
+    def _drain(self) -> Iterator[tuple[int, list[storage_pb2.PipelineSnapshot]]]:
+        preserved, self._preserved = self._preserved, []
+        for index, msg in preserved:
+            yield index, [msg]
+
+
 class ShardSet:
     """All shards, the sorted index of pipeline ids that paging reads, and team lookups."""
 
@@ -393,6 +460,20 @@ class ShardSet:
         self.shards = [Shard(i, window) for i in range(shards)]
         self._sorted: list[str] = []
         self._sorted_by_team: dict[str, list[str]] = {}
+        self.job: SnapshotJob | None = None
+        """The snapshot being written, if any; writers call job.preserve before a change."""
+        self._epoch = 0
+
+    def begin_snapshot(self) -> SnapshotJob:
+        """Start a snapshot of the state as it is now."""
+        assert self.job is None, "one snapshot at a time"
+        self._epoch += 1
+        self.job = SnapshotJob(self._epoch, self.shards)
+        return self.job
+
+    def end_snapshot(self) -> None:
+        """The snapshot is written (or abandoned)."""
+        self.job = None
 
     def __len__(self) -> int:
         return len(self._sorted)
@@ -408,6 +489,8 @@ class ShardSet:
     def create(self, shard: Shard, pipeline_id: str, team: str) -> PipelineState:
         """Add a pipeline to its shard and to the sorted indexes."""
         state = shard.create(pipeline_id, team)
+        if self.job is not None:
+            state.epoch = self.job.epoch
         bisect.insort(self._sorted, pipeline_id)
         bisect.insort(self._sorted_by_team.setdefault(team, []), pipeline_id)
         return state

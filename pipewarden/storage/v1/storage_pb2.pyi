@@ -361,3 +361,67 @@ class ShardSnapshot(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ShardSnapshot: _TypeAlias = ShardSnapshot  # noqa: Y015
+
+@_typing.final
+class SeenChunk(_message.Message):
+    """SeenChunk is a run of remembered execution ids, oldest first, with the latest event time
+    among them (ids are forgotten a chunk at a time once that time falls out of retention).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXECUTION_IDS_FIELD_NUMBER: _builtins.int
+    MAX_EVENT_TIME_FIELD_NUMBER: _builtins.int
+    max_event_time: _builtins.float
+    """The latest event time of the chunk's executions, Unix seconds."""
+    @_builtins.property
+    def execution_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The ids."""
+
+    def __init__(
+        self,
+        *,
+        execution_ids: _abc.Iterable[_builtins.str] | None = ...,
+        max_event_time: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution_ids", b"execution_ids", "max_event_time", b"max_event_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SeenChunk: _TypeAlias = SeenChunk  # noqa: Y015
+
+@_typing.final
+class SnapshotEnd(_message.Message):
+    """SnapshotEnd closes a snapshot file; a file without it is incomplete."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQ_FIELD_NUMBER: _builtins.int
+    PIPELINES_FIELD_NUMBER: _builtins.int
+    EXECUTION_IDS_FIELD_NUMBER: _builtins.int
+    SHARDS_FIELD_NUMBER: _builtins.int
+    seq: _builtins.int
+    """The log sequence number the snapshot reflects: every entry up to it, none after."""
+    pipelines: _builtins.int
+    """Pipelines in the snapshot."""
+    execution_ids: _builtins.int
+    """Execution ids in the snapshot."""
+    shards: _builtins.int
+    """Shards of the node that wrote it."""
+    def __init__(
+        self,
+        *,
+        seq: _builtins.int = ...,
+        pipelines: _builtins.int = ...,
+        execution_ids: _builtins.int = ...,
+        shards: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution_ids", b"execution_ids", "pipelines", b"pipelines", "seq", b"seq", "shards", b"shards"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SnapshotEnd: _TypeAlias = SnapshotEnd  # noqa: Y015

@@ -1,0 +1,560 @@
+"""The write-ahead log: segmented, checksummed, group-committed.
+
+Layout under `<data-dir>/wal/`: segments named by the sequence number of their first record,
+`00000000000000000001.seg`. A segment starts with a 32-byte header (magic, format version, first
+sequence number, CRC-32C of the header) and holds records back to back. A record is one
+group-commit batch, all-or-nothing:
+
+    length u32 | crc u32 | first_seq u64 | count u32 | count x (entry_length u32 | entry)
+
+`crc` is the CRC-32C of everything after it (first_seq, count and the entries); sequence numbers
+run on without a gap from record to record and segment to segment.
+
+Group commit: `append` queues an entry and returns its number at once; one writer task takes
+everything queued, writes it as one record and, under `fsync: always`, calls `fdatasync` once,
+off the event loop; then every waiter up to that number is released. A write or fsync error fails
+every waiter and the log refuses all further work: nothing that may not be on disk is
+acknowledged.
+
+Recovery: a torn or corrupt tail of the newest segment is cut at the last whole record, with a
+warning saying how much was cut. Corruption in an older segment stops the start, unless
+`repair` is set, which cuts the log there and drops the segments after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import struct
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import crc32c
+
+from server import failpoints
+from server.errors import CorruptLogError, LogError
+
+__all__ = ["FSYNC_POLICIES", "FileIO", "OsFileIO", "RecoveryReport", "WriteAheadLog"]
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"PWWAL\x00\r\n"
+VERSION = 1
+SEGMENT_HEADER = struct.Struct("<8sIIQI4x")  # magic, version, reserved, first_seq, crc, pad
+RECORD_HEADER = struct.Struct("<IIQI")  # length, crc, first_seq, count
+ENTRY = struct.Struct("<I")
+MAX_RECORD_BYTES = 1 << 30
+FSYNC_POLICIES = ("always", "interval", "off")
+
+
+class FileIO(Protocol):
+    """The two file operations the log's writer uses; tests inject faulty ones."""
+
+    def write(self, fd: int, data: memoryview) -> int:
+        """Write some of `data`; return how many bytes were written."""
+        ...
+
+    def fsync(self, fd: int) -> None:
+        """Make what was written durable."""
+        ...
+
+
+class OsFileIO:
+    """The real thing."""
+
+    def write(self, fd: int, data: memoryview) -> int:
+        """os.write."""
+        return os.write(fd, data)
+
+    def fsync(self, fd: int) -> None:
+        """os.fdatasync."""
+        os.fdatasync(fd)
+
+
+@dataclass
+class Segment:
+    """One segment file and the sequence numbers it holds."""
+
+    path: Path
+    first_seq: int
+    last_seq: int
+    """first_seq - 1 while empty."""
+    size: int
+
+
+@dataclass
+class RecoveryReport:
+    """What opening the log found."""
+
+    segments: int = 0
+    records: int = 0
+    last_seq: int = 0
+    cut_bytes: int = 0
+    """Bytes cut from a torn or corrupt tail (or, with repair, from the corrupt point on)."""
+    dropped_segments: int = 0
+    """Segments deleted by repair."""
+
+
+def _segment_name(first_seq: int) -> str:
+    return f"{first_seq:020d}.seg"
+
+
+def _segment_header(first_seq: int) -> bytes:
+    head = SEGMENT_HEADER.pack(MAGIC, VERSION, 0, first_seq, 0)
+    crc = crc32c.crc32c(head[:24])
+    return SEGMENT_HEADER.pack(MAGIC, VERSION, 0, first_seq, crc)
+
+
+def frame(first_seq: int, entries: list[bytes]) -> bytes:
+    """One record holding `entries`, numbered from `first_seq`."""
+    parts: list[bytes] = [b"", struct.pack("<QI", first_seq, len(entries))]
+    pack = ENTRY.pack
+    for entry in entries:
+        parts.append(pack(len(entry)))
+        parts.append(entry)
+    body = b"".join(parts)
+    return struct.pack("<II", len(body) - 12, crc32c.crc32c(body)) + body
+
+
+@dataclass
+class _Scan:
+    records: list[tuple[int, list[bytes]]]
+    good_end: int
+    last_seq: int
+    error: str | None
+
+
+def _scan(data: bytes, first_seq: int, keep_after: int | None) -> _Scan:
+    """Parse the records of a segment's bytes (header included). Entries of records are kept
+    only when `keep_after` is not None, and only those numbered above it."""
+    records: list[tuple[int, list[bytes]]] = []
+    offset = SEGMENT_HEADER.size
+    expected = first_seq
+    size = len(data)
+    view = memoryview(data)
+    while offset < size:
+        if size - offset < RECORD_HEADER.size:
+            return _Scan(records, offset, expected - 1, f"torn record header at byte {offset}")
+        length, crc, seq, count = RECORD_HEADER.unpack_from(data, offset)
+        end = offset + RECORD_HEADER.size + length
+        if length > MAX_RECORD_BYTES or end > size:
+            return _Scan(records, offset, expected - 1, f"torn record at byte {offset}")
+        if crc32c.crc32c(view[offset + 8 : end]) != crc:
+            return _Scan(records, offset, expected - 1, f"checksum mismatch at byte {offset}")
+        if seq != expected:
+            return _Scan(
+                records,
+                offset,
+                expected - 1,
+                f"record at byte {offset} has sequence {seq}, expected {expected}",
+            )
+        pos = offset + RECORD_HEADER.size
+        entries: list[bytes] = []
+        keep = keep_after is not None and seq + count - 1 > keep_after
+        for i in range(count):
+            if pos + 4 > end:
+                return _Scan(records, offset, expected - 1, f"malformed record at byte {offset}")
+            (n,) = ENTRY.unpack_from(data, pos)
+            pos += 4
+            if pos + n > end:
+                return _Scan(records, offset, expected - 1, f"malformed record at byte {offset}")
+            if keep and seq + i > (keep_after or 0):
+                entries.append(data[pos : pos + n])
+            pos += n
+        if pos != end:
+            return _Scan(records, offset, expected - 1, f"malformed record at byte {offset}")
+        if keep:
+            records.append((seq, entries))
+        expected = seq + count
+        offset = end
+    return _Scan(records, offset, expected - 1, None)
+
+
+def _read_header(data: bytes, path: Path) -> int | str:
+    """The first sequence number from a segment's header, or what is wrong with it."""
+    if len(data) < SEGMENT_HEADER.size:
+        return "segment header is torn"
+    magic, version, _, first_seq, crc = SEGMENT_HEADER.unpack_from(data, 0)
+    if magic != MAGIC:
+        return "not a Pipewarden log segment (bad magic)"
+    if crc32c.crc32c(data[:24]) != crc:
+        return "segment header checksum mismatch"
+    if version != VERSION:
+        return f"segment format version {version}; this build reads version {VERSION}"
+    if path.name != _segment_name(first_seq):
+        return f"segment header says it starts at {first_seq}, unlike its name"
+    return int(first_seq)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class WriteAheadLog:
+    """The event log on disk. See the module docstring for the format and the guarantees."""
+
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        fsync: str = "always",
+        fsync_interval: float = 0.1,
+        segment_bytes: int = 64 * 1024 * 1024,
+        repair: bool = False,
+        io: FileIO | None = None,
+        on_failure: Callable[[LogError], None] | None = None,
+    ) -> None:
+        if fsync not in FSYNC_POLICIES:
+            raise ValueError(f"fsync must be one of {FSYNC_POLICIES}, not {fsync!r}")
+        self.directory = Path(directory)
+        self.fsync = fsync
+        self.fsync_interval = fsync_interval
+        self.segment_bytes = segment_bytes
+        self.repair = repair
+        self.io: FileIO = io or OsFileIO()
+        self.on_failure = on_failure
+        self.report = RecoveryReport()
+        self.segments: list[Segment] = []
+        self._fd = -1
+        self._last = 0  # appended
+        self._written = 0  # written (and synced, under fsync: always)
+        self._pending: list[bytes] = []
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self._wake = asyncio.Event()
+        self._error: LogError | None = None
+        self._dirty = False
+        self._closing = False
+        self._closed = False
+        self._opened = False
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="pipewarden-wal")
+        self._writer: asyncio.Task[None] | None = None
+        self._syncer: asyncio.Task[None] | None = None
+
+    # -- the EventLog interface ------------------------------------------------------------------
+
+    @property
+    def last_seq(self) -> int:
+        """The number of the last appended entry."""
+        return self._last
+
+    @property
+    def durable_seq(self) -> int:
+        """The number of the last entry the policy counts as durable."""
+        return self._written
+
+    async def open(self) -> None:
+        """Recover the directory (cutting a torn tail) and start the writer."""
+        if self._opened:
+            return
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._recover)
+        self._opened = True
+        self._writer = asyncio.create_task(self._write_loop(), name="wal-writer")
+        if self.fsync == "interval":
+            self._syncer = asyncio.create_task(self._sync_loop(), name="wal-syncer")
+
+    def append(self, payload: bytes) -> int:
+        """Queue an entry; it is durable once `wait_durable` for its number returns."""
+        if self._error is not None:
+            raise self._error
+        if self._closing:
+            raise LogError("the write-ahead log is closed")
+        self._pending.append(payload)
+        self._last += 1
+        self._wake.set()
+        return self._last
+
+    async def wait_durable(self, seq: int) -> None:
+        """Return once entries up to `seq` are written (and synced, under fsync: always)."""
+        if seq <= self._written:
+            return
+        if self._error is not None:
+            raise self._error
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((seq, future))
+        await future
+
+    def replay(self, after: int) -> Iterator[tuple[int, bytes]]:
+        """Entries numbered above `after`, in order, from the recovered segments."""
+        for segment in list(self.segments):
+            if segment.last_seq <= after:
+                continue
+            data = segment.path.read_bytes()[: segment.size]
+            scan = _scan(data, segment.first_seq, after)
+            for first, entries in scan.records:
+                start = max(first, after + 1)
+                for i, entry in enumerate(entries):
+                    yield start + i, entry
+
+    async def close(self) -> None:
+        """Write and sync what is queued, then release the files. Idempotent."""
+        if self._closed:
+            return
+        self._closing = True
+        self._wake.set()
+        if self._writer is not None:
+            await self._writer
+        if self._syncer is not None:
+            self._syncer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._syncer
+        loop = asyncio.get_running_loop()
+        if self._fd >= 0:
+            if self._error is None:
+                with contextlib.suppress(OSError):
+                    await loop.run_in_executor(self._executor, self.io.fsync, self._fd)
+            os.close(self._fd)
+            self._fd = -1
+        self._closed = True
+        self._executor.shutdown(wait=True)
+
+    # -- maintenance -----------------------------------------------------------------------------
+
+    @property
+    def first_seq(self) -> int:
+        """The number of the first entry the log still holds (last_seq + 1 when empty)."""
+        return self.segments[0].first_seq if self.segments else self._last + 1
+
+    def start_after(self, seq: int) -> None:
+        """Make the next entry number at least `seq + 1` (a snapshot may be ahead of a log that
+        lost an unacknowledged tail). Only before anything is appended."""
+        if seq > self._last:
+            assert not self._pending
+            self._last = self._written = seq
+            self._new_segment(seq + 1)
+
+    async def truncate_before(self, seq: int) -> int:
+        """Delete the segments whose entries are all numbered `seq` or less, except the one being
+        written. Returns how many were deleted."""
+        doomed = [s for s in self.segments[:-1] if s.last_seq <= seq]
+        if not doomed:
+            return 0
+        failpoints.hit("wal-before-truncate")
+
+        def delete() -> None:
+            for s in doomed:
+                with contextlib.suppress(FileNotFoundError):
+                    s.path.unlink()
+            _fsync_dir(self.directory)
+
+        await asyncio.get_running_loop().run_in_executor(self._executor, delete)
+        self.segments = [s for s in self.segments if s not in doomed]
+        return len(doomed)
+
+    def size_bytes(self) -> int:
+        """Bytes in all segments."""
+        return sum(s.size for s in self.segments)
+
+    # -- recovery --------------------------------------------------------------------------------
+
+    def _recover(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for tmp in self.directory.glob("*.tmp"):
+            tmp.unlink()
+        paths = sorted(
+            (p for p in self.directory.glob("*.seg") if p.stem.isdigit()), key=lambda p: int(p.stem)
+        )
+        report = self.report
+        expected: int | None = None
+        segments: list[Segment] = []
+        for i, path in enumerate(paths):
+            newest = i == len(paths) - 1
+            data = path.read_bytes()
+            first = _read_header(data, path)
+            if isinstance(first, str):
+                if newest and len(data) <= SEGMENT_HEADER.size:
+                    # Created by a rotation that died before its header was whole: nothing in it.
+                    log.warning("%s: %s; removing the empty segment", path, first)
+                    path.unlink()
+                    report.cut_bytes += len(data)
+                    continue
+                self._corrupt(path, first, paths[i:], 0, len(data))
+                break
+            if expected is not None and first != expected:
+                self._corrupt(
+                    path,
+                    f"starts at {first} but the previous segment ends at {expected - 1}",
+                    paths[i:],
+                    0,
+                    len(data),
+                )
+                break
+            scan = _scan(data, first, None)
+            if scan.error is not None:
+                cut = len(data) - scan.good_end
+                if newest:
+                    log.warning(
+                        "%s: %s; cutting the log's tail there (%d bytes) and keeping %d entries "
+                        "before it",
+                        path,
+                        scan.error,
+                        cut,
+                        scan.last_seq - first + 1,
+                    )
+                    self._truncate(path, scan.good_end)
+                    report.cut_bytes += cut
+                else:
+                    self._corrupt(path, scan.error, paths[i + 1 :], scan.good_end, len(data))
+                    segments.append(Segment(path, first, scan.last_seq, scan.good_end))
+                    break
+            segments.append(Segment(path, first, scan.last_seq, scan.good_end))
+            expected = scan.last_seq + 1
+        self.segments = segments
+        report.segments = len(segments)
+        last = segments[-1].last_seq if segments else 0
+        report.last_seq = last
+        self._last = self._written = last
+        if segments:
+            active = segments[-1]
+            self._fd = os.open(active.path, os.O_WRONLY | os.O_APPEND)
+        else:
+            self._new_segment(1)
+
+    def _corrupt(
+        self, path: Path, problem: str, later: list[Path], good_end: int, size: int
+    ) -> None:
+        if not self.repair:
+            raise CorruptLogError(
+                f"{path}: {problem}. The write-ahead log is corrupt before its newest segment, "
+                "so entries after this point cannot be trusted. Start with --repair to cut the log "
+                f"here, losing {size - good_end} bytes of this segment and the {len(later)} "
+                "segment(s) after it; keep a copy of the data directory first."
+            )
+        log.warning(
+            "%s: %s; --repair: cutting the log here (%d bytes) and dropping %d later segment(s)",
+            path,
+            problem,
+            size - good_end,
+            len(later),
+        )
+        self.report.cut_bytes += size - good_end
+        self.report.dropped_segments += len(later)
+        for p in later:
+            if p != path:
+                self.report.cut_bytes += p.stat().st_size
+                p.unlink()
+        if good_end < SEGMENT_HEADER.size:
+            path.unlink()
+        else:
+            self._truncate(path, good_end)
+
+    @staticmethod
+    def _truncate(path: Path, size: int) -> None:
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.ftruncate(fd, size)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _new_segment(self, first_seq: int) -> None:
+        """Create and switch to a new segment (in the writer thread or during recovery)."""
+        path = self.directory / _segment_name(first_seq)
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            self._write_all(fd, _segment_header(first_seq))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        failpoints.hit("wal-mid-rotate")
+        os.rename(tmp, path)
+        _fsync_dir(self.directory)
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        self.segments.append(Segment(path, first_seq, first_seq - 1, SEGMENT_HEADER.size))
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def _write_all(self, fd: int, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            n = self.io.write(fd, view)
+            if n <= 0:
+                raise OSError(errno.ENOSPC, "write wrote nothing")
+            view = view[n:]
+
+    def _write_batch(self, data: bytes, first_seq: int, rotate: bool) -> None:
+        """In the writer thread: rotate if due, write one record, sync per policy."""
+        if rotate:
+            if self.fsync != "off":
+                self.io.fsync(self._fd)
+            self._new_segment(first_seq)
+        failpoints.hit("wal-before-write")
+        self._write_all(self._fd, data)
+        failpoints.hit("wal-after-write")
+        if self.fsync == "always":
+            self.io.fsync(self._fd)
+        failpoints.hit("wal-after-fsync")
+
+    async def _write_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if not self._pending:
+                if self._closing:
+                    return
+                continue
+            batch, self._pending = self._pending, []
+            first = self._written + 1
+            data = frame(first, batch)
+            active = self.segments[-1]
+            rotate = (
+                active.size > SEGMENT_HEADER.size and active.size + len(data) > self.segment_bytes
+            )
+            try:
+                await loop.run_in_executor(self._executor, self._write_batch, data, first, rotate)
+            except OSError as e:
+                self._fail(e, first)
+                return
+            active = self.segments[-1]
+            active.size += len(data)
+            active.last_seq = first + len(batch) - 1
+            self._written = active.last_seq
+            self._dirty = True
+            waiters = self._waiters
+            while waiters and waiters[0][0] <= self._written:
+                _, future = waiters.popleft()
+                if not future.done():
+                    future.set_result(None)
+            if self._pending:
+                self._wake.set()
+
+    async def _sync_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.fsync_interval)
+            if self._dirty and self._error is None and self._fd >= 0:
+                self._dirty = False
+                try:
+                    await loop.run_in_executor(self._executor, self.io.fsync, self._fd)
+                except OSError as e:
+                    self._fail(e, self._written + 1)
+                    return
+
+    def _fail(self, cause: OSError, first_unsure: int) -> None:
+        error = LogError(
+            f"the write-ahead log cannot write to {self.directory}: {cause}. Entries from "
+            f"{first_unsure} on are not acknowledged; stopping."
+        )
+        self._error = error
+        log.error("%s", error)
+        while self._waiters:
+            _, future = self._waiters.popleft()
+            if not future.done():
+                future.set_exception(error)
+        if self.on_failure is not None:
+            self.on_failure(error)
