@@ -38,7 +38,7 @@ __all__ = ["App", "run", "serve"]
 log = logging.getLogger("pipewarden")
 
 STATS_INTERVAL_SECONDS = 10.0
-SNAPSHOT_CHECK_SECONDS = 1.0
+SNAPSHOT_CHECK_SECONDS = 0.2
 
 
 class App:

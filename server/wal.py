@@ -368,16 +368,22 @@ class WriteAheadLog:
         report = self.report
         expected: int | None = None
         segments: list[Segment] = []
+        floor = 1  # the first number the next new segment may use
         for i, path in enumerate(paths):
             newest = i == len(paths) - 1
             data = path.read_bytes()
             first = _read_header(data, path)
             if isinstance(first, str):
-                if newest and len(data) <= SEGMENT_HEADER.size:
-                    # Created by a rotation that died before its header was whole: nothing in it.
-                    log.warning("%s: %s; removing the empty segment", path, first)
+                if newest:
+                    # A rotation that died before the header was whole, or a damaged header: the
+                    # newest segment's numbering cannot be trusted, so it is all tail.
+                    log.warning(
+                        "%s: %s; cutting the whole newest segment (%d bytes)",
+                        path, first, len(data),
+                    )
                     path.unlink()
                     report.cut_bytes += len(data)
+                    floor = max(floor, int(path.stem))
                     continue
                 self._corrupt(path, first, paths[i:], 0, len(data))
                 break
@@ -419,7 +425,8 @@ class WriteAheadLog:
             active = segments[-1]
             self._fd = os.open(active.path, os.O_WRONLY | os.O_APPEND)
         else:
-            self._new_segment(1)
+            self._last = self._written = floor - 1
+            self._new_segment(floor)
 
     def _corrupt(
         self, path: Path, problem: str, later: list[Path], good_end: int, size: int
