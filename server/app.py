@@ -28,6 +28,7 @@ from server.errors import CorruptLogError, LogError
 from server.eventlog import EventLog
 from server.http import HttpServer
 from server.ingest import Ingestor
+from server.recovery import recover
 from server.servicer import SERVICE_NAME, PipelineMonitorService
 from server.shards import ShardSet
 from server.snapshot import SnapshotStore
@@ -113,41 +114,17 @@ class App:
         self._tasks.append(asyncio.create_task(self._snapshot_loop(), name="snapshots"))
 
     async def _recover(self) -> None:
-        began = time.perf_counter()
-        loaded = await asyncio.to_thread(self.snapshots.load_latest)
-        after = 0
-        if loaded is not None:
-            self.shards.restore(loaded.shards)
-            self.seen.restore(loaded.seen)
-            after = loaded.seq
-            log.info(
-                "restored snapshot %s: %d pipelines, %d execution ids",
-                loaded.path.name,
-                loaded.pipelines,
-                len(self.seen),
-            )
-        await self.log.open()
-        if self.log.first_seq > after + 1:
-            problem = (
-                f"the log starts at entry {self.log.first_seq} but the newest usable snapshot "
-                f"covers entries up to {after}: entries in between are missing"
-            )
-            if not self.repair:
-                raise CorruptLogError(problem + "; start with --repair to accept the loss")
-            log.warning("%s; --repair: going on without them", problem)
-        self.log.start_after(after)
-        records = events = 0
-        for _, payload in self.log.replay(after):
-            events += self.ingestor.replay(payload)
-            records += 1
+        done = await recover(
+            self.snapshots, self.log, self.ingestor, self.shards, self.seen, repair=self.repair
+        )
         metrics.PIPELINES.set(len(self.shards))
         self._log_bytes_at_snapshot = self.log.size_bytes()
         log.info(
             "recovered in %.2fs: %d pipelines, %d events replayed from %d log entries",
-            time.perf_counter() - began,
+            done.seconds,
             len(self.shards),
-            events,
-            records,
+            done.events,
+            done.entries,
         )
 
     async def snapshot(self) -> Path | None:

@@ -379,7 +379,9 @@ class WriteAheadLog:
                     # newest segment's numbering cannot be trusted, so it is all tail.
                     log.warning(
                         "%s: %s; cutting the whole newest segment (%d bytes)",
-                        path, first, len(data),
+                        path,
+                        first,
+                        len(data),
                     )
                     path.unlink()
                     report.cut_bytes += len(data)

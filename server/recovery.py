@@ -1,0 +1,74 @@
+"""Recovery: the newest usable snapshot, then the log after it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from server.dedup import SeenExecutions
+from server.errors import CorruptLogError
+from server.eventlog import EventLog
+from server.ingest import Ingestor
+from server.shards import ShardSet
+from server.snapshot import SnapshotStore
+
+__all__ = ["Recovered", "recover"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Recovered:
+    """What recovery did."""
+
+    snapshot_seq: int
+    """The log position of the snapshot restored; 0 when none."""
+    entries: int
+    """Log entries replayed after it."""
+    events: int
+    """Events those entries applied."""
+    seconds: float
+    """How long it took."""
+
+
+async def recover(
+    store: SnapshotStore,
+    event_log: EventLog,
+    ingestor: Ingestor,
+    shards: ShardSet,
+    seen: SeenExecutions,
+    *,
+    repair: bool = False,
+) -> Recovered:
+    """Rebuild the state from disk. Raises CorruptLogError when entries are missing between the
+    snapshot and the log (unless `repair`), or when the log itself is corrupt."""
+    began = time.perf_counter()
+    loaded = await asyncio.to_thread(store.load_latest)
+    after = 0
+    if loaded is not None:
+        shards.restore(loaded.shards)
+        seen.restore(loaded.seen)
+        after = loaded.seq
+        log.info(
+            "restored snapshot %s: %d pipelines, %d execution ids",
+            loaded.path.name,
+            loaded.pipelines,
+            len(seen),
+        )
+    await event_log.open()
+    if event_log.first_seq > after + 1:
+        problem = (
+            f"the log starts at entry {event_log.first_seq} but the newest usable snapshot covers "
+            f"entries up to {after}: the entries in between are missing"
+        )
+        if not repair:
+            raise CorruptLogError(problem + "; start with --repair to accept the loss")
+        log.warning("%s; --repair: going on without them", problem)
+    event_log.start_after(after)
+    entries = events = 0
+    for _, payload in event_log.replay(after):
+        events += ingestor.replay(payload)
+        entries += 1
+    return Recovered(after, entries, events, time.perf_counter() - began)

@@ -1,0 +1,68 @@
+"""An in-process node of the durable parts (log, snapshots, ingestion) that can crash."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+from pipewarden.v1 import service_pb2
+from server.config import IngestLimits
+from server.dedup import SeenExecutions
+from server.ingest import Ingestor, IngestOutcome
+from server.recovery import recover
+from server.shards import ShardSet
+from server.snapshot import SnapshotStore
+from server.wal import WriteAheadLog
+
+
+class Node:
+    """Log + snapshots + shards, recovered from `data` like the server does it."""
+
+    def __init__(self, data: Path, shards: int = 4, segment_bytes: int = 2048) -> None:
+        self.data = data
+        self.shards = ShardSet(shards, window=16)
+        self.seen = SeenExecutions(10**6)
+        self.wal = WriteAheadLog(data / "wal", segment_bytes=segment_bytes)
+        self.store = SnapshotStore(data / "snapshots")
+        self.ingestor = Ingestor(self.shards, self.seen, self.wal, IngestLimits())
+
+    async def open(self) -> None:
+        await recover(self.store, self.wal, self.ingestor, self.shards, self.seen)
+
+    async def ingest(self, request: service_pb2.IngestRequest) -> IngestOutcome:
+        outcome, seq = self.ingestor.ingest(request.SerializeToString(), request)
+        await self.wal.wait_durable(seq)
+        return outcome
+
+    async def snapshot(self) -> None:
+        await self.store.write(self.shards, self.seen, self.wal)
+        oldest = self.store.prune()
+        if oldest is not None:
+            await self.wal.truncate_before(oldest)
+
+    async def close(self) -> None:
+        await self.wal.close()
+
+    def crash(self) -> None:
+        """Die like kill -9: whatever was written stays, nothing else happens."""
+        wal = self.wal
+        if wal._writer is not None:
+            wal._writer.cancel()
+        if wal._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(wal._fd)
+            wal._fd = -1
+        wal._closed = True
+        wal._executor.shutdown(wait=True)
+
+    def totals(self) -> dict[str, tuple[int, int, int, int]]:
+        """Per pipeline: succeeded, failed, cancelled, records."""
+        return {
+            p.pipeline_id: (p.succeeded, p.failed, p.cancelled, p.records_sum)
+            for p in self.shards.pipelines()
+        }
+
+    def state(self) -> list[bytes]:
+        """Every shard, serialized: equal bytes, equal state."""
+        return [s.SerializeToString(deterministic=True) for s in self.shards.dump()]
