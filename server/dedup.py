@@ -45,22 +45,23 @@ class SeenExecutions:
     def add(self, execution_id: str, event_time: float) -> None:
         """Remember an id (not already present)."""
         self._ids.add(execution_id)
-        self._order.append(execution_id)
-        chunks = self._chunks
-        if not chunks or chunks[-1][0] >= CHUNK:
-            chunks.append([1, event_time])
+        order = self._order
+        order.append(execution_id)
+        if event_time > self.newest:
+            self.newest = event_time
+        last = self._chunks[-1] if self._chunks else None
+        if last is None or last[0] >= CHUNK:
+            self._chunks.append([1, event_time])
+            # Age is checked once a chunk: the front chunk goes when its newest id is too old.
+            front = self._chunks[0]
+            if len(self._chunks) > 1 and front[1] < self.newest - self.retention_seconds:
+                self._forget(int(front[0]))
         else:
-            last = chunks[-1]
             last[0] += 1
             if event_time > last[1]:
                 last[1] = event_time
-        if event_time > self.newest:
-            self.newest = event_time
-        if len(self._order) > self.capacity:
+        if len(order) > self.capacity:
             self._forget(1)
-        front = chunks[0]
-        if len(chunks) > 1 and front[1] < self.newest - self.retention_seconds:
-            self._forget(int(front[0]))
 
     def _forget(self, n: int) -> None:
         order, ids, chunks = self._order, self._ids, self._chunks

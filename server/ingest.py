@@ -24,7 +24,7 @@ from server.dedup import SeenExecutions
 from server.detect import AlertSink, Detector, NullDetector, NullSink
 from server.eventlog import EventLog
 from server.model import RUNNING, Execution
-from server.shards import PipelineState, ShardSet
+from server.shards import PipelineState, Shard, ShardSet
 from server.validation import convert
 
 __all__ = ["IngestOutcome", "Ingestor"]
@@ -32,6 +32,8 @@ __all__ = ["IngestOutcome", "Ingestor"]
 log = logging.getLogger(__name__)
 
 _ACCEPTED, _DUPLICATE, _RUNNING, _LATE_RUNNING = 1, 2, 3, 4
+# Verdicts to the log's mask: 1 for what changed state (accepted and RUNNING events).
+_APPLIED = bytes(1 if v in (_ACCEPTED, _RUNNING) else 0 for v in range(256))
 
 
 @dataclass(slots=True)
@@ -72,54 +74,47 @@ class Ingestor:
         """Apply one request; return its outcome and the log position to wait for."""
         received_ns = int(self.clock() * 1e9)
         received = received_ns / 1e9
-        out = IngestOutcome()
         executions = request.executions
-        applied: bytearray | None = None
-        all_applied = True
-        touched: dict[str, PipelineState] = {}
+        # A verdict per execution: 0 rejected, or _ACCEPTED, _DUPLICATE, _RUNNING, _LATE_RUNNING.
+        verdicts = bytearray(len(executions))
+        rejected: list[tuple[int, str, str]] = []
+        touched: dict[str, PipelineState] | None = {} if self._detect else None
         limits = self.limits
+        apply = self._apply
         for i, msg in enumerate(executions):
             e = convert(msg, received, limits)
             if isinstance(e, str):
-                out.rejected.append((i, msg.execution_id, e))
-                verdict: int | str = 0
+                rejected.append((i, msg.execution_id, e))
+                continue
+            verdict = apply(e, touched)
+            if isinstance(verdict, str):
+                rejected.append((i, msg.execution_id, verdict))
             else:
-                verdict = self._apply(e, touched)
-                if isinstance(verdict, str):
-                    out.rejected.append((i, msg.execution_id, verdict))
-                elif verdict == _ACCEPTED:
-                    out.accepted += 1
-                elif verdict == _DUPLICATE:
-                    out.duplicates += 1
-                else:
-                    out.running += 1
-            if verdict in (_ACCEPTED, _RUNNING):
-                if applied is not None:
-                    applied.append(1)
-            else:
-                if all_applied:
-                    all_applied = False
-                    applied = bytearray(b"\x01" * i)
-                assert applied is not None
-                applied.append(0)
+                verdicts[i] = verdict
+        accepted = verdicts.count(_ACCEPTED)
+        running = verdicts.count(_RUNNING)
+        out = IngestOutcome(
+            accepted=accepted,
+            duplicates=verdicts.count(_DUPLICATE),
+            running=running + verdicts.count(_LATE_RUNNING),
+            rejected=rejected,
+        )
         metrics.REQUESTS.inc()
         if out.accepted:
             metrics.EXECUTIONS.inc(out.accepted)
         if out.duplicates:
             metrics.DUPLICATES.inc(out.duplicates)
-        if out.rejected:
-            metrics.REJECTED.inc(len(out.rejected))
+        if rejected:
+            metrics.REJECTED.inc(len(rejected))
         if out.running:
             metrics.RUNNING_EVENTS.inc(out.running)
 
-        if all_applied or (applied is not None and any(applied)):
-            if not executions:
-                return out, self.log.last_seq
+        applied = accepted + running
+        if applied:
+            mask = b"" if applied == len(executions) else bytes(verdicts.translate(_APPLIED))
             record = storage_pb2.LogRecord(
                 executions=storage_pb2.ExecutionBatch(
-                    received_unix_nanos=received_ns,
-                    request=raw,
-                    applied=b"" if all_applied else bytes(applied or b""),
+                    received_unix_nanos=received_ns, request=raw, applied=mask
                 )
             )
             seq = self.log.append(record.SerializeToString())
@@ -134,14 +129,13 @@ class Ingestor:
         return out, seq
 
     def _apply(
-        self, e: Execution, touched: dict[str, PipelineState], replaying: bool = False
+        self, e: Execution, touched: dict[str, PipelineState] | None, replaying: bool = False
     ) -> int | str:
         """Decide and apply one event. Replaying, the decision was made once already (the log
         holds only applied events), so it is not made again: forgetting ids by retention may
         differ between runs, and must not change what the log says happened."""
         shards = self.shards
-        shard = shards.shard_for(e.pipeline_id)
-        state = shard.pipelines.get(e.pipeline_id)
+        state = shards.index.get(e.pipeline_id)
         if not replaying:
             seen = e.execution_id in self.seen
             if e.status == RUNNING:
@@ -150,7 +144,7 @@ class Ingestor:
             elif seen:
                 return _DUPLICATE
         if state is None:
-            state = shards.create(shard, e.pipeline_id, e.team)
+            state = shards.create(e.pipeline_id, e.team)
             metrics.PIPELINES.inc()
         else:
             if state.team != e.team and not replaying:
@@ -159,14 +153,15 @@ class Ingestor:
                     f"{e.team!r}; a pipeline keeps the team of its first event"
                 )
             if shards.job is not None:
-                shards.job.preserve(shard.index, state)
+                shards.job.preserve(state.shard, state)
         if e.status == RUNNING:
-            shard.apply_running(state, e)
+            Shard.apply_running(state, e)
             return _RUNNING
-        if e.execution_id not in self.seen:
+        if not replaying or e.execution_id not in self.seen:
             self.seen.add(e.execution_id, e.event_time)
-        shard.apply_terminal(state, e)
-        touched[e.pipeline_id] = state
+        Shard.apply_terminal(state, e)
+        if touched is not None:
+            touched[e.pipeline_id] = state
         return _ACCEPTED
 
     def replay(self, payload: bytes) -> int:
@@ -178,7 +173,6 @@ class Ingestor:
         request = service_pb2.IngestRequest.FromString(batch.request)
         received = batch.received_unix_nanos / 1e9
         mask = batch.applied
-        touched: dict[str, PipelineState] = {}
         count = 0
         for i, msg in enumerate(request.executions):
             if mask and not mask[i]:
@@ -187,6 +181,6 @@ class Ingestor:
             if isinstance(e, str):
                 log.warning("log record holds an event that no longer converts: %s", e)
                 continue
-            self._apply(e, touched, replaying=True)
+            self._apply(e, None, replaying=True)
             count += 1
         return count

@@ -105,14 +105,22 @@ class PipelineState:
         "pipeline_id",
         "records_sum",
         "ring",
+        "shard",
         "succeeded",
         "team",
+        "totals",
         "upstream",
     )
 
-    def __init__(self, pipeline_id: str, team: str, window: int) -> None:
+    def __init__(
+        self, pipeline_id: str, team: str, window: int, shard: int, totals: TeamTotals
+    ) -> None:
         self.pipeline_id = pipeline_id
         self.team = team
+        self.shard = shard
+        """Index of the shard that owns it."""
+        self.totals = totals
+        """That shard's share of the team's totals, which this pipeline's runs add to."""
         self.succeeded = 0
         self.failed = 0
         self.cancelled = 0
@@ -216,17 +224,18 @@ class Shard:
     def create(self, pipeline_id: str, team: str) -> PipelineState:
         """Add a new pipeline."""
         team = sys.intern(team)
-        state = PipelineState(pipeline_id, team, self.window)
-        self.pipelines[pipeline_id] = state
         totals = self.teams.get(team)
         if totals is None:
             totals = self.teams[team] = TeamTotals()
         totals.pipelines += 1
+        state = PipelineState(pipeline_id, team, self.window, self.index, totals)
+        self.pipelines[pipeline_id] = state
         return state
 
-    def apply_terminal(self, state: PipelineState, e: Execution) -> None:
+    @staticmethod
+    def apply_terminal(state: PipelineState, e: Execution) -> None:
         """Count one terminal execution of `state`'s pipeline (already known to be new)."""
-        totals = self.teams[state.team]
+        totals = state.totals
         status = e.status
         t = e.event_time
         if state.in_flight is not None:
@@ -252,7 +261,7 @@ class Shard:
                         state.consecutive_failures = 0
                     else:
                         # A late success: only the failures after it (by event time) still count.
-                        state.consecutive_failures = self._failures_after(state, t)
+                        state.consecutive_failures = Shard._failures_after(state, t)
             else:
                 state.failed += 1
                 totals.failed += 1
@@ -319,8 +328,22 @@ class Shard:
     def restore(cls, snap: storage_pb2.ShardSnapshot, window: int) -> Shard:
         """A shard from its snapshot. A ring of another size is refilled into `window` slots."""
         shard = cls(snap.index, window)
+        for t in snap.teams:
+            totals = shard.teams[t.team] = TeamTotals()
+            totals.pipelines = t.pipelines
+            totals.succeeded = t.succeeded
+            totals.failed = t.failed
+            totals.cancelled = t.cancelled
+            totals.duration_sum = t.duration_sum
+            totals.duration_count = t.duration_count
+            totals.records_sum = int(t.records_sum or "0")
+            totals.failing = t.failing
         for msg in snap.pipelines:
-            p = PipelineState(msg.pipeline_id, msg.team, window)
+            team = sys.intern(msg.team)
+            team_totals = shard.teams.get(team)
+            if team_totals is None:
+                team_totals = shard.teams[team] = TeamTotals()
+            p = PipelineState(msg.pipeline_id, team, window, shard.index, team_totals)
             p.succeeded = msg.succeeded
             p.failed = msg.failed
             p.cancelled = msg.cancelled
@@ -339,16 +362,6 @@ class Shard:
             p.labels = dict(msg.labels) or None
             _restore_ring(p.ring, msg.ring)
             shard.pipelines[p.pipeline_id] = p
-        for t in snap.teams:
-            totals = shard.teams[t.team] = TeamTotals()
-            totals.pipelines = t.pipelines
-            totals.succeeded = t.succeeded
-            totals.failed = t.failed
-            totals.cancelled = t.cancelled
-            totals.duration_sum = t.duration_sum
-            totals.duration_count = t.duration_count
-            totals.records_sum = int(t.records_sum or "0")
-            totals.failing = t.failing
         return shard
 
 
@@ -460,6 +473,8 @@ class ShardSet:
         self.shards = [Shard(i, window) for i in range(shards)]
         self._sorted: list[str] = []
         self._sorted_by_team: dict[str, list[str]] = {}
+        self.index: dict[str, PipelineState] = {}
+        """Every pipeline by id, across shards: one lookup on the hot path."""
         self.job: SnapshotJob | None = None
         """The snapshot being written, if any; writers call job.preserve before a change."""
         self._epoch = 0
@@ -484,11 +499,12 @@ class ShardSet:
 
     def get(self, pipeline_id: str) -> PipelineState | None:
         """A pipeline's state, or None when it has never been seen."""
-        return self.shard_for(pipeline_id).pipelines.get(pipeline_id)
+        return self.index.get(pipeline_id)
 
-    def create(self, shard: Shard, pipeline_id: str, team: str) -> PipelineState:
-        """Add a pipeline to its shard and to the sorted indexes."""
-        state = shard.create(pipeline_id, team)
+    def create(self, pipeline_id: str, team: str) -> PipelineState:
+        """Add a pipeline to its shard and to the indexes."""
+        state = self.shard_for(pipeline_id).create(pipeline_id, team)
+        self.index[pipeline_id] = state
         if self.job is not None:
             state.epoch = self.job.epoch
         bisect.insort(self._sorted, pipeline_id)
@@ -542,10 +558,11 @@ class ShardSet:
             for snap in snaps:
                 old = Shard.restore(snap, self.window)
                 for pid, state in old.pipelines.items():
-                    self.shard_for(pid).pipelines[pid] = state
-            for shard in self.shards:
-                for state in shard.pipelines.values():
-                    _add_to_totals(shard, state)
+                    shard = self.shard_for(pid)
+                    shard.pipelines[pid] = state
+                    state.shard = shard.index
+                    state.totals = _add_to_totals(shard, state)
+        self.index = {p.pipeline_id: p for p in self.pipelines()}
         self._sorted = sorted(p.pipeline_id for p in self.pipelines())
         by_team: dict[str, list[str]] = {}
         for pid in self._sorted:
@@ -555,7 +572,7 @@ class ShardSet:
         self._sorted_by_team = by_team
 
 
-def _add_to_totals(shard: Shard, p: PipelineState) -> None:
+def _add_to_totals(shard: Shard, p: PipelineState) -> TeamTotals:
     totals = shard.teams.get(p.team)
     if totals is None:
         totals = shard.teams[p.team] = TeamTotals()
@@ -567,3 +584,4 @@ def _add_to_totals(shard: Shard, p: PipelineState) -> None:
     totals.duration_count += p.duration_count
     totals.records_sum += p.records_sum
     totals.failing += 1 if p.last_status == FAILED else 0
+    return totals

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from google.protobuf.duration_pb2 import Duration
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from pipewarden.v1.execution_pb2 import PipelineExecution
 from server.config import IngestLimits
 from server.model import CANCELLED, FAILED, RUNNING, SUCCEEDED, Execution
@@ -23,6 +20,8 @@ _STATUSES = frozenset({SUCCEEDED, FAILED, RUNNING, CANCELLED})
 _MIN_SECONDS = -62_135_596_800
 _MAX_SECONDS = 253_402_300_799
 _MAX_DURATION_SECONDS = 315_576_000_000
+# Shared by every execution without labels; never mutated.
+_NO_LABELS: dict[str, str] = {}
 
 
 def format_time(t: float) -> str:
@@ -33,23 +32,17 @@ def format_time(t: float) -> str:
         return f"{t:.0f}s since the epoch"
 
 
-def _timestamp(ts: Timestamp, name: str) -> float | str:
-    if not _MIN_SECONDS <= ts.seconds <= _MAX_SECONDS or not 0 <= ts.nanos <= 999_999_999:
-        return (
-            f"{name} is not a valid timestamp (seconds={ts.seconds}, nanos={ts.nanos}); "
-            "it must lie between years 1 and 9999 with nanos from 0 to 999999999"
-        )
-    return ts.seconds + ts.nanos * 1e-9
+def _bad_timestamp(name: str, seconds: int, nanos: int) -> str:
+    return (
+        f"{name} is not a valid timestamp (seconds={seconds}, nanos={nanos}); "
+        "it must lie between years 1 and 9999 with nanos from 0 to 999999999"
+    )
 
 
-def _duration(d: Duration) -> float | str:
-    s, n = d.seconds, d.nanos
+def _bad_duration(s: int, n: int) -> str:
     if abs(s) > _MAX_DURATION_SECONDS or abs(n) > 999_999_999 or (s > 0 > n) or (s < 0 < n):
         return f"duration is not a valid Duration (seconds={s}, nanos={n})"
-    value = s + n * 1e-9
-    if value < 0:
-        return f"duration is {value:g}s; it must not be negative"
-    return value
+    return f"duration is {s + n * 1e-9:g}s; it must not be negative"
 
 
 def convert(
@@ -61,21 +54,23 @@ def convert(
     With `check_limits` False (replaying the log, where the event was accepted once already) the
     size limits are not applied, so a lowered limit never drops what was acknowledged.
     """
+    # The hot path of ingestion: every execution passes here, so fields are read once into
+    # locals and the common case (nothing wrong, no labels) does as little as it can.
     execution_id = msg.execution_id
     pipeline_id = msg.pipeline_id
     team = msg.team
     status = msg.status
-    if not execution_id.strip():
+    records = msg.records_processed
+    if not execution_id or execution_id.isspace():
         return "execution_id is required"
-    if not pipeline_id.strip():
+    if not pipeline_id or pipeline_id.isspace():
         return "pipeline_id is required"
-    if not team.strip():
+    if not team or team.isspace():
         return "team is required"
     if status not in _STATUSES:
         if status == 0:
             return "status is required (it is EXECUTION_STATUS_UNSPECIFIED)"
         return f"status {status} is not a known ExecutionStatus"
-    records = msg.records_processed
     if records < 0:
         return f"records_processed is {records}; it must not be negative"
 
@@ -83,20 +78,24 @@ def convert(
     finished_at: float | None = None
     duration: float | None = None
     if msg.HasField("started_at"):
-        value = _timestamp(msg.started_at, "started_at")
-        if isinstance(value, str):
-            return value
-        started_at = value
+        ts = msg.started_at
+        seconds, nanos = ts.seconds, ts.nanos
+        if not (_MIN_SECONDS <= seconds <= _MAX_SECONDS and 0 <= nanos <= 999_999_999):
+            return _bad_timestamp("started_at", seconds, nanos)
+        started_at = seconds + nanos * 1e-9
     if msg.HasField("finished_at"):
-        value = _timestamp(msg.finished_at, "finished_at")
-        if isinstance(value, str):
-            return value
-        finished_at = value
+        ts = msg.finished_at
+        seconds, nanos = ts.seconds, ts.nanos
+        if not (_MIN_SECONDS <= seconds <= _MAX_SECONDS and 0 <= nanos <= 999_999_999):
+            return _bad_timestamp("finished_at", seconds, nanos)
+        finished_at = seconds + nanos * 1e-9
     if msg.HasField("duration"):
-        value = _duration(msg.duration)
-        if isinstance(value, str):
-            return value
-        duration = value
+        d = msg.duration
+        seconds, nanos = d.seconds, d.nanos
+        if 0 <= seconds <= _MAX_DURATION_SECONDS and 0 <= nanos <= 999_999_999:
+            duration = seconds + nanos * 1e-9
+        else:
+            return _bad_duration(seconds, nanos)
     if started_at is not None and finished_at is not None:
         if finished_at < started_at:
             return (
@@ -106,25 +105,35 @@ def convert(
         if duration is None:
             duration = finished_at - started_at
 
-    upstream = tuple(msg.upstream_pipeline_ids)
-    labels = dict(msg.labels)
+    ups = msg.upstream_pipeline_ids
+    upstream = tuple(ups) if ups else ()
+    label_map = msg.labels
+    labels = dict(label_map) if label_map else _NO_LABELS
     error_message = msg.error_message
     if check_limits:
-        reason = _check_limits(execution_id, pipeline_id, team, upstream, labels, limits)
-        if reason:
-            return reason
-    if len(error_message) > limits.max_error_message_length:
+        longest = limits.max_id_length
+        if (
+            len(execution_id) > longest
+            or len(pipeline_id) > longest
+            or len(team) > limits.max_team_length
+            or upstream
+            or labels
+        ):
+            reason = _check_limits(execution_id, pipeline_id, team, upstream, labels, limits)
+            if reason:
+                return reason
+    if error_message and len(error_message) > limits.max_error_message_length:
         error_message = error_message[: limits.max_error_message_length]
 
-    if finished_at is not None:
+    if status == RUNNING:
+        # A run in flight happens at its start; its duration is not known yet.
+        event_time = started_at if started_at is not None else received_at
+    elif finished_at is not None:
         event_time = finished_at
     elif started_at is not None:
         event_time = started_at + duration if duration is not None else started_at
     else:
         event_time = received_at
-    if status == RUNNING:
-        # A run in flight happens at its start; its duration is not known yet.
-        event_time = started_at if started_at is not None else received_at
     return Execution(
         execution_id,
         pipeline_id,
@@ -156,20 +165,26 @@ def _check_limits(
     ):
         if len(value) > limit:
             return f"{name} is {len(value)} characters long; the limit is {limit}"
-    if len(upstream) > limits.max_upstreams:
-        count, limit = len(upstream), limits.max_upstreams
-        return f"upstream_pipeline_ids has {count} entries; the limit is {limit}"
-    for i, up in enumerate(upstream):
-        if not up.strip():
-            return f"upstream_pipeline_ids[{i}] is empty"
-        if len(up) > limits.max_id_length:
-            return (
-                f"upstream_pipeline_ids[{i}] is {len(up)} characters long; "
-                f"the limit is {limits.max_id_length}"
-            )
-    if len(labels) > limits.max_labels:
-        return f"labels has {len(labels)} entries; the limit is {limits.max_labels}"
-    for key, value in labels.items():
-        if len(key) > limits.max_label_length or len(value) > limits.max_label_length:
-            return f"label {key[:40]!r} is longer than {limits.max_label_length} characters"
+    if upstream:
+        lengths = list(map(len, upstream))
+        if len(upstream) > limits.max_upstreams:
+            count, most = len(upstream), limits.max_upstreams
+            return f"upstream_pipeline_ids has {count} entries; the limit is {most}"
+        if min(lengths) == 0 or max(lengths) > limits.max_id_length:
+            for i, up in enumerate(upstream):
+                if not up:
+                    return f"upstream_pipeline_ids[{i}] is empty"
+                if len(up) > limits.max_id_length:
+                    return (
+                        f"upstream_pipeline_ids[{i}] is {len(up)} characters long; "
+                        f"the limit is {limits.max_id_length}"
+                    )
+    if labels:
+        if len(labels) > limits.max_labels:
+            return f"labels has {len(labels)} entries; the limit is {limits.max_labels}"
+        longest = limits.max_label_length
+        if max(map(len, labels)) > longest or max(map(len, labels.values())) > longest:
+            for key, value in labels.items():
+                if len(key) > longest or len(value) > longest:
+                    return f"label {key[:40]!r} is longer than {longest} characters"
     return None

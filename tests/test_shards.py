@@ -52,7 +52,7 @@ def test_ring_keeps_the_latest_runs_oldest_first() -> None:
 def test_consecutive_failures_by_event_time(events: list[tuple[int, float]], streak: int) -> None:
     shards = ShardSet(4, window=16)
     shard = shards.shard_for("p")
-    state = shards.create(shard, "p", "team")
+    state = shards.create("p", "team")
     for i, (status, t) in enumerate(events):
         shard.apply_terminal(state, _e(f"e{i}", status, t))
     assert state.consecutive_failures == streak
@@ -61,7 +61,7 @@ def test_consecutive_failures_by_event_time(events: list[tuple[int, float]], str
 def test_failing_pipelines_follow_the_latest_status() -> None:
     shards = ShardSet(2, window=8)
     shard = shards.shard_for("p")
-    state = shards.create(shard, "p", "team")
+    state = shards.create("p", "team")
     shard.apply_terminal(state, _e("a", FAILED, 10))
     assert shards.team_totals("team").failing == 1  # type: ignore[union-attr]
     shard.apply_terminal(state, _e("b", FAILED, 5))  # older: the latest is still a failure
@@ -72,7 +72,7 @@ def test_failing_pipelines_follow_the_latest_status() -> None:
 def test_restore_into_another_window_keeps_the_latest_runs() -> None:
     shards = ShardSet(1, window=8)
     shard = shards.shard_for("p")
-    state = shards.create(shard, "p", "team")
+    state = shards.create("p", "team")
     for i in range(6):
         shard.apply_terminal(state, _e(f"e{i}", SUCCEEDED, float(i), duration=float(i)))
     smaller = ShardSet(1, window=4)
