@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Final
 
 __all__ = ["CANCELLED", "FAILED", "RUNNING", "STATUS_NAMES", "SUCCEEDED", "TERMINAL", "Execution"]
@@ -49,7 +50,7 @@ class Execution:
         duration: float | None,
         records: int,
         upstream: tuple[str, ...],
-        labels: dict[str, str],
+        labels: Mapping[str, str],
         error_message: str,
         event_time: float,
     ) -> None:

@@ -244,8 +244,10 @@ class Shard:
                 state.in_flight = None
         if e.upstream:
             state.upstream = e.upstream
-        if e.labels:
-            state.labels = e.labels
+        if e.labels and (state.labels is None or state.ring.position == 0):
+            # Labels change rarely: they are taken from the first run that has them and
+            # refreshed once per turn of the ring buffer, not copied on every run.
+            state.labels = dict(e.labels)
         state.ring.push(status, e.duration, e.records, t)
         if status == CANCELLED:
             state.cancelled += 1

@@ -7,6 +7,7 @@ the server's code.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
 from pipewarden.v1.execution_pb2 import PipelineExecution
@@ -20,8 +21,17 @@ _STATUSES = frozenset({SUCCEEDED, FAILED, RUNNING, CANCELLED})
 _MIN_SECONDS = -62_135_596_800
 _MAX_SECONDS = 253_402_300_799
 _MAX_DURATION_SECONDS = 315_576_000_000
-# Shared by every execution without labels; never mutated.
-_NO_LABELS: dict[str, str] = {}
+
+
+def _small_enough(limits: IngestLimits) -> int:
+    """The message size under which no per-string or per-entry limit can be exceeded (a label
+    costs at least 4 bytes on the wire, an upstream id 2)."""
+    return min(
+        limits.max_id_length,
+        limits.max_label_length,
+        4 * limits.max_labels,
+        2 * limits.max_upstreams,
+    )
 
 
 def format_time(t: float) -> str:
@@ -107,21 +117,19 @@ def convert(
 
     ups = msg.upstream_pipeline_ids
     upstream = tuple(ups) if ups else ()
-    label_map = msg.labels
-    labels = dict(label_map) if label_map else _NO_LABELS
+    # Labels stay the message's own map: most runs repeat their pipeline's labels, and the
+    # shard copies them only when it keeps them (see Shard.apply_terminal).
+    labels = msg.labels
     error_message = msg.error_message
     if check_limits:
-        longest = limits.max_id_length
-        if (
-            len(execution_id) > longest
-            or len(pipeline_id) > longest
-            or len(team) > limits.max_team_length
-            or upstream
-            or labels
-        ):
+        # No string in a message can be longer than the message. So a small message needs no
+        # look at each label and upstream id; only the team's own limit is lower.
+        if msg.ByteSize() > _small_enough(limits) or len(team) > limits.max_team_length:
             reason = _check_limits(execution_id, pipeline_id, team, upstream, labels, limits)
             if reason:
                 return reason
+        elif upstream and not all(upstream):
+            return f"upstream_pipeline_ids[{upstream.index('')}] is empty"
     if error_message and len(error_message) > limits.max_error_message_length:
         error_message = error_message[: limits.max_error_message_length]
 
@@ -155,7 +163,7 @@ def _check_limits(
     pipeline_id: str,
     team: str,
     upstream: tuple[str, ...],
-    labels: dict[str, str],
+    labels: Mapping[str, str],
     limits: IngestLimits,
 ) -> str | None:
     for name, value, limit in (
