@@ -62,6 +62,8 @@ class App:
             repair=repair,
             on_failure=self._log_failed,
         )
+        if isinstance(self.log, WriteAheadLog) and self.log.on_failure is None:
+            self.log.on_failure = self._log_failed
         self.snapshots = SnapshotStore(data / "snapshots")
         self.ingestor = Ingestor(self.shards, self.seen, self.log, sc.limits)
         self.service = PipelineMonitorService(self.ingestor, self.shards, self.log, sc)

@@ -85,11 +85,20 @@ class SeenExecutions:
         return out
 
     def restore(self, chunks: Iterable[tuple[Iterable[str], float]]) -> None:
-        """Replace the contents with snapshot chunks, oldest first."""
-        self._ids.clear()
-        self._order.clear()
-        self._chunks.clear()
-        self.newest = float("-inf")
+        """Replace the contents with snapshot chunks, oldest first (in bulk: this is on the
+        path from start to SERVING)."""
+        order: deque[str] = deque()
+        bounds: deque[list[float]] = deque()
+        newest = float("-inf")
         for ids, max_time in chunks:
-            for execution_id in ids:
-                self.add(execution_id, max_time)
+            before = len(order)
+            order.extend(ids)
+            if len(order) > before:
+                bounds.append([len(order) - before, max_time])
+                newest = max(newest, max_time)
+        self._order = order
+        self._ids = set(order)
+        self._chunks = bounds
+        self.newest = newest
+        if len(order) > self.capacity:
+            self._forget(len(order) - self.capacity)
