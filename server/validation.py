@@ -120,7 +120,6 @@ def convert(
     # Labels stay the message's own map: most runs repeat their pipeline's labels, and the
     # shard copies them only when it keeps them (see Shard.apply_terminal).
     labels = msg.labels
-    error_message = msg.error_message
     if check_limits:
         # No string in a message can be longer than the message. So a small message needs no
         # look at each label and upstream id; only the team's own limit is lower.
@@ -130,8 +129,11 @@ def convert(
                 return reason
         elif upstream and not all(upstream):
             return f"upstream_pipeline_ids[{upstream.index('')}] is empty"
-    if error_message and len(error_message) > limits.max_error_message_length:
-        error_message = error_message[: limits.max_error_message_length]
+    error_message = ""
+    if status == FAILED:  # the only runs whose error is kept
+        error_message = msg.error_message
+        if len(error_message) > limits.max_error_message_length:
+            error_message = error_message[: limits.max_error_message_length]
 
     if status == RUNNING:
         # A run in flight happens at its start; its duration is not known yet.

@@ -1,0 +1,173 @@
+"""Ingest throughput: Pipewarden's full path against the no-op sink, side by side.
+
+For each request size, every round builds one set of distinct requests and sends the same bytes
+to both servers, one after the other (the order alternates between rounds, so a drift in the
+machine's speed hurts neither side more). The figure to watch is Pipewarden's events/s divided
+by the sink's, taken round by round and then the median; the absolute rates are context.
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+from bench import loadgen
+from bench.common import STORE, Context, SectionResult, ServerProcess, Target, Worker
+from bench.profile import summarize
+from bench.workload import Fleet, check_request
+
+__all__ = ["NAME", "TITLE", "run"]
+
+NAME = "ingest"
+TITLE = "Ingest throughput (StreamIngest), Pipewarden vs no-op sink"
+
+SIZES = (1, 100, 1000)
+"""Executions per request."""
+PIPELINES = 1000
+STREAMS = 8
+"""Concurrent streams of the load client; enough to keep either server saturated."""
+RATIO_TARGET = Target(">=", 0.5)
+PROFILE_SECONDS = 8.0
+"""How long the extra run under py-spy (--profile) should take."""
+
+
+def _plan(quick: bool) -> tuple[dict[int, int], int, float]:
+    """Events per run for each size, rounds, and the time limit of one run."""
+    if quick:
+        return {1: 2_000, 100: 20_000, 1000: 40_000}, 1, 5.0
+    return {1: 15_000, 100: 200_000, 1000: 300_000}, 7, 15.0
+
+
+# -- in the client worker -------------------------------------------------------------------------
+
+
+def _setup(pipelines: int) -> dict[str, Any]:
+    fleet = STORE["fleet"] = Fleet(pipelines)
+    # Every pipeline twice, so that pipeline creation is not part of any measured run.
+    warmup = fleet.requests([p for _ in range(2) for p in range(pipelines)], 100)
+    STORE["warmup"] = warmup
+    check_request(warmup[0], fleet)
+    return {"warmup_requests": len(warmup), "teams": len(fleet.teams)}
+
+
+def _build(size: int, events: int, seed: int) -> dict[str, Any]:
+    fleet: Fleet = STORE["fleet"]
+    requests = STORE["requests"] = fleet.requests(fleet.random_order(events, seed), size)
+    check_request(requests[-1], fleet)
+    return {"requests": len(requests), "bytes": sum(len(r) for r in requests)}
+
+
+def _send(target: str, key: str, max_seconds: float) -> dict[str, Any]:
+    return loadgen.blast(target, STORE[key], streams=STREAMS, max_seconds=max_seconds)
+
+
+# -- in the harness -------------------------------------------------------------------------------
+
+
+def _measure(worker: Worker, server: ServerProcess, key: str, max_seconds: float) -> dict[str, Any]:
+    cpu = server.cpu_seconds()
+    result: dict[str, Any] = worker.call(
+        _send, server.target, key, max_seconds, timeout=max_seconds + 60
+    )
+    server.check_alive()
+    result["server_cpu"] = (server.cpu_seconds() - cpu) / result["seconds"]
+    result["events_per_second"] = result["events"] / result["seconds"]
+    if result["rejected"] or result["duplicates"]:
+        raise RuntimeError(
+            f"{server.name} did not accept every event: {result['duplicates']} duplicates, "
+            f"{result['rejected']} rejected (first: {result.get('first_rejection')})"
+        )
+    return result
+
+
+def run(ctx: Context) -> SectionResult:
+    """Measure events/s of both servers for each request size."""
+    res = SectionResult(NAME, TITLE)
+    events, rounds, max_seconds = _plan(ctx.quick)
+    res.details.update(
+        streams=STREAMS, pipelines=PIPELINES, rounds=rounds, events_per_run=events, sizes={}
+    )
+    with (
+        ctx.worker() as worker,
+        ctx.sink("ingest-sink") as sink,
+        ctx.pipewarden("ingest-pipewarden") as full,
+    ):
+        worker.call(_setup, PIPELINES)
+        for server in (sink, full):
+            _measure(worker, server, "warmup", max_seconds)
+        for size in SIZES:
+            runs: dict[str, list[dict[str, Any]]] = {"sink": [], "pipewarden": []}
+            ratios: list[float] = []
+            for r in range(rounds):
+                built = worker.call(_build, size, events[size], size * 1000 + r)
+                order = [("sink", sink), ("pipewarden", full)]
+                if r % 2:
+                    order.reverse()
+                rates = {}
+                for label, server in order:
+                    out = _measure(worker, server, "requests", max_seconds)
+                    out.update(built_requests=built["requests"], request_bytes=built["bytes"])
+                    runs[label].append(out)
+                    rates[label] = out["events_per_second"]
+                ratios.append(rates["pipewarden"] / rates["sink"])
+                ctx.log(
+                    f"ingest x{size} round {r + 1}/{rounds}: sink {rates['sink']:,.0f}/s, "
+                    f"pipewarden {rates['pipewarden']:,.0f}/s, ratio {ratios[-1]:.2f}"
+                )
+            _report(res, size, runs, ratios)
+            if ctx.profile:
+                _profile(ctx, res, worker, full, size, events[size], max_seconds)
+        res.details["pipewarden_data_dir_bytes"] = ctx.data_dir_bytes("ingest-pipewarden")
+    return res
+
+
+def _report(
+    res: SectionResult, size: int, runs: dict[str, list[dict[str, Any]]], ratios: list[float]
+) -> None:
+    summary: dict[str, Any] = {"ratios": ratios, "runs": runs}
+    for label in ("sink", "pipewarden"):
+        rates = [r["events_per_second"] for r in runs[label]]
+        cpu = statistics.median(r["server_cpu"] for r in runs[label])
+        summary[label] = {"median": statistics.median(rates), "best": max(rates), "cpu": cpu}
+        res.add(
+            f"{label} events/s, {size:,} exec/request",
+            statistics.median(rates),
+            "events/s",
+            note=f"median of {len(rates)}; best {max(rates):,.0f}; server CPU {cpu:.0%}",
+        )
+    best_ratio = summary["pipewarden"]["best"] / summary["sink"]["best"]
+    summary["ratio_median"] = statistics.median(ratios)
+    summary["ratio_of_best"] = best_ratio
+    res.add(
+        f"ratio pipewarden/sink, {size:,} exec/request",
+        statistics.median(ratios),
+        "ratio",
+        RATIO_TARGET,
+        note=f"median of paired rounds {', '.join(f'{x:.2f}' for x in ratios)}; "
+        f"best/best {best_ratio:.2f}",
+    )
+    res.details["sizes"][str(size)] = summary
+
+
+def _profile(
+    ctx: Context,
+    res: SectionResult,
+    worker: Worker,
+    server: ServerProcess,
+    size: int,
+    events: int,
+    max_seconds: float,
+) -> None:
+    """One more, unmeasured run of the full path under py-spy, long enough for a few thousand
+    samples; keep the hottest functions."""
+    rate = res.details["sizes"][str(size)]["pipewarden"]["median"]
+    events = max(events, int(rate * PROFILE_SECONDS) // size * size)
+    worker.call(_build, size, events, size * 1000 + 999)
+    out = ctx.logdir / f"ingest-profile-{size}.txt"
+    with server.profiled(out):
+        _measure(worker, server, "requests", max(max_seconds, 2 * PROFILE_SECONDS))
+    top = summarize(out)
+    res.details["sizes"][str(size)]["profile"] = {"file": str(out), "top": top}
+    ctx.log(f"ingest x{size} profile of pipewarden in {out}")
+    for row in top[:12]:
+        ctx.log(f"  {row['self']:6.1%} self {row['total']:6.1%} total  {row['function']}")
