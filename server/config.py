@@ -51,6 +51,18 @@ class IngestLimits:
     """Most upstream pipeline ids on one execution."""
     max_error_message_length: int = 4096
     """Longer error messages are kept, cut to this length."""
+    small_message_bytes: int = field(init=False, repr=False, compare=False)
+    """Derived: the size below which no per-string or per-entry limit can be exceeded (no string
+    is longer than its message; a label costs at least 4 bytes, an upstream id 2)."""
+
+    def __post_init__(self) -> None:
+        small = min(
+            self.max_id_length,
+            self.max_label_length,
+            4 * self.max_labels,
+            2 * self.max_upstreams,
+        )
+        object.__setattr__(self, "small_message_bytes", small)
 
 
 @dataclass(frozen=True)
@@ -245,7 +257,7 @@ def _server(raw: Mapping[str, Any], key: str) -> ServerConfig:
 
 
 def _limits(raw: Any, key: str) -> IngestLimits:
-    doc = _mapping(raw, key, {f.name for f in dataclasses.fields(IngestLimits)})
+    doc = _mapping(raw, key, {f.name for f in dataclasses.fields(IngestLimits) if f.init})
     return IngestLimits(**{k: _int(v, f"{key}.{k}", minimum=1) for k, v in doc.items()})
 
 

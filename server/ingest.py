@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from pipewarden.storage.v1 import storage_pb2
 from pipewarden.v1 import service_pb2
+from pipewarden.v1.execution_pb2 import PipelineExecution
 from server import metrics
 from server.config import IngestLimits
 from server.dedup import SeenExecutions
@@ -75,22 +76,8 @@ class Ingestor:
         received_ns = int(self.clock() * 1e9)
         received = received_ns / 1e9
         executions = request.executions
-        # A verdict per execution: 0 rejected, or _ACCEPTED, _DUPLICATE, _RUNNING, _LATE_RUNNING.
-        verdicts = bytearray(len(executions))
-        rejected: list[tuple[int, str, str]] = []
         touched: dict[str, PipelineState] | None = {} if self._detect else None
-        limits = self.limits
-        apply = self._apply
-        for i, msg in enumerate(executions):
-            e = convert(msg, received, limits)
-            if isinstance(e, str):
-                rejected.append((i, msg.execution_id, e))
-                continue
-            verdict = apply(e, touched)
-            if isinstance(verdict, str):
-                rejected.append((i, msg.execution_id, verdict))
-            else:
-                verdicts[i] = verdict
+        verdicts, rejected = self._process(executions, received, touched, replaying=False)
         accepted = verdicts.count(_ACCEPTED)
         running = verdicts.count(_RUNNING)
         out = IngestOutcome(
@@ -100,6 +87,7 @@ class Ingestor:
             rejected=rejected,
         )
         metrics.REQUESTS.inc()
+        metrics.PIPELINES.set(len(self.shards))
         if out.accepted:
             metrics.EXECUTIONS.inc(out.accepted)
         if out.duplicates:
@@ -128,41 +116,64 @@ class Ingestor:
                 self.sink.receive(state, self.detector.evaluate(state, self.shards, now), now)
         return out, seq
 
-    def _apply(
-        self, e: Execution, touched: dict[str, PipelineState] | None, replaying: bool = False
-    ) -> int | str:
-        """Decide and apply one event. Replaying, the decision was made once already (the log
-        holds only applied events), so it is not made again: forgetting ids by retention may
-        differ between runs, and must not change what the log says happened."""
+    def _process(
+        self,
+        executions: Sequence[PipelineExecution],
+        received: float,
+        touched: dict[str, PipelineState] | None,
+        *,
+        replaying: bool,
+        mask: bytes = b"",
+    ) -> tuple[bytearray, list[tuple[int, str, str]]]:
+        """Decide and apply each event; return a verdict per event (0 for rejected, or _ACCEPTED,
+        _DUPLICATE, _RUNNING, _LATE_RUNNING) and the rejections.
+
+        Replaying, only the events the mask marks are applied, and no decision is made again:
+        the log holds what was applied, and forgetting ids by retention may differ between runs
+        without changing what the log says happened. One loop serves both, inlined, because
+        every event of every request passes through it.
+        """
+        verdicts = bytearray(len(executions))
+        rejected: list[tuple[int, str, str]] = []
+        limits = self.limits
         shards = self.shards
-        state = shards.index.get(e.pipeline_id)
-        if not replaying:
-            seen = e.execution_id in self.seen
-            if e.status == RUNNING:
-                if seen:
-                    return _LATE_RUNNING
-            elif seen:
-                return _DUPLICATE
-        if state is None:
-            state = shards.create(e.pipeline_id, e.team)
-            metrics.PIPELINES.inc()
-        else:
-            if state.team != e.team and not replaying:
-                return (
-                    f"pipeline {e.pipeline_id!r} belongs to team {state.team!r}, not "
-                    f"{e.team!r}; a pipeline keeps the team of its first event"
-                )
-            if shards.job is not None:
-                shards.job.preserve(state.shard, state)
-        if e.status == RUNNING:
-            Shard.apply_running(state, e)
-            return _RUNNING
-        if not replaying or e.execution_id not in self.seen:
-            self.seen.add(e.execution_id, e.event_time)
-        Shard.apply_terminal(state, e)
-        if touched is not None:
-            touched[e.pipeline_id] = state
-        return _ACCEPTED
+        index = shards.index
+        seen = self.seen
+        check = not replaying
+        for i, msg in enumerate(executions):
+            if mask and not mask[i]:
+                continue
+            e = convert(msg, received, limits, check_limits=check)
+            if isinstance(e, str):
+                if replaying:
+                    log.warning("log record holds an event that no longer converts: %s", e)
+                else:
+                    rejected.append((i, msg.execution_id, e))
+                continue
+            status = e.status
+            if check and e.execution_id in seen:
+                verdicts[i] = _LATE_RUNNING if status == RUNNING else _DUPLICATE
+                continue
+            state = index.get(e.pipeline_id)
+            if state is None:
+                state = shards.create(e.pipeline_id, e.team)
+            else:
+                if check and state.team != e.team:
+                    rejected.append((i, msg.execution_id, _team_mismatch(state, e)))
+                    continue
+                if shards.job is not None:
+                    shards.job.preserve(state.shard, state)
+            if status == RUNNING:
+                Shard.apply_running(state, e)
+                verdicts[i] = _RUNNING
+                continue
+            if check or e.execution_id not in seen:
+                seen.add(e.execution_id, e.event_time)
+            Shard.apply_terminal(state, e)
+            if touched is not None:
+                touched[e.pipeline_id] = state
+            verdicts[i] = _ACCEPTED
+        return verdicts, rejected
 
     def replay(self, payload: bytes) -> int:
         """Apply one log record again (recovery); return how many events it applied."""
@@ -171,16 +182,18 @@ class Ingestor:
             return 0
         batch = record.executions
         request = service_pb2.IngestRequest.FromString(batch.request)
-        received = batch.received_unix_nanos / 1e9
-        mask = batch.applied
-        count = 0
-        for i, msg in enumerate(request.executions):
-            if mask and not mask[i]:
-                continue
-            e = convert(msg, received, self.limits, check_limits=False)
-            if isinstance(e, str):
-                log.warning("log record holds an event that no longer converts: %s", e)
-                continue
-            self._apply(e, None, replaying=True)
-            count += 1
-        return count
+        verdicts, _ = self._process(
+            request.executions,
+            batch.received_unix_nanos / 1e9,
+            None,
+            replaying=True,
+            mask=batch.applied,
+        )
+        return len(verdicts) - verdicts.count(0)
+
+
+def _team_mismatch(state: PipelineState, e: Execution) -> str:
+    return (
+        f"pipeline {e.pipeline_id!r} belongs to team {state.team!r}, not {e.team!r}; "
+        "a pipeline keeps the team of its first event"
+    )

@@ -23,17 +23,6 @@ _MAX_SECONDS = 253_402_300_799
 _MAX_DURATION_SECONDS = 315_576_000_000
 
 
-def _small_enough(limits: IngestLimits) -> int:
-    """The message size under which no per-string or per-entry limit can be exceeded (a label
-    costs at least 4 bytes on the wire, an upstream id 2)."""
-    return min(
-        limits.max_id_length,
-        limits.max_label_length,
-        4 * limits.max_labels,
-        2 * limits.max_upstreams,
-    )
-
-
 def format_time(t: float) -> str:
     """An event time as an ISO 8601 UTC string, for messages."""
     try:
@@ -123,7 +112,7 @@ def convert(
     if check_limits:
         # No string in a message can be longer than the message. So a small message needs no
         # look at each label and upstream id; only the team's own limit is lower.
-        if msg.ByteSize() > _small_enough(limits) or len(team) > limits.max_team_length:
+        if msg.ByteSize() > limits.small_message_bytes or len(team) > limits.max_team_length:
             reason = _check_limits(execution_id, pipeline_id, team, upstream, labels, limits)
             if reason:
                 return reason
