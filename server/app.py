@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -107,6 +108,8 @@ class App:
             self.http = HttpServer(host, port, lambda: self.ready)
             await self.http.start()
         await self._recover()
+        # What recovery built lives as long as the process: keep the collector off it.
+        gc.freeze()
         # Requests are served only once recovery is complete.
         await server.start()
         self.ready = True
@@ -234,4 +237,9 @@ def run(config: Config, *, repair: bool = False) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # The state is many long-lived objects and ingestion makes many short-lived ones that
+    # reference counting frees; cycles are rare. The default thresholds would run the cyclic
+    # collector every 700 allocations and rescan the whole state often: measured, that costs
+    # a tenth of ingest throughput.
+    gc.set_threshold(50_000, 20, 100)
     return asyncio.run(serve(config, repair=repair))

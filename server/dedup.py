@@ -63,12 +63,39 @@ class SeenExecutions:
         if len(order) > self.capacity:
             self._forget(1)
 
+    def add_batch(self, ids: list[str], max_event_time: float) -> None:
+        """Remember new ids (none already present) of one request at once; they share the
+        request's latest event time for retention, which keeps them at least as long."""
+        if not ids:
+            return
+        self._ids.update(ids)
+        order = self._order
+        order.extend(ids)
+        if max_event_time > self.newest:
+            self.newest = max_event_time
+        chunks = self._chunks
+        last = chunks[-1] if chunks else None
+        if last is not None and last[0] < CHUNK:
+            last[0] += len(ids)
+            if max_event_time > last[1]:
+                last[1] = max_event_time
+        else:
+            chunks.append([len(ids), max_event_time])
+            front = chunks[0]
+            if len(chunks) > 1 and front[1] < self.newest - self.retention_seconds:
+                self._forget(int(front[0]))
+        if len(order) > self.capacity:
+            self._forget(len(order) - self.capacity)
+
     def _forget(self, n: int) -> None:
         order, ids, chunks = self._order, self._ids, self._chunks
         for _ in range(n):
             ids.discard(order.popleft())
+        while n > 0 and chunks:
             front = chunks[0]
-            front[0] -= 1
+            take = min(n, int(front[0]))
+            front[0] -= take
+            n -= take
             if front[0] <= 0:
                 chunks.popleft()
 

@@ -140,6 +140,10 @@ class Ingestor:
         index = shards.index
         seen = self.seen
         check = not replaying
+        # Ids counted by this request: remembered in `seen` all at once after the loop.
+        new_ids: list[str] = []
+        new_set: set[str] = set()
+        newest = float("-inf")
         for i, msg in enumerate(executions):
             if mask and not mask[i]:
                 continue
@@ -151,7 +155,8 @@ class Ingestor:
                     rejected.append((i, msg.execution_id, e))
                 continue
             status = e.status
-            if check and e.execution_id in seen:
+            execution_id = e.execution_id
+            if check and (execution_id in seen or execution_id in new_set):
                 verdicts[i] = _LATE_RUNNING if status == RUNNING else _DUPLICATE
                 continue
             state = index.get(e.pipeline_id)
@@ -167,12 +172,16 @@ class Ingestor:
                 Shard.apply_running(state, e)
                 verdicts[i] = _RUNNING
                 continue
-            if check or e.execution_id not in seen:
-                seen.add(e.execution_id, e.event_time)
+            if execution_id not in new_set and (check or execution_id not in seen):
+                new_ids.append(execution_id)
+                new_set.add(execution_id)
+                if e.event_time > newest:
+                    newest = e.event_time
             Shard.apply_terminal(state, e)
             if touched is not None:
                 touched[e.pipeline_id] = state
             verdicts[i] = _ACCEPTED
+        seen.add_batch(new_ids, newest)
         return verdicts, rejected
 
     def replay(self, payload: bytes) -> int:

@@ -248,7 +248,17 @@ class Shard:
             # Labels change rarely: they are taken from the first run that has them and
             # refreshed once per turn of the ring buffer, not copied on every run.
             state.labels = dict(e.labels)
-        state.ring.push(status, e.duration, e.records, t)
+        # Ring.push, inlined: this runs for every counted execution.
+        ring = state.ring
+        i = ring.position
+        ring.status[i] = status
+        ring.duration[i] = math.nan if e.duration is None else e.duration
+        ring.records[i] = e.records
+        ring.time[i] = t
+        size = len(ring.status)
+        ring.position = i + 1 if i + 1 < size else 0
+        if ring.count < size:
+            ring.count += 1
         if status == CANCELLED:
             state.cancelled += 1
             totals.cancelled += 1
