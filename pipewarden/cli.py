@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipewarden.client import Client
-from pipewarden.v1 import execution_pb2, health_pb2, service_pb2
+from pipewarden.v1 import anomaly_pb2, execution_pb2, health_pb2, service_pb2
 
 __all__ = ["main"]
 
@@ -94,6 +94,17 @@ def _parser() -> argparse.ArgumentParser:
     teams = client("teams", "show team metrics")
     teams.add_argument("team", nargs="?", help="one team")
     teams.set_defaults(run=_teams)
+
+    anomalies = client("anomalies", "show the current anomalies, most severe first")
+    anomalies.add_argument("--team", default="", help="only this team's")
+    anomalies.add_argument("--pipeline", default="", help="only this pipeline's")
+    anomalies.add_argument(
+        "--min-severity",
+        choices=["medium", "high", "critical"],
+        default="medium",
+        help="only this severe or worse",
+    )
+    anomalies.set_defaults(run=_anomalies)
 
     sim = client("simulate", "stream a simulated fleet of pipelines to the server")
     sim.add_argument("--teams", type=int, default=8)
@@ -325,6 +336,44 @@ def _teams(args: argparse.Namespace) -> int:
             _seconds(t.avg_duration_seconds),
             _count(t.avg_records_processed),
             f"[red]{t.failing_pipelines}[/]" if t.failing_pipelines else "0",
+        )
+    console.print(table)
+    return 0
+
+
+# -- anomalies -----------------------------------------------------------------------------------
+
+_SEVERITY_STYLE = {3: "bold red", 2: "red", 1: "yellow"}
+
+
+def _anomalies(args: argparse.Namespace) -> int:
+    level = {"medium": 1, "high": 2, "critical": 3}[args.min_severity]
+    with Client(args.target, token=args.token) as client:
+        found = client.anomalies(team=args.team, pipeline_id=args.pipeline, min_severity=level)
+    if args.json:
+        print(json.dumps([_dict(a) for a in found]))
+        return 0
+    if not found:
+        console.print("No anomalies: every pipeline looks like itself and its peers.")
+        return 0
+    table = Table(title=f"Anomalies ({len(found)})", box=box.SIMPLE_HEAD)
+    table.add_column("severity", no_wrap=True)
+    table.add_column("pipeline", overflow="fold", min_width=20)
+    table.add_column("team", overflow="fold")
+    table.add_column("kind", no_wrap=True)
+    table.add_column("since", justify="right", no_wrap=True)
+    table.add_column("what", overflow="fold", ratio=1)
+    for a in found:
+        severity = anomaly_pb2.Severity.Name(a.severity).removeprefix("SEVERITY_").lower()
+        kind = anomaly_pb2.AnomalyKind.Name(a.kind).removeprefix("ANOMALY_KIND_").lower()
+        style = _SEVERITY_STYLE.get(a.severity, "")
+        table.add_row(
+            f"[{style}]{severity}[/]" if style else severity,
+            a.pipeline_id,
+            a.team,
+            kind.replace("_", " "),
+            _ago(a.detected_at.ToSeconds()).removesuffix(" ago"),
+            a.message,
         )
     console.print(table)
     return 0

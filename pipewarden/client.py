@@ -16,7 +16,7 @@ import grpc
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from pipewarden.v1 import execution_pb2, health_pb2, service_pb2, service_pb2_grpc
+from pipewarden.v1 import anomaly_pb2, execution_pb2, health_pb2, service_pb2, service_pb2_grpc
 
 __all__ = ["Client", "execution"]
 
@@ -156,6 +156,21 @@ class Client:
             metadata=self._metadata,
         )
         return response
+
+    def anomalies(
+        self, *, team: str = "", pipeline_id: str = "", min_severity: int = 0
+    ) -> list[anomaly_pb2.Anomaly]:
+        """The current anomalies, most severe first. min_severity is a Severity number."""
+        response: service_pb2.ListAnomaliesResponse = self.stub.ListAnomalies(
+            service_pb2.ListAnomaliesRequest(
+                team=team,
+                pipeline_id=pipeline_id,
+                min_severity=min_severity,  # type: ignore[arg-type]
+            ),
+            timeout=self.timeout,
+            metadata=self._metadata,
+        )
+        return list(response.anomalies)
 
     def list_team_metrics(self) -> list[health_pb2.TeamMetrics]:
         """Every team's metrics, in team order."""

@@ -23,8 +23,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from server import metrics
+from server.anomalies import AnomalyStore
 from server.config import Config, parse_hostport
 from server.dedup import SeenExecutions
+from server.detection.engine import DetectionEngine
 from server.errors import CorruptLogError, LogError
 from server.eventlog import EventLog
 from server.http import HttpServer
@@ -41,6 +43,7 @@ log = logging.getLogger("pipewarden")
 
 STATS_INTERVAL_SECONDS = 10.0
 SNAPSHOT_CHECK_SECONDS = 0.2
+DETECTION_INTERVAL_SECONDS = 0.05
 
 
 class App:
@@ -66,8 +69,20 @@ class App:
         if isinstance(self.log, WriteAheadLog) and self.log.on_failure is None:
             self.log.on_failure = self._log_failed
         self.snapshots = SnapshotStore(data / "snapshots")
-        self.ingestor = Ingestor(self.shards, self.seen, self.log, sc.limits)
-        self.service = PipelineMonitorService(self.ingestor, self.shards, self.log, sc)
+        self.anomalies = AnomalyStore()
+        self.engine = DetectionEngine(config.detection)
+        self.ingestor = Ingestor(
+            self.shards,
+            self.seen,
+            self.log,
+            sc.limits,
+            detector=self.engine,
+            sink=self.anomalies,
+            defer_detection=True,
+        )
+        self.service = PipelineMonitorService(
+            self.ingestor, self.shards, self.log, sc, anomalies=self.anomalies
+        )
         self.health = health_aio.HealthServicer()
         self.grpc_port = 0
         self.http: HttpServer | None = None
@@ -117,6 +132,7 @@ class App:
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         self._tasks.append(asyncio.create_task(self._report_stats(), name="stats"))
         self._tasks.append(asyncio.create_task(self._snapshot_loop(), name="snapshots"))
+        self._tasks.append(asyncio.create_task(self._detection_loop(), name="detection"))
 
     async def _recover(self) -> None:
         done = await recover(
@@ -162,6 +178,19 @@ class App:
                     await self.snapshot()
                 except (OSError, LogError) as e:
                     log.error("snapshot failed: %s", e)
+
+    async def _detection_loop(self) -> None:
+        """Evaluate what ingestion touched, a few times a second; and the pipelines whose
+        staleness or stuck-run deadline has passed. First, every recovered pipeline once."""
+        recovered = list(self.shards.pipelines())
+        for start in range(0, len(recovered), 1000):
+            self.ingestor.evaluate(recovered[start : start + 1000])
+            await asyncio.sleep(0)
+        while True:
+            await asyncio.sleep(DETECTION_INTERVAL_SECONDS)
+            self.ingestor.evaluate_pending()
+            due = [self.shards.get(pid) for pid in self.engine.due(time.time())]
+            self.ingestor.evaluate(p for p in due if p is not None)
 
     async def _report_stats(self) -> None:
         last = -1.0

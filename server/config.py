@@ -12,10 +12,11 @@ import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
+from server.detection.settings import DetectionSettings
 from server.errors import ConfigError
 
 __all__ = [
@@ -155,6 +156,8 @@ class Config:
     """Alert routes, first match wins."""
     tokens: tuple[AuthToken, ...] = ()
     """Bearer tokens; none means no authentication (loopback only)."""
+    detection: DetectionSettings = field(default_factory=DetectionSettings)
+    """Anomaly detectors and their thresholds."""
 
     def with_overrides(self, **server_keys: Any) -> Config:
         """A copy with the given `server:` keys replaced (those whose value is not None)."""
@@ -187,7 +190,7 @@ def load(path: str | Path | None) -> Config:
 
 def parse(data: Any) -> Config:
     """Validate a decoded configuration document."""
-    doc = _mapping(data, "(top level)", {"server", "receivers", "routes", "auth"})
+    doc = _mapping(data, "(top level)", {"server", "receivers", "routes", "auth", "detection"})
     server = _server(_mapping(doc.get("server", {}), "server", None), "server")
     receivers = tuple(
         _receiver(item, f"receivers[{i}]") for i, item in enumerate(_list(doc, "receivers"))
@@ -203,7 +206,53 @@ def parse(data: Any) -> Config:
     tokens = tuple(
         _token(item, f"auth.tokens[{i}]") for i, item in enumerate(_list(auth, "tokens"))
     )
-    return Config(server=server, receivers=receivers, routes=routes, tokens=tokens)
+    detection = _settings(DetectionSettings(), doc.get("detection", {}), "detection")
+    _check_detection(detection)
+    return Config(
+        server=server, receivers=receivers, routes=routes, tokens=tokens, detection=detection
+    )
+
+
+T = TypeVar("T")
+
+
+def _settings(defaults: T, raw: Any, key: str) -> T:
+    """A copy of the frozen settings dataclass `defaults` with the keys of a mapping replaced:
+    every key optional, known and well typed."""
+    assert dataclasses.is_dataclass(defaults) and not isinstance(defaults, type)
+    fields = {f.name for f in dataclasses.fields(defaults) if f.init}
+    doc = _mapping(raw if raw is not None else {}, key, fields)
+    values: dict[str, Any] = {}
+    for name, value in doc.items():
+        default = getattr(defaults, name)
+        where = f"{key}.{name}"
+        if dataclasses.is_dataclass(default):
+            values[name] = _settings(default, value, where)
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ConfigError(where, f"expected true or false, got {value!r}")
+            values[name] = value
+        elif isinstance(default, int):
+            values[name] = _int(value, where, minimum=0)
+        elif isinstance(default, float):
+            values[name] = _number(value, where, minimum=0.0)
+        else:
+            values[name] = _str(value, where)
+    return dataclasses.replace(defaults, **values)
+
+
+def _check_detection(d: DetectionSettings) -> None:
+    scope = d.peer.scope
+    if scope not in ("fleet", "team") and not (scope.startswith("label:") and scope[6:]):
+        raise ConfigError("detection.peer.scope", f"{scope!r} is not fleet, team or label:NAME")
+    if d.peer.window not in ("all", "recent"):
+        raise ConfigError("detection.peer.window", f"{d.peer.window!r} is not all or recent")
+    if d.peer.statistics not in ("mean", "robust"):
+        raise ConfigError(
+            "detection.peer.statistics", f"{d.peer.statistics!r} is not mean or robust"
+        )
+    if d.consecutive_failures.critical < d.consecutive_failures.high:
+        raise ConfigError("detection.consecutive_failures.critical", "must not be less than high")
 
 
 def parse_hostport(value: str, key: str) -> tuple[str, int]:

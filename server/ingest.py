@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from pipewarden.storage.v1 import storage_pb2
@@ -61,15 +61,21 @@ class Ingestor:
         detector: Detector | None = None,
         sink: AlertSink | None = None,
         clock: Callable[[], float] = time.time,
+        defer_detection: bool = False,
     ) -> None:
         self.shards = shards
         self.seen = seen
         self.log = log
         self.limits = limits
-        self.detector: Detector = detector or NullDetector()
-        self.sink: AlertSink = sink or NullSink()
+        self.detector: Detector = detector if detector is not None else NullDetector()
+        self.sink: AlertSink = sink if sink is not None else NullSink()
         self.clock = clock
         self._detect = detector is not None
+        self.defer_detection = defer_detection
+        """When set, touched pipelines wait in `pending` for `evaluate_pending` (the server runs
+        it a few times a second), so a pipeline that runs many times in a moment is evaluated
+        once, and detection never slows the answer to an ingest request."""
+        self.pending: dict[str, PipelineState] = {}
 
     def ingest(self, raw: bytes, request: service_pb2.IngestRequest) -> tuple[IngestOutcome, int]:
         """Apply one request; return its outcome and the log position to wait for."""
@@ -110,11 +116,28 @@ class Ingestor:
             # Nothing changed, but a duplicate's answer must not overtake the record that
             # counted the original: wait for everything logged so far.
             seq = self.log.last_seq
-        if self._detect and touched:
-            now = self.clock()
-            for state in touched.values():
-                self.sink.receive(state, self.detector.evaluate(state, self.shards, now), now)
+        if touched:
+            if self.defer_detection:
+                self.pending.update(touched)
+            else:
+                self.evaluate(touched.values())
         return out, seq
+
+    def evaluate(self, pipelines: Iterable[PipelineState]) -> int:
+        """Run the detector on `pipelines` and hand the verdicts to the sink."""
+        now = self.clock()
+        count = 0
+        for state in pipelines:
+            self.sink.receive(state, self.detector.evaluate(state, self.shards, now), now)
+            count += 1
+        return count
+
+    def evaluate_pending(self) -> int:
+        """Evaluate the pipelines touched since the last call; return how many."""
+        if not self.pending:
+            return 0
+        pending, self.pending = self.pending, {}
+        return self.evaluate(pending.values())
 
     def _process(
         self,
@@ -171,6 +194,8 @@ class Ingestor:
             if status == RUNNING:
                 Shard.apply_running(state, e)
                 verdicts[i] = _RUNNING
+                if touched is not None:
+                    touched[e.pipeline_id] = state
                 continue
             if execution_id not in new_set and (check or execution_id not in seen):
                 new_ids.append(execution_id)

@@ -19,7 +19,8 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from pipewarden.v1 import health_pb2, service_pb2
+from pipewarden.v1 import anomaly_pb2, health_pb2, service_pb2
+from server.anomalies import AnomalyStore, CurrentAnomaly
 from server.config import ServerConfig
 from server.errors import LogError
 from server.eventlog import EventLog
@@ -37,7 +38,6 @@ Handler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
 
 # Methods that later parts of Pipewarden implement, and which part.
 _NOT_YET = {
-    "ListAnomalies": "anomaly detection",
     "ListAlerts": "alerting",
     "GetRoutedAlerts": "alerting",
     "WatchAlerts": "alerting",
@@ -101,6 +101,23 @@ def team_metrics(team: str, t: TeamTotals) -> health_pb2.TeamMetrics:
     )
 
 
+def anomaly(current: CurrentAnomaly) -> anomaly_pb2.Anomaly:
+    """The API view of a current anomaly."""
+    a = current.anomaly
+    msg = anomaly_pb2.Anomaly(
+        pipeline_id=a.pipeline_id,
+        team=a.team,
+        kind=a.kind,  # type: ignore[arg-type]
+        severity=a.severity,  # type: ignore[arg-type]
+        message=a.message,
+        observed=a.observed,
+        expected=a.expected,
+        unit=a.unit,
+    )
+    msg.detected_at.CopyFrom(timestamp(current.detected_at))
+    return msg
+
+
 def ingest_response(out: IngestOutcome) -> service_pb2.IngestResponse:
     """The API view of an ingest outcome."""
     return service_pb2.IngestResponse(
@@ -135,12 +152,19 @@ class PipelineMonitorService:
     """Implements pipewarden.v1.PipelineMonitor."""
 
     def __init__(
-        self, ingestor: Ingestor, shards: ShardSet, log: EventLog, config: ServerConfig
+        self,
+        ingestor: Ingestor,
+        shards: ShardSet,
+        log: EventLog,
+        config: ServerConfig,
+        *,
+        anomalies: AnomalyStore | None = None,
     ) -> None:
         self.ingestor = ingestor
         self.shards = shards
         self.log = log
         self.config = config
+        self.anomalies = anomalies if anomalies is not None else AnomalyStore()
 
     def handler(self) -> grpc.GenericRpcHandler[Any, Any]:
         """The method handlers, to add to a grpc.aio server."""
@@ -158,6 +182,7 @@ class PipelineMonitorService:
             "ListTeamMetrics": self._unary(
                 service_pb2.ListTeamMetricsRequest, self.list_team_metrics
             ),
+            "ListAnomalies": self._unary(service_pb2.ListAnomaliesRequest, self.list_anomalies),
         }
         for name, part in _NOT_YET.items():
             methods[name] = _unimplemented(name, part, streaming=name == "WatchAlerts")
@@ -331,6 +356,22 @@ class PipelineMonitorService:
             if totals is not None:
                 teams.append(team_metrics(team, totals))
         return service_pb2.ListTeamMetricsResponse(teams=teams)
+
+    async def list_anomalies(
+        self,
+        request: service_pb2.ListAnomaliesRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> service_pb2.ListAnomaliesResponse:
+        """ListAnomalies: the current anomalies, most severe first."""
+        if request.min_severity not in anomaly_pb2.Severity.values():
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"min_severity {request.min_severity} is not a known Severity",
+            )
+        found = self.anomalies.list(
+            team=request.team, pipeline_id=request.pipeline_id, min_severity=request.min_severity
+        )
+        return service_pb2.ListAnomaliesResponse(anomalies=[anomaly(c) for c in found])
 
 
 _UNDECODABLE = "the request is not a valid protobuf message of the expected type"

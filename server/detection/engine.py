@@ -1,0 +1,225 @@
+"""The detectors together: which judge what, and the deadlines that notice silence.
+
+By default every detector runs. A pipeline's duration and records are judged against its own
+baseline once it has one, and against its peers until then (a pipeline that is slow by nature is
+not broken). Staleness and stuck runs are about time passing without events, so each pipeline
+has at most one deadline in a heap; `due` pops the passed ones for re-evaluation, so nothing
+scans the fleet.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Collection
+from dataclasses import dataclass
+
+from server.detect import Anomaly
+from server.detection.history import (
+    RegressionDetector,
+    StreakDetector,
+    VolumeDropDetector,
+    median,
+)
+from server.detection.peer import HIGH_DURATION, LOW_RECORDS, PeerDetector
+from server.detection.settings import DetectionSettings
+from server.shards import PipelineState, ShardSet
+
+__all__ = ["DETECTORS", "DetectionEngine"]
+
+DETECTORS = (
+    "peer",
+    "consecutive_failures",
+    "duration_regression",
+    "volume_drop",
+    "staleness",
+    "stuck_run",
+)
+MEDIUM, HIGH, CRITICAL = 1, 2, 3
+STALE, STUCK_RUN = 7, 8
+REFRESH_EVERY = 4
+
+
+@dataclass(slots=True)
+class _Rhythm:
+    cadence: float | None
+    """Median seconds between runs."""
+    typical: float | None
+    """Median duration of a successful run."""
+    at_total: int
+
+
+class DetectionEngine:
+    """Implements the Detector protocol with every detector, or the `enabled` ones."""
+
+    def __init__(self, settings: DetectionSettings, enabled: Collection[str] | None = None) -> None:
+        self.settings = settings
+        if enabled is None:
+            enabled = [name for name in DETECTORS if getattr(settings, name).enabled]
+        unknown = set(enabled) - set(DETECTORS)
+        if unknown:
+            raise ValueError(f"unknown detectors {sorted(unknown)}; known: {DETECTORS}")
+        self.enabled = frozenset(enabled)
+        self.peer = PeerDetector(settings.peer)
+        self.streak = StreakDetector(settings.consecutive_failures)
+        self.regression = RegressionDetector(settings.duration_regression)
+        self.drop = VolumeDropDetector(settings.volume_drop)
+        self._rhythms: dict[str, _Rhythm] = {}
+        self._heap: list[tuple[float, str]] = []
+        self._deadline: dict[str, float] = {}
+
+    def evaluate(self, pipeline: PipelineState, fleet: ShardSet, now: float) -> list[Anomaly]:
+        """Every enabled detector's verdict on `pipeline` at `now`."""
+        on = self.enabled
+        p = pipeline
+        out: list[Anomaly] = []
+        if "peer" in on:
+            own_duration = "duration_regression" in on and self.regression.has_baseline(p)
+            own_volume = "volume_drop" in on and self.drop.has_baseline(p)
+            for verdict in self.peer.evaluate(p, fleet, now):
+                if (verdict.kind == HIGH_DURATION and own_duration) or (
+                    verdict.kind == LOW_RECORDS and own_volume
+                ):
+                    continue
+                out.append(verdict)
+        found: Anomaly | None
+        if "consecutive_failures" in on and (found := self.streak.evaluate(p)) is not None:
+            out.append(found)
+        if "duration_regression" in on and (found := self.regression.evaluate(p)) is not None:
+            out.append(found)
+        if "volume_drop" in on and (found := self.drop.evaluate(p)) is not None:
+            out.append(found)
+        next_check = float("inf")
+        if "staleness" in on or "stuck_run" in on:
+            rhythm = self._rhythm(p)
+            if "staleness" in on:
+                stale, when = self._stale(p, rhythm, now)
+                if stale is not None:
+                    out.append(stale)
+                next_check = min(next_check, when)
+            if "stuck_run" in on:
+                stuck, when = self._stuck(p, rhythm, now)
+                if stuck is not None:
+                    out.append(stuck)
+                next_check = min(next_check, when)
+        self._schedule(p.pipeline_id, next_check)
+        return out
+
+    def due(self, now: float) -> list[str]:
+        """Pipelines whose deadline has passed by `now`; each is returned once per deadline."""
+        out: list[str] = []
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            when, pid = heapq.heappop(heap)
+            if self._deadline.get(pid) == when:
+                del self._deadline[pid]
+                out.append(pid)
+        return out
+
+    def forget(self, pipeline_id: str) -> None:
+        """Drop what is kept about a pipeline."""
+        self._rhythms.pop(pipeline_id, None)
+        self._deadline.pop(pipeline_id, None)
+
+    # -- time-based detectors --------------------------------------------------------------------
+
+    def _schedule(self, pid: str, when: float) -> None:
+        if when == float("inf"):
+            self._deadline.pop(pid, None)
+            return
+        if self._deadline.get(pid) == when:
+            return
+        self._deadline[pid] = when
+        heapq.heappush(self._heap, (when, pid))
+        if len(self._heap) > 4 * len(self._deadline) + 1024:
+            # Superseded entries pile up; rebuild from the live deadlines now and then.
+            self._heap = [(t, k) for k, t in self._deadline.items()]
+            heapq.heapify(self._heap)
+
+    def _rhythm(self, p: PipelineState) -> _Rhythm:
+        cached = self._rhythms.get(p.pipeline_id)
+        if cached is not None and p.total - cached.at_total < REFRESH_EVERY:
+            return cached
+        ring = p.ring
+        times = sorted(ring.time[i] for i in ring.indices())
+        gaps = [b - a for a, b in itertools.pairwise(times) if b > a]
+        durations = [
+            ring.duration[i]
+            for i in ring.indices()
+            if ring.status[i] == 1 and ring.duration[i] == ring.duration[i]  # not NaN
+        ]
+        rhythm = _Rhythm(
+            median(gaps) if len(gaps) + 1 >= self.settings.staleness.min_runs else None,
+            median(durations) if len(durations) >= self.settings.stuck_run.min_runs else None,
+            p.total,
+        )
+        self._rhythms[p.pipeline_id] = rhythm
+        return rhythm
+
+    def _stale(self, p: PipelineState, rhythm: _Rhythm, now: float) -> tuple[Anomaly | None, float]:
+        s = self.settings.staleness
+        if rhythm.cadence is None or p.last_time is None:
+            return None, float("inf")
+        cadence = rhythm.cadence
+        steps = [
+            (max(s.factor * cadence, s.min_seconds), MEDIUM),
+            (max(s.high_factor * cadence, s.min_seconds), HIGH),
+            (max(s.critical_factor * cadence, s.min_seconds), CRITICAL),
+        ]
+        quiet = now - p.last_time
+        found: Anomaly | None = None
+        for after, severity in steps:
+            if quiet > after:
+                found = Anomaly(
+                    p.pipeline_id,
+                    p.team,
+                    STALE,
+                    severity,
+                    f"no run for {_span(quiet)}: it usually runs every {_span(cadence)} "
+                    f"(stale after {_span(after)})",
+                    quiet,
+                    cadence,
+                    "seconds",
+                )
+            else:
+                return found, p.last_time + after
+        return found, float("inf")
+
+    def _stuck(self, p: PipelineState, rhythm: _Rhythm, now: float) -> tuple[Anomaly | None, float]:
+        s = self.settings.stuck_run
+        if not p.in_flight or rhythm.typical is None:
+            return None, float("inf")
+        execution_id, started = min(p.in_flight.items(), key=lambda item: item[1])
+        typical = rhythm.typical
+        steps = [
+            (max(s.factor * typical, s.min_seconds), HIGH),
+            (max(s.critical_factor * typical, s.min_seconds), CRITICAL),
+        ]
+        running = now - started
+        found: Anomaly | None = None
+        for after, severity in steps:
+            if running > after:
+                found = Anomaly(
+                    p.pipeline_id,
+                    p.team,
+                    STUCK_RUN,
+                    severity,
+                    f"run {execution_id} has been running for {_span(running)}; its runs "
+                    f"usually take {_span(typical)} (stuck after {_span(after)})",
+                    running,
+                    typical,
+                    "seconds",
+                )
+            else:
+                return found, started + after
+        return found, float("inf")
+
+
+def _span(s: float) -> str:
+    if s < 120:
+        return f"{s:.0f}s"
+    if s < 7200:
+        return f"{s / 60:.0f}min"
+    if s < 172800:
+        return f"{s / 3600:.1f}h"
+    return f"{s / 86400:.1f} days"
