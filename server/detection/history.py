@@ -57,6 +57,27 @@ def _succeeded(p: PipelineState, durations: bool) -> list[float]:
     return out
 
 
+def _last_succeeded(p: PipelineState, durations: bool, n: int) -> list[float]:
+    """The latest `n` (or fewer) values of successful runs, newest first."""
+    ring = p.ring
+    size = len(ring.status)
+    out: list[float] = []
+    for k in range(ring.count):
+        i = (ring.position - 1 - k) % size
+        if ring.status[i] != SUCCEEDED:
+            continue
+        if durations:
+            d = ring.duration[i]
+            if math.isnan(d):
+                continue
+            out.append(d)
+        else:
+            out.append(float(ring.records[i]))
+        if len(out) == n:
+            break
+    return out
+
+
 class StreakDetector:
     """Failures in a row: HIGH at `high`, CRITICAL at `critical`."""
 
@@ -101,19 +122,22 @@ class _OwnHistory:
         """The baseline (cached) and the recent median, or None without enough history."""
         if not self.has_baseline(p):
             return None
+        cached = self._baselines.get(p.pipeline_id)
+        total = p.total
+        if cached is not None and total - cached.at_count < REFRESH_EVERY:
+            latest = _last_succeeded(p, self.durations, self.recent)
+            if len(latest) < self.recent:
+                return None
+            return cached, median(latest)
         values = _succeeded(p, self.durations)
         if len(values) < self.recent + self.min_baseline:
             return None
-        recent = median(values[-self.recent :])
-        cached = self._baselines.get(p.pipeline_id)
-        total = p.total
-        if cached is None or total - cached.at_count >= REFRESH_EVERY:
-            base = values[: -self.recent]
-            mid = median(base)
-            spread = 1.4826 * median([abs(v - mid) for v in base])
-            cached = Baseline(mid, spread, len(base), total)
-            self._baselines[p.pipeline_id] = cached
-        return cached, recent
+        base = values[: -self.recent]
+        mid = median(base)
+        spread = 1.4826 * median([abs(v - mid) for v in base])
+        cached = Baseline(mid, spread, len(base), total)
+        self._baselines[p.pipeline_id] = cached
+        return cached, median(values[-self.recent :])
 
 
 class RegressionDetector(_OwnHistory):
