@@ -76,7 +76,7 @@ class App:
             self.seen,
             self.log,
             sc.limits,
-            detector=self.engine,
+            detector=self.engine if config.detection.enabled else None,
             sink=self.anomalies,
             defer_detection=True,
         )
@@ -132,7 +132,8 @@ class App:
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         self._tasks.append(asyncio.create_task(self._report_stats(), name="stats"))
         self._tasks.append(asyncio.create_task(self._snapshot_loop(), name="snapshots"))
-        self._tasks.append(asyncio.create_task(self._detection_loop(), name="detection"))
+        if self.config.detection.enabled:
+            self._tasks.append(asyncio.create_task(self._detection_loop(), name="detection"))
 
     async def _recover(self) -> None:
         done = await recover(
@@ -186,11 +187,16 @@ class App:
         for start in range(0, len(recovered), 1000):
             self.ingestor.evaluate(recovered[start : start + 1000])
             await asyncio.sleep(0)
+        spent = 0.0
         while True:
-            await asyncio.sleep(DETECTION_INTERVAL_SECONDS)
+            # Under load, the pause grows with the work, so detection takes at most about a
+            # fifth of the process; a pipeline's many runs in the meantime are judged once.
+            await asyncio.sleep(max(DETECTION_INTERVAL_SECONDS, 4 * spent))
+            began = time.perf_counter()
             self.ingestor.evaluate_pending()
             due = [self.shards.get(pid) for pid in self.engine.due(time.time())]
             self.ingestor.evaluate(p for p in due if p is not None)
+            spent = time.perf_counter() - began
 
     async def _report_stats(self) -> None:
         last = -1.0

@@ -141,6 +141,8 @@ class StuckSettings:
 class DetectionSettings:
     """All detectors."""
 
+    enabled: bool = True
+    """Run anomaly detection at all."""
     peer: PeerSettings = field(default_factory=PeerSettings)
     """The peer rule."""
     consecutive_failures: StreakSettings = field(default_factory=StreakSettings)
