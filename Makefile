@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint proto bench install dev clean
+.PHONY: run test lint proto bench eval install dev clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,9 @@ proto: dev                      ## regenerate pipewarden/v1 and pipewarden/stora
 
 bench: dev                      ## the benchmarks; results also in bench/results.json
 	$(PY) -m bench
+
+eval: dev                       ## the anomaly detectors on labelled scenarios; also eval/results.json
+	$(PY) -m eval
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -82,7 +82,7 @@ class ServerConfig:
     """Runs kept per pipeline in its ring buffers of recent runs."""
     max_in_flight_per_stream: int = 64
     """Requests of one StreamIngest stream processed but not yet answered; more wait."""
-    max_seen_executions: int = 10_000_000
+    max_seen_executions: int = 5_000_000
     """Terminal execution ids remembered for duplicate detection; the oldest are forgotten."""
     dedup_retention_seconds: float = 14 * 86400.0
     """Execution ids are also forgotten once their event time is this much older than the newest

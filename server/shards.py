@@ -415,21 +415,23 @@ def dump_pipeline(p: PipelineState) -> storage_pb2.PipelineSnapshot:
 
 
 def _restore_ring(ring: Ring, msg: storage_pb2.RingSnapshot) -> None:
-    if msg.size == len(ring.status):
-        ring.status = array("b", msg.status)
-        ring.duration = array("d", msg.duration)
-        ring.records = array("q", msg.records)
-        ring.time = array("d", msg.time)
-        ring.position = msg.position
-        ring.count = msg.count
+    saved = Ring(0)
+    saved.status = array("b", msg.status)
+    saved.duration = array("d", msg.duration)
+    saved.records = array("q", msg.records)
+    saved.time = array("d", msg.time)
+    saved.position, saved.count = msg.position, msg.count
+    if len(saved.status) == len(ring.status):
+        ring.status, ring.duration, ring.records, ring.time = (
+            saved.status,
+            saved.duration,
+            saved.records,
+            saved.time,
+        )
+        ring.position, ring.count = saved.position, saved.count
         return
-    old = Ring(msg.size)
-    old.status = array("b", msg.status)
-    old.duration = array("d", msg.duration)
-    old.records = array("q", msg.records)
-    old.time = array("d", msg.time)
-    old.position, old.count = msg.position, msg.count
-    for status, duration, records, time in old.runs():
+    # Another window size since the snapshot: keep the latest runs that fit.
+    for status, duration, records, time in saved.runs():
         ring.push(status, duration, records, time)
 
 
