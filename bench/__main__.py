@@ -23,10 +23,12 @@ from typing import Any
 
 from rich.console import Console
 
-from bench import ingest, latency, memory, queries, report
+from bench import fsync, ingest, latency, memory, queries, recovery, report
 from bench.common import Context, SectionResult
 
-SECTIONS: dict[str, ModuleType] = {m.NAME: m for m in (ingest, latency, queries, memory)}
+SECTIONS: dict[str, ModuleType] = {
+    m.NAME: m for m in (ingest, latency, queries, memory, fsync, recovery)
+}
 """Every section, by name, in the order a full run takes them."""
 
 HERE = Path(__file__).resolve().parent
@@ -77,7 +79,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "--profile",
         action="store_true",
         help="also sample Pipewarden with py-spy in one extra, unmeasured run where a section "
-        f"supports it (ingest); stacks and hot spots go to {OUT.relative_to(HERE.parent)}/",
+        "supports it (ingest, recovery; recovery also does when a start misses its target); "
+        f"stacks and hot spots go to {OUT.relative_to(HERE.parent)}/",
     )
     parser.add_argument(
         "--strict", action="store_true", help="exit with status 1 when a figure misses its target"

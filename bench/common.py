@@ -40,6 +40,7 @@ __all__ = [
     "ServerProcess",
     "Target",
     "Worker",
+    "dir_bytes",
     "free_port",
     "percentile",
     "summarize_ms",
@@ -174,6 +175,11 @@ def summarize_ms(seconds: Sequence[float]) -> dict[str, float]:
     }
 
 
+def dir_bytes(root: Path) -> int:
+    """How many bytes the files under `root` hold (0 when it does not exist)."""
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
 def free_port() -> int:
     """A TCP port on loopback that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -194,6 +200,10 @@ class ServerProcess:
         self.log_path = log_path
         self.target = f"{HOST}:{port}"
         self._log = log_path.open("wb")
+        self.started = time.perf_counter()
+        """When the process was started (perf_counter), for timing start to SERVING."""
+        self.started_unix = time.time()
+        """The same moment by the wall clock, to compare with the times in the server's log."""
         self.proc = subprocess.Popen(
             argv, cwd=REPO, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT
         )
@@ -203,11 +213,19 @@ class ServerProcess:
         """The server's process id."""
         return self.proc.pid
 
-    def wait_serving(self, timeout: float = 60.0) -> None:
-        """Block until the server's health check answers SERVING."""
+    def wait_serving(self, timeout: float = 60.0, poll: float = 0.05) -> float:
+        """Block until the server's health check answers SERVING, asking every `poll` seconds;
+        return the seconds from the process's start until it did."""
         deadline = time.monotonic() + timeout
         request = health_pb2.HealthCheckRequest(service="")
-        with grpc.insecure_channel(self.target) as channel:
+        # gRPC waits a second or more before reconnecting after a refused connection; a server
+        # that is still starting refuses, so ask it to retry at the polling pace instead.
+        backoff_ms = max(10, int(poll * 1000))
+        options = [
+            ("grpc.initial_reconnect_backoff_ms", backoff_ms),
+            ("grpc.max_reconnect_backoff_ms", backoff_ms),
+        ]
+        with grpc.insecure_channel(self.target, options=options) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while True:
                 if self.proc.poll() is not None:
@@ -218,7 +236,7 @@ class ServerProcess:
                 try:
                     status = stub.Check(request, timeout=1.0).status
                     if status == health_pb2.HealthCheckResponse.SERVING:
-                        return
+                        return time.perf_counter() - self.started
                 except grpc.RpcError:
                     pass
                 if time.monotonic() > deadline:
@@ -226,7 +244,7 @@ class ServerProcess:
                         f"{self.name} did not serve within {timeout:g}s; its log ends:\n"
                         f"{self.log_tail()}"
                     )
-                time.sleep(0.05)
+                time.sleep(poll)
 
     def check_alive(self) -> None:
         """Raise, with the end of its log, when the server has exited."""
@@ -302,6 +320,13 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        self._log.close()
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash: no clean stop, no final snapshot. Idempotent."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
         self._log.close()
 
 
@@ -406,8 +431,23 @@ class Context:
         settings; the command-line flags still set the addresses and the data directory."""
         data_dir = self.workdir / f"{name}-data"
         data_dir.mkdir(parents=True, exist_ok=False)
+        with self._serving(self.start_pipewarden(name, data_dir, config)) as server:
+            yield server
+
+    def start_pipewarden(
+        self,
+        name: str,
+        data_dir: Path,
+        config: dict[str, Any] | None = None,
+        *,
+        wrap: Sequence[str] = (),
+    ) -> ServerProcess:
+        """Start Pipewarden on `data_dir`, which may hold what an earlier server left, without
+        waiting for it to serve; its log goes to `<logdir>/<name>.log`. `wrap` goes before the
+        command (a profiler's, ending in "--"). The caller stops it, in a `finally`."""
         port = free_port()
         argv = [
+            *wrap,
             str(VENV_BIN / "pipewarden"), "serve",
             "--listen", f"{HOST}:{port}",
             "--http-listen", "",
@@ -417,20 +457,18 @@ class Context:
             path = self.workdir / f"{name}.yaml"
             path.write_text(yaml.safe_dump(config))
             argv += ["--config", str(path)]
-        with self._server(name, argv, port) as server:
-            yield server
+        return ServerProcess(name, argv, port, self.logdir / f"{name}.log")
 
     @contextlib.contextmanager
     def sink(self, name: str) -> Iterator[ServerProcess]:
         """The no-op StreamIngest server of `bench.sink`, serving until the block ends."""
         port = free_port()
         argv = [sys.executable, "-m", "bench.sink", "--listen", f"{HOST}:{port}"]
-        with self._server(name, argv, port) as server:
+        with self._serving(ServerProcess(name, argv, port, self.logdir / f"{name}.log")) as server:
             yield server
 
     @contextlib.contextmanager
-    def _server(self, name: str, argv: list[str], port: int) -> Iterator[ServerProcess]:
-        server = ServerProcess(name, argv, port, self.logdir / f"{name}.log")
+    def _serving(self, server: ServerProcess) -> Iterator[ServerProcess]:
         try:
             server.wait_serving()
             yield server
@@ -449,5 +487,4 @@ class Context:
 
     def data_dir_bytes(self, name: str) -> int:
         """How many bytes the files of server `name`'s data directory hold."""
-        root = self.workdir / f"{name}-data"
-        return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+        return dir_bytes(self.workdir / f"{name}-data")

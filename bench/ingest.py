@@ -1,9 +1,12 @@
 """Ingest throughput: Pipewarden's full path against the no-op sink, side by side.
 
-For each request size, every round builds one set of distinct requests and sends the same bytes
-to both servers, one after the other (the order alternates between rounds, so a drift in the
-machine's speed hurts neither side more). The figure to watch is Pipewarden's events/s divided
-by the sink's, taken round by round and then the median; the absolute rates are context.
+Three servers: the no-op sink; Pipewarden with anomaly detection off (the ingest path: decode,
+validate, deduplicate, apply, log, fsync, answer); and Pipewarden as it ships, detectors on. For
+each request size, every round builds one set of distinct requests and sends the same bytes to
+each server, one after the other (the order rotates between rounds, so a drift in the machine's
+speed hurts no side more). The figures to watch are ratios taken round by round, then the
+median: ingest path / sink (target 0.5) and detectors on / off (target 0.8: detection may cost
+at most a fifth of the throughput). The absolute rates are context.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from bench.common import STORE, Context, SectionResult, ServerProcess, Target, W
 from bench.profile import summarize
 from bench.workload import Fleet, check_request
 
-__all__ = ["NAME", "TITLE", "run"]
+__all__ = ["NAME", "TITLE", "build", "measure", "run", "send", "setup"]
 
 NAME = "ingest"
 TITLE = "Ingest throughput (StreamIngest), Pipewarden vs no-op sink"
@@ -27,6 +30,10 @@ PIPELINES = 1000
 STREAMS = 8
 """Concurrent streams of the load client; enough to keep either server saturated."""
 RATIO_TARGET = Target(">=", 0.5)
+DETECTION_TARGET = Target(">=", 0.8)
+NO_DETECTION = {"detection": {"enabled": False}}
+LABELS = ("sink", "pipewarden", "detecting")
+"""The sink, Pipewarden with detection off, Pipewarden with detection on."""
 PROFILE_SECONDS = 8.0
 """How long the extra run under py-spy (--profile) should take."""
 
@@ -38,10 +45,11 @@ def _plan(quick: bool) -> tuple[dict[int, int], int, float]:
     return {1: 15_000, 100: 200_000, 1000: 300_000}, 7, 15.0
 
 
-# -- in the client worker -------------------------------------------------------------------------
+# -- in the client worker (also used by the fsync section) ----------------------------------------
 
 
-def _setup(pipelines: int) -> dict[str, Any]:
+def setup(pipelines: int) -> dict[str, Any]:
+    """Make the fleet and the warmup requests (every pipeline twice) in the worker."""
     fleet = STORE["fleet"] = Fleet(pipelines)
     # Every pipeline twice, so that pipeline creation is not part of any measured run.
     warmup = fleet.requests([p for _ in range(2) for p in range(pipelines)], 100)
@@ -50,24 +58,28 @@ def _setup(pipelines: int) -> dict[str, Any]:
     return {"warmup_requests": len(warmup), "teams": len(fleet.teams)}
 
 
-def _build(size: int, events: int, seed: int) -> dict[str, Any]:
+def build(size: int, events: int, seed: int) -> dict[str, Any]:
+    """Build fresh requests of `size` executions, `events` in all, as STORE["requests"]."""
     fleet: Fleet = STORE["fleet"]
     requests = STORE["requests"] = fleet.requests(fleet.random_order(events, seed), size)
     check_request(requests[-1], fleet)
     return {"requests": len(requests), "bytes": sum(len(r) for r in requests)}
 
 
-def _send(target: str, key: str, max_seconds: float) -> dict[str, Any]:
+def send(target: str, key: str, max_seconds: float) -> dict[str, Any]:
+    """Blast STORE[key] at `target` over STREAMS streams."""
     return loadgen.blast(target, STORE[key], streams=STREAMS, max_seconds=max_seconds)
 
 
 # -- in the harness -------------------------------------------------------------------------------
 
 
-def _measure(worker: Worker, server: ServerProcess, key: str, max_seconds: float) -> dict[str, Any]:
+def measure(worker: Worker, server: ServerProcess, key: str, max_seconds: float) -> dict[str, Any]:
+    """Send STORE[key] to `server` once: events/s and the server's CPU share, checking that
+    every event was accepted."""
     cpu = server.cpu_seconds()
     result: dict[str, Any] = worker.call(
-        _send, server.target, key, max_seconds, timeout=max_seconds + 60
+        send, server.target, key, max_seconds, timeout=max_seconds + 60
     )
     server.check_alive()
     result["server_cpu"] = (server.cpu_seconds() - cpu) / result["seconds"]
@@ -90,31 +102,36 @@ def run(ctx: Context) -> SectionResult:
     with (
         ctx.worker() as worker,
         ctx.sink("ingest-sink") as sink,
-        ctx.pipewarden("ingest-pipewarden") as full,
+        ctx.pipewarden("ingest-pipewarden", NO_DETECTION) as full,
+        ctx.pipewarden("ingest-detecting") as detecting,
     ):
-        worker.call(_setup, PIPELINES)
-        for server in (sink, full):
-            _measure(worker, server, "warmup", max_seconds)
+        worker.call(setup, PIPELINES)
+        servers = {"sink": sink, "pipewarden": full, "detecting": detecting}
+        for server in servers.values():
+            measure(worker, server, "warmup", max_seconds)
         for size in SIZES:
-            runs: dict[str, list[dict[str, Any]]] = {"sink": [], "pipewarden": []}
+            runs: dict[str, list[dict[str, Any]]] = {label: [] for label in LABELS}
             ratios: list[float] = []
+            detection_ratios: list[float] = []
             for r in range(rounds):
-                built = worker.call(_build, size, events[size], size * 1000 + r)
-                order = [("sink", sink), ("pipewarden", full)]
-                if r % 2:
-                    order.reverse()
+                built = worker.call(build, size, events[size], size * 1000 + r)
+                order = [(label, servers[label]) for label in LABELS]
+                order = order[r % 3 :] + order[: r % 3]
                 rates = {}
                 for label, server in order:
-                    out = _measure(worker, server, "requests", max_seconds)
+                    out = measure(worker, server, "requests", max_seconds)
                     out.update(built_requests=built["requests"], request_bytes=built["bytes"])
                     runs[label].append(out)
                     rates[label] = out["events_per_second"]
                 ratios.append(rates["pipewarden"] / rates["sink"])
+                detection_ratios.append(rates["detecting"] / rates["pipewarden"])
                 ctx.log(
                     f"ingest x{size} round {r + 1}/{rounds}: sink {rates['sink']:,.0f}/s, "
-                    f"pipewarden {rates['pipewarden']:,.0f}/s, ratio {ratios[-1]:.2f}"
+                    f"pipewarden {rates['pipewarden']:,.0f}/s (ratio {ratios[-1]:.2f}), "
+                    f"with detection {rates['detecting']:,.0f}/s "
+                    f"(on/off {detection_ratios[-1]:.2f})"
                 )
-            _report(res, size, runs, ratios)
+            _report(res, size, runs, ratios, detection_ratios)
             if ctx.profile:
                 _profile(ctx, res, worker, full, size, events[size], max_seconds)
         res.details["pipewarden_data_dir_bytes"] = ctx.data_dir_bytes("ingest-pipewarden")
@@ -122,15 +139,24 @@ def run(ctx: Context) -> SectionResult:
 
 
 def _report(
-    res: SectionResult, size: int, runs: dict[str, list[dict[str, Any]]], ratios: list[float]
+    res: SectionResult,
+    size: int,
+    runs: dict[str, list[dict[str, Any]]],
+    ratios: list[float],
+    detection_ratios: list[float],
 ) -> None:
-    summary: dict[str, Any] = {"ratios": ratios, "runs": runs}
-    for label in ("sink", "pipewarden"):
+    summary: dict[str, Any] = {"ratios": ratios, "detection_ratios": detection_ratios, "runs": runs}
+    names = {
+        "sink": "sink",
+        "pipewarden": "pipewarden (detection off)",
+        "detecting": "pipewarden (detection on)",
+    }
+    for label in LABELS:
         rates = [r["events_per_second"] for r in runs[label]]
         cpu = statistics.median(r["server_cpu"] for r in runs[label])
         summary[label] = {"median": statistics.median(rates), "best": max(rates), "cpu": cpu}
         res.add(
-            f"{label} events/s, {size:,} exec/request",
+            f"{names[label]} events/s, {size:,} exec/request",
             statistics.median(rates),
             "events/s",
             note=f"median of {len(rates)}; best {max(rates):,.0f}; server CPU {cpu:.0%}",
@@ -145,6 +171,13 @@ def _report(
         RATIO_TARGET,
         note=f"median of paired rounds {', '.join(f'{x:.2f}' for x in ratios)}; "
         f"best/best {best_ratio:.2f}",
+    )
+    res.add(
+        f"ratio detection on/off, {size:,} exec/request",
+        statistics.median(detection_ratios),
+        "ratio",
+        DETECTION_TARGET,
+        note=f"median of paired rounds {', '.join(f'{x:.2f}' for x in detection_ratios)}",
     )
     res.details["sizes"][str(size)] = summary
 
@@ -162,10 +195,10 @@ def _profile(
     samples; keep the hottest functions."""
     rate = res.details["sizes"][str(size)]["pipewarden"]["median"]
     events = max(events, int(rate * PROFILE_SECONDS) // size * size)
-    worker.call(_build, size, events, size * 1000 + 999)
+    worker.call(build, size, events, size * 1000 + 999)
     out = ctx.logdir / f"ingest-profile-{size}.txt"
     with server.profiled(out):
-        _measure(worker, server, "requests", max(max_seconds, 2 * PROFILE_SECONDS))
+        measure(worker, server, "requests", max(max_seconds, 2 * PROFILE_SECONDS))
     top = summarize(out)
     res.details["sizes"][str(size)]["profile"] = {"file": str(out), "top": top}
     ctx.log(f"ingest x{size} profile of pipewarden in {out}")

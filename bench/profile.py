@@ -2,17 +2,19 @@
 
 Each line of the file is `frame;frame;...;frame COUNT`, outermost first, a frame being
 `function (file:line)`. `summarize` ranks functions by self time (samples where the function
-was the innermost frame) and also gives their total time (samples where it was on the stack).
+was the innermost frame), or by total time (samples where it was on the stack), and gives both;
+`phases` splits the samples by which of some marker functions each stack passes through.
 """
 
 from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["summarize"]
+__all__ = ["phases", "summarize"]
 
 _FRAME = re.compile(r"^(?P<fn>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
 
@@ -25,30 +27,52 @@ def _function(frame: str) -> str:
     return f"{m['fn']} ({Path(m['file']).name})"
 
 
-def summarize(path: Path, top: int = 20) -> list[dict[str, Any]]:
-    """The `top` functions by self time: function, self and total as shares of all samples."""
+def _stacks(path: Path) -> Iterator[tuple[list[str], int]]:
+    """Each stack's functions, outermost first, and its sample count; nothing when unreadable."""
     try:
         lines = path.read_text().splitlines()
     except OSError:
-        return []
-    own: Counter[str] = Counter()
-    total: Counter[str] = Counter()
-    samples = 0
+        return
     for line in lines:
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
-        n = int(count)
         frames = [_function(f) for f in stack.split(";") if f]
-        if not frames:
-            continue
+        if frames:
+            yield frames, int(count)
+
+
+def summarize(path: Path, top: int = 20, *, by: str = "self") -> list[dict[str, Any]]:
+    """The `top` functions by self time (or by total time, `by="total"`): function, self and
+    total as shares of all samples."""
+    own: Counter[str] = Counter()
+    total: Counter[str] = Counter()
+    samples = 0
+    for frames, n in _stacks(path):
         samples += n
         own[frames[-1]] += n
         for fn in set(frames):
             total[fn] += n
     if not samples:
         return []
+    ranked = (own if by == "self" else total).most_common(top)
     return [
-        {"function": fn, "self": n / samples, "total": total[fn] / samples, "samples": n}
-        for fn, n in own.most_common(top)
+        {
+            "function": fn,
+            "self": own[fn] / samples,
+            "total": total[fn] / samples,
+            "samples": own[fn],
+        }
+        for fn, _ in ranked
     ]
+
+
+def phases(path: Path, markers: Sequence[tuple[str, Sequence[str]]]) -> dict[str, int]:
+    """Samples per phase: a stack counts for the first phase in `markers` one of whose functions
+    (`function (file.py)`, as `summarize` names them) is on it, or else for "other"."""
+    counts = {name: 0 for name, _ in markers} | {"other": 0}
+    for frames, n in _stacks(path):
+        on = set(frames)
+        phase = next((name for name, fns in markers if not on.isdisjoint(fns)), "other")
+        counts[phase] += n
+    return counts

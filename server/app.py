@@ -183,10 +183,13 @@ class App:
     async def _detection_loop(self) -> None:
         """Evaluate what ingestion touched, a few times a second; and the pipelines whose
         staleness or stuck-run deadline has passed. First, every recovered pipeline once."""
+        # Recovered pipelines are judged once, in small slices with pauses, so that the first
+        # requests after a restart are not kept waiting behind the whole fleet.
         recovered = list(self.shards.pipelines())
-        for start in range(0, len(recovered), 1000):
-            self.ingestor.evaluate(recovered[start : start + 1000])
-            await asyncio.sleep(0)
+        for start in range(0, len(recovered), 200):
+            began = time.perf_counter()
+            self.ingestor.evaluate(recovered[start : start + 200])
+            await asyncio.sleep(max(0.005, 4 * (time.perf_counter() - began)))
         spent = 0.0
         while True:
             # Under load, the pause grows with the work, so detection takes at most about a

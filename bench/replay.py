@@ -1,0 +1,117 @@
+"""Replaying a log in the bench process: the least any replay must do, against the server's own.
+
+(i) read and parse: `WriteAheadLog.replay` (reads the segments, checks the CRCs), then decode
+each LogRecord and its IngestRequest and read every field of every execution once, as the sink
+does; the log's own opening scan is timed apart. (ii) `server.recovery.recover()` with a fresh
+ShardSet, SeenExecutions, Ingestor and SnapshotStore on the same directory. Each is timed with
+the collector off: the server tunes its own, and what it costs there is in the start times of the
+recovery section.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from bench.common import Context
+from bench.sink import read_every_field
+from pipewarden.storage.v1 import storage_pb2
+from pipewarden.v1 import service_pb2
+from server import config
+from server.dedup import SeenExecutions
+from server.ingest import Ingestor
+from server.recovery import recover
+from server.shards import ShardSet
+from server.snapshot import SnapshotStore
+from server.wal import WriteAheadLog
+
+__all__ = ["full_recovery", "rates", "read_and_parse"]
+
+
+@contextlib.contextmanager
+def _collector_off() -> Iterator[None]:
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+async def read_and_parse(data_dir: Path) -> dict[str, Any]:
+    """(i): every entry of the log read, checked, decoded, and every field read once."""
+    wal = WriteAheadLog(data_dir / "wal", fsync="off")
+    began = time.perf_counter()
+    await wal.open()
+    opened = time.perf_counter()
+    events = entries = 0
+    try:
+        for _, payload in wal.replay(0):
+            batch = storage_pb2.LogRecord.FromString(payload).executions
+            _ = (batch.received_unix_nanos, batch.applied)
+            events += read_every_field(service_pb2.IngestRequest.FromString(batch.request))
+            entries += 1
+        seconds = time.perf_counter() - opened
+    finally:
+        await wal.close()
+    return {
+        "events": events,
+        "entries": entries,
+        "seconds": seconds,
+        "open_seconds": opened - began,
+    }
+
+
+async def full_recovery(data_dir: Path, document: dict[str, Any]) -> dict[str, Any]:
+    """(ii): what the server does at start, into a fresh state, with the settings of the
+    configuration `document` (as in pipewarden.yaml)."""
+    sc = config.parse(document).server
+    shards = ShardSet(sc.shards, sc.window)
+    seen = SeenExecutions(sc.max_seen_executions, sc.dedup_retention_seconds)
+    wal = WriteAheadLog(data_dir / "wal", fsync="off", segment_bytes=sc.wal_segment_bytes)
+    ingestor = Ingestor(shards, seen, wal, sc.limits)
+    store = SnapshotStore(data_dir / "snapshots")
+    began = time.perf_counter()
+    try:
+        done = await recover(store, wal, ingestor, shards, seen)
+        seconds = time.perf_counter() - began
+    finally:
+        await wal.close()
+    return {
+        "events": done.events,
+        "entries": done.entries,
+        "seconds": seconds,
+        "pipelines": len(shards),
+        "ids": len(seen),
+    }
+
+
+def rates(
+    ctx: Context, data_dir: Path, document: dict[str, Any], trials: int, expect: int
+) -> dict[str, list[dict[str, Any]]]:
+    """Time (i) and (ii) `trials` times each, alternating which goes first; check that each saw
+    `expect` events. Returns every run of each, under "read" and "recover"."""
+    runs: dict[str, list[dict[str, Any]]] = {"read": [], "recover": []}
+    kinds = ["read", "recover"]
+    for t in range(trials):
+        for label in kinds if t % 2 == 0 else kinds[::-1]:
+            with _collector_off():
+                if label == "read":
+                    out = asyncio.run(read_and_parse(data_dir))
+                else:
+                    out = asyncio.run(full_recovery(data_dir, document))
+            if out["events"] != expect:
+                raise RuntimeError(f"replay {label} saw {out['events']} events, not {expect}")
+            out["events_per_second"] = out["events"] / out["seconds"]
+            runs[label].append(out)
+            ctx.log(
+                f"recovery replay {label} {t + 1}/{trials}: {out['events_per_second']:,.0f} "
+                f"events/s ({out['seconds']:.2f}s)"
+            )
+        gc.collect()
+    return runs
