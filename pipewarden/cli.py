@@ -14,21 +14,37 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
-from google.protobuf import json_format
-from rich import box
-from rich.console import Console
-from rich.table import Table
 
 from pipewarden.client import Client
 from pipewarden.v1 import anomaly_pb2, execution_pb2, health_pb2, service_pb2
 
+if TYPE_CHECKING:
+    from rich.console import Console
+
 __all__ = ["main"]
 
-console = Console()
-err = Console(stderr=True)
+
+class _LazyConsole:
+    """A rich Console made on first use: `pipewarden serve` never needs one, and importing rich
+    would add to the time from start to SERVING."""
+
+    def __init__(self, stderr: bool = False) -> None:
+        self._stderr = stderr
+        self._console: Console | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(stderr=self._stderr)
+        return getattr(self._console, name)
+
+
+console = _LazyConsole()
+err = _LazyConsole(stderr=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -164,6 +180,9 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _send(args: argparse.Namespace) -> int:
+    from google.protobuf import json_format
+    from rich.table import Table
+
     if args.batch < 1:
         err.print("[red]error:[/] --batch must be at least 1")
         return 2
@@ -236,6 +255,9 @@ def _guess_id(line: str) -> str:
 
 
 def _health(args: argparse.Namespace) -> int:
+    from rich import box
+    from rich.table import Table
+
     with Client(args.target, token=args.token) as client:
         if args.pipeline_id:
             p = client.pipeline_health(args.pipeline_id)
@@ -277,6 +299,8 @@ def _health(args: argparse.Namespace) -> int:
 
 
 def _print_pipeline(p: health_pb2.PipelineHealth) -> None:
+    from rich.table import Table
+
     table = Table(show_header=False, title=p.pipeline_id)
     table.add_column(style="bold")
     table.add_column()
@@ -308,6 +332,9 @@ def _print_pipeline(p: health_pb2.PipelineHealth) -> None:
 
 
 def _teams(args: argparse.Namespace) -> int:
+    from rich import box
+    from rich.table import Table
+
     with Client(args.target, token=args.token) as client:
         teams = [client.team_metrics(args.team)] if args.team else client.list_team_metrics()
     if args.json:
@@ -347,6 +374,9 @@ _SEVERITY_STYLE = {3: "bold red", 2: "red", 1: "yellow"}
 
 
 def _anomalies(args: argparse.Namespace) -> int:
+    from rich import box
+    from rich.table import Table
+
     level = {"medium": 1, "high": 2, "critical": 3}[args.min_severity]
     with Client(args.target, token=args.token) as client:
         found = client.anomalies(team=args.team, pipeline_id=args.pipeline, min_severity=level)
@@ -430,10 +460,14 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _json(msg: Any) -> str:
+    from google.protobuf import json_format
+
     return json_format.MessageToJson(msg, indent=2)
 
 
 def _dict(msg: Any) -> dict[str, Any]:
+    from google.protobuf import json_format
+
     result: dict[str, Any] = json_format.MessageToDict(
         msg, always_print_fields_with_no_presence=True
     )
