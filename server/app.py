@@ -44,6 +44,7 @@ log = logging.getLogger("pipewarden")
 STATS_INTERVAL_SECONDS = 10.0
 SNAPSHOT_CHECK_SECONDS = 0.2
 DETECTION_INTERVAL_SECONDS = 0.05
+DETECTION_SLICE = 50
 
 
 class App:
@@ -186,20 +187,27 @@ class App:
         # Recovered pipelines are judged once, in small slices with pauses, so that the first
         # requests after a restart are not kept waiting behind the whole fleet.
         recovered = list(self.shards.pipelines())
-        for start in range(0, len(recovered), 200):
+        for start in range(0, len(recovered), DETECTION_SLICE):
             began = time.perf_counter()
-            self.ingestor.evaluate(recovered[start : start + 200])
+            self.ingestor.evaluate(recovered[start : start + DETECTION_SLICE])
             await asyncio.sleep(max(0.005, 4 * (time.perf_counter() - began)))
         spent = 0.0
         while True:
             # Under load, the pause grows with the work, so detection takes at most about a
             # fifth of the process; a pipeline's many runs in the meantime are judged once.
             await asyncio.sleep(max(DETECTION_INTERVAL_SECONDS, 4 * spent))
-            began = time.perf_counter()
-            self.ingestor.evaluate_pending()
+            pending = self.ingestor.take_pending()
             due = [self.shards.get(pid) for pid in self.engine.due(time.time())]
-            self.ingestor.evaluate(p for p in due if p is not None)
-            spent = time.perf_counter() - began
+            batch = pending + [p for p in due if p is not None]
+            spent = 0.0
+            # In slices with pauses, so that no request waits behind more than one slice.
+            for start in range(0, len(batch), DETECTION_SLICE):
+                began = time.perf_counter()
+                self.ingestor.evaluate(batch[start : start + DETECTION_SLICE])
+                took = time.perf_counter() - began
+                spent += took
+                await asyncio.sleep(4 * took)
+            spent = 0.0 if len(batch) > DETECTION_SLICE else spent
 
     async def _report_stats(self) -> None:
         last = -1.0

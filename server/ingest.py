@@ -132,12 +132,16 @@ class Ingestor:
             count += 1
         return count
 
+    def take_pending(self) -> list[PipelineState]:
+        """The pipelines touched since the last call, to evaluate."""
+        if not self.pending:
+            return []
+        pending, self.pending = self.pending, {}
+        return list(pending.values())
+
     def evaluate_pending(self) -> int:
         """Evaluate the pipelines touched since the last call; return how many."""
-        if not self.pending:
-            return 0
-        pending, self.pending = self.pending, {}
-        return self.evaluate(pending.values())
+        return self.evaluate(self.take_pending())
 
     def _process(
         self,

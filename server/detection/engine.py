@@ -37,7 +37,7 @@ DETECTORS = (
 )
 MEDIUM, HIGH, CRITICAL = 1, 2, 3
 STALE, STUCK_RUN = 7, 8
-REFRESH_EVERY = 8  # runs between recomputations of a pipeline's rhythm
+REFRESH_EVERY = 16  # runs between recomputations of a pipeline's rhythm
 
 
 @dataclass(slots=True)

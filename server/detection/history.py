@@ -20,7 +20,7 @@ __all__ = ["Baseline", "RegressionDetector", "StreakDetector", "VolumeDropDetect
 
 MEDIUM, HIGH, CRITICAL = 1, 2, 3
 CONSECUTIVE_FAILURES, DURATION_REGRESSION, VOLUME_DROP = 4, 5, 6
-REFRESH_EVERY = 8  # runs between recomputations of a pipeline's baseline
+REFRESH_EVERY = 16  # runs between recomputations of a pipeline's baseline
 
 
 def median(values: list[float]) -> float:
