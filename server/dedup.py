@@ -32,6 +32,11 @@ class SeenExecutions:
         self._order: deque[str] = deque()
         self._chunks: deque[list[float]] = deque()  # [count, max event time], oldest first
 
+    @property
+    def ids(self) -> set[str]:
+        """The remembered ids as a set, for fast membership tests in hot loops (read only)."""
+        return self._ids
+
     def __contains__(self, execution_id: object) -> bool:
         return execution_id in self._ids
 

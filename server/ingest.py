@@ -166,7 +166,12 @@ class Ingestor:
         shards = self.shards
         index = shards.index
         seen = self.seen
+        seen_ids = seen.ids
         check = not replaying
+        # Nothing below awaits, so a snapshot cannot begin or end during the loop.
+        job = shards.job
+        to_execution = convert
+        apply_terminal = Shard.apply_terminal
         # Ids counted by this request: remembered in `seen` all at once after the loop.
         new_ids: list[str] = []
         new_set: set[str] = set()
@@ -174,7 +179,7 @@ class Ingestor:
         for i, msg in enumerate(executions):
             if mask and not mask[i]:
                 continue
-            e = convert(msg, received, limits, check_limits=check)
+            e = to_execution(msg, received, limits, check_limits=check)
             if isinstance(e, str):
                 if replaying:
                     log.warning("log record holds an event that no longer converts: %s", e)
@@ -183,7 +188,7 @@ class Ingestor:
                 continue
             status = e.status
             execution_id = e.execution_id
-            if check and (execution_id in seen or execution_id in new_set):
+            if check and (execution_id in seen_ids or execution_id in new_set):
                 verdicts[i] = _LATE_RUNNING if status == RUNNING else _DUPLICATE
                 continue
             state = index.get(e.pipeline_id)
@@ -193,20 +198,20 @@ class Ingestor:
                 if check and state.team != e.team:
                     rejected.append((i, msg.execution_id, _team_mismatch(state, e)))
                     continue
-                if shards.job is not None:
-                    shards.job.preserve(state.shard, state)
+                if job is not None:
+                    job.preserve(state.shard, state)
             if status == RUNNING:
                 Shard.apply_running(state, e)
                 verdicts[i] = _RUNNING
                 if touched is not None:
                     touched[e.pipeline_id] = state
                 continue
-            if execution_id not in new_set and (check or execution_id not in seen):
+            if execution_id not in new_set and (check or execution_id not in seen_ids):
                 new_ids.append(execution_id)
                 new_set.add(execution_id)
                 if e.event_time > newest:
                     newest = e.event_time
-            Shard.apply_terminal(state, e)
+            apply_terminal(state, e)
             if touched is not None:
                 touched[e.pipeline_id] = state
             verdicts[i] = _ACCEPTED
