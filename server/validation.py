@@ -76,21 +76,23 @@ def convert(
     started_at: float | None = None
     finished_at: float | None = None
     duration: float | None = None
-    if msg.HasField("started_at"):
-        ts = msg.started_at
-        seconds, nanos = ts.seconds, ts.nanos
+    # Reading an unset sub-message gives zeros, so HasField (which costs as much as the read)
+    # is asked only when the values are zero: unset, or set to exactly the epoch or 0 seconds.
+    ts = msg.started_at
+    seconds, nanos = ts.seconds, ts.nanos
+    if seconds or nanos or msg.HasField("started_at"):
         if not (_MIN_SECONDS <= seconds <= _MAX_SECONDS and 0 <= nanos <= 999_999_999):
             return _bad_timestamp("started_at", seconds, nanos)
         started_at = seconds + nanos * 1e-9
-    if msg.HasField("finished_at"):
-        ts = msg.finished_at
-        seconds, nanos = ts.seconds, ts.nanos
+    ts = msg.finished_at
+    seconds, nanos = ts.seconds, ts.nanos
+    if seconds or nanos or msg.HasField("finished_at"):
         if not (_MIN_SECONDS <= seconds <= _MAX_SECONDS and 0 <= nanos <= 999_999_999):
             return _bad_timestamp("finished_at", seconds, nanos)
         finished_at = seconds + nanos * 1e-9
-    if msg.HasField("duration"):
-        d = msg.duration
-        seconds, nanos = d.seconds, d.nanos
+    d = msg.duration
+    seconds, nanos = d.seconds, d.nanos
+    if seconds or nanos or msg.HasField("duration"):
         if 0 <= seconds <= _MAX_DURATION_SECONDS and 0 <= nanos <= 999_999_999:
             duration = seconds + nanos * 1e-9
         else:

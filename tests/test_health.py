@@ -167,3 +167,15 @@ async def test_bad_page_token_and_size_are_invalid_argument(stub: Stub) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await stub.ListPipelineHealth(bad)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_explicit_zero_times_and_durations_count_as_set(stub: Stub) -> None:
+    zero = run("e1", start=T0, duration=10)
+    zero.duration.CopyFrom(Duration(seconds=0))  # explicitly 0: it wins over finish - start
+    epoch = run("e2", start=None, duration=None)
+    epoch.started_at.FromSeconds(0)  # 1970-01-01 is a time, if an odd one
+    epoch.finished_at.FromSeconds(4)
+    await stub.Ingest(request(zero, epoch))
+    h = await _health(stub, "p1")
+    assert h.total_executions == 2
+    assert h.avg_duration_seconds == pytest.approx(2.0)  # (0 + 4) / 2
