@@ -131,7 +131,11 @@ class SnapshotStore:
                 pipelines += len(part.pipelines)
             elif kind == SEEN:
                 chunk = storage_pb2.SeenChunk.FromString(body)
-                seen.append((list(chunk.execution_ids), chunk.max_event_time))
+                if chunk.joined_ids:
+                    ids = chunk.joined_ids.decode().split("\n")
+                else:
+                    ids = list(chunk.execution_ids)
+                seen.append((ids, chunk.max_event_time))
             elif kind == END:
                 end = storage_pb2.SnapshotEnd.FromString(body)
                 offset = stop
@@ -185,7 +189,7 @@ class SnapshotStore:
                     await asyncio.sleep(0)  # let ingestion in between chunks
                 ids = 0
                 for chunk_ids, max_time in seen_chunks:
-                    msg = storage_pb2.SeenChunk(execution_ids=chunk_ids, max_event_time=max_time)
+                    msg = _seen_chunk(chunk_ids, max_time)
                     buffer += _frame(SEEN, msg.SerializeToString())
                     ids += len(chunk_ids)
                     if len(buffer) >= FLUSH_BYTES:
@@ -234,6 +238,13 @@ class SnapshotStore:
                 tmp.unlink()
         kept = paths[: self.keep]
         return int(kept[-1].stem) if kept else None
+
+
+def _seen_chunk(ids: list[str], max_time: float) -> storage_pb2.SeenChunk:
+    joined = "\n".join(ids)
+    if ids and joined.count("\n") == len(ids) - 1:
+        return storage_pb2.SeenChunk(joined_ids=joined.encode(), max_event_time=max_time)
+    return storage_pb2.SeenChunk(execution_ids=ids, max_event_time=max_time)
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -187,3 +187,20 @@ DurabilityMachine.TestCase.settings = settings(
     max_examples=25, stateful_step_count=20, deadline=None
 )
 test_durability_against_a_model = DurabilityMachine.TestCase
+
+
+async def test_remembered_ids_survive_a_snapshot_even_with_newlines(tmp_path: Path) -> None:
+    node = Node(tmp_path)
+    await node.open()
+    odd = "line one\nline two"
+    await node.ingest(request(run("plain-1"), run(odd), run("plain-2")))
+    await node.snapshot()
+    await node.close()
+    chunks = node.store.load_latest()
+    assert chunks is not None
+    again = Node(tmp_path)
+    await again.open()
+    assert list(again.seen) == ["plain-1", odd, "plain-2"]
+    outcome = await again.ingest(request(run(odd), run("plain-2")))
+    assert outcome.duplicates == 2
+    await again.close()

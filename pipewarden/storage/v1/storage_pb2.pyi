@@ -372,21 +372,27 @@ class SeenChunk(_message.Message):
 
     EXECUTION_IDS_FIELD_NUMBER: _builtins.int
     MAX_EVENT_TIME_FIELD_NUMBER: _builtins.int
+    JOINED_IDS_FIELD_NUMBER: _builtins.int
     max_event_time: _builtins.float
     """The latest event time of the chunk's executions, Unix seconds."""
+    joined_ids: _builtins.bytes
+    """The ids joined by newlines, as UTF-8: decoded and split at once, far faster than a repeated
+    field of a million strings.
+    """
     @_builtins.property
     def execution_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The ids."""
+        """The ids, when some id holds a newline; otherwise empty and the ids are in joined_ids."""
 
     def __init__(
         self,
         *,
         execution_ids: _abc.Iterable[_builtins.str] | None = ...,
         max_event_time: _builtins.float = ...,
+        joined_ids: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution_ids", b"execution_ids", "max_event_time", b"max_event_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution_ids", b"execution_ids", "joined_ids", b"joined_ids", "max_event_time", b"max_event_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
