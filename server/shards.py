@@ -355,7 +355,8 @@ class Shard:
             team_totals = shard.teams.get(team)
             if team_totals is None:
                 team_totals = shard.teams[team] = TeamTotals()
-            p = PipelineState(msg.pipeline_id, team, window, shard.index, team_totals)
+            # A ring of size 0 for now: _restore_ring puts the saved arrays in place.
+            p = PipelineState(msg.pipeline_id, team, 0, shard.index, team_totals)
             p.succeeded = msg.succeeded
             p.failed = msg.failed
             p.cancelled = msg.cancelled
@@ -369,10 +370,10 @@ class Shard:
             p.last_success_time = (
                 msg.last_success_time if msg.HasField("last_success_time") else None
             )
-            p.in_flight = dict(msg.in_flight) or None
+            p.in_flight = dict(msg.in_flight) if msg.in_flight else None
             p.upstream = tuple(msg.upstream)
-            p.labels = dict(msg.labels) or None
-            _restore_ring(p.ring, msg.ring)
+            p.labels = dict(msg.labels) if msg.labels else None
+            _restore_ring(p, msg.ring, window)
             shard.pipelines[p.pipeline_id] = p
         return shard
 
@@ -414,25 +415,20 @@ def dump_pipeline(p: PipelineState) -> storage_pb2.PipelineSnapshot:
     return msg
 
 
-def _restore_ring(ring: Ring, msg: storage_pb2.RingSnapshot) -> None:
+def _restore_ring(p: PipelineState, msg: storage_pb2.RingSnapshot, window: int) -> None:
     saved = Ring(0)
     saved.status = array("b", msg.status)
     saved.duration = array("d", msg.duration)
     saved.records = array("q", msg.records)
     saved.time = array("d", msg.time)
     saved.position, saved.count = msg.position, msg.count
-    if len(saved.status) == len(ring.status):
-        ring.status, ring.duration, ring.records, ring.time = (
-            saved.status,
-            saved.duration,
-            saved.records,
-            saved.time,
-        )
-        ring.position, ring.count = saved.position, saved.count
+    if len(saved.status) == window:
+        p.ring = saved
         return
     # Another window size since the snapshot: keep the latest runs that fit.
+    p.ring = Ring(window)
     for status, duration, records, time in saved.runs():
-        ring.push(status, duration, records, time)
+        p.ring.push(status, duration, records, time)
 
 
 class SnapshotJob:
