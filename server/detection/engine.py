@@ -21,7 +21,7 @@ from server.detection.history import (
     VolumeDropDetector,
     median,
 )
-from server.detection.peer import HIGH_DURATION, LOW_RECORDS, PeerDetector
+from server.detection.peer import HIGH_DURATION, LOW_RECORDS, LOW_SUCCESS_RATE, PeerDetector
 from server.detection.settings import DetectionSettings
 from server.shards import PipelineState, ShardSet
 
@@ -74,11 +74,17 @@ class DetectionEngine:
         p = pipeline
         out: list[Anomaly] = []
         if "peer" in on:
+            # Once a pipeline has a history of its own, it is judged against that: a pipeline
+            # that is slow, small or a little flaky by nature is not broken. Until then, its
+            # peers are all there is to compare it with.
             own_duration = "duration_regression" in on and self.regression.has_baseline(p)
             own_volume = "volume_drop" in on and self.drop.has_baseline(p)
+            own_rate = "consecutive_failures" in on and self.regression.has_baseline(p)
             for verdict in self.peer.evaluate(p, fleet, now):
-                if (verdict.kind == HIGH_DURATION and own_duration) or (
-                    verdict.kind == LOW_RECORDS and own_volume
+                if (
+                    (verdict.kind == HIGH_DURATION and own_duration)
+                    or (verdict.kind == LOW_RECORDS and own_volume)
+                    or (verdict.kind == LOW_SUCCESS_RATE and own_rate)
                 ):
                     continue
                 out.append(verdict)

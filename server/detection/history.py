@@ -2,8 +2,11 @@
 
 Baselines are medians of the ring buffer of recent runs, with the median absolute deviation as
 their spread, so one odd run moves neither the baseline nor the verdict (a regression needs the
-median of the latest runs to move). Baseline statistics are cached per pipeline and refreshed
-every few runs: they move slowly, and sorting on every run would cost more than all the rest.
+median of the latest runs to move). Durations and records are judged on a log scale: their noise
+is proportional to their size (a two-hour job varies by minutes, a ten-second one by a second),
+so a spread measured in seconds would understate a skewed distribution. Baseline statistics are
+cached per pipeline and refreshed every few runs: they move slowly, and sorting on every run
+would cost more than all the rest.
 """
 
 from __future__ import annotations
@@ -32,11 +35,12 @@ def median(values: list[float]) -> float:
 
 @dataclass(slots=True)
 class Baseline:
-    """A pipeline's usual value, and how much it usually varies."""
+    """A pipeline's usual value, and how much it usually varies, on a log scale."""
 
     median: float
+    """Median of log(1 + value)."""
     spread: float
-    """1.4826 · MAD: a robust standard deviation."""
+    """1.4826 · MAD of log(1 + value): a robust standard deviation."""
     runs: int
     at_count: int
     """The ring's fill count... and position when computed, to know when to refresh."""
@@ -128,8 +132,8 @@ class _OwnHistory:
             latest = _last_succeeded(p, self.durations, self.recent)
             if len(latest) < self.recent:
                 return None
-            return cached, median(latest)
-        values = _succeeded(p, self.durations)
+            return cached, median([math.log1p(max(v, 0.0)) for v in latest])
+        values = [math.log1p(max(v, 0.0)) for v in _succeeded(p, self.durations)]
         if len(values) < self.recent + self.min_baseline:
             return None
         base = values[: -self.recent]
@@ -154,12 +158,13 @@ class RegressionDetector(_OwnHistory):
         found = self.split(p)
         if found is None:
             return None
-        base, recent = found
+        base, recent_log = found
         s = self.settings
-        if base.median <= 0:
+        usual, recent = math.expm1(base.median), math.expm1(recent_log)
+        if usual <= 0:
             return None
-        ratio = recent / base.median
-        if ratio < s.ratio or recent < base.median + s.mad_k * base.spread:
+        ratio = recent / usual
+        if ratio < s.ratio or recent_log - base.median < s.mad_k * base.spread:
             return None
         severity = (
             CRITICAL if ratio >= s.critical_ratio else HIGH if ratio >= s.high_ratio else MEDIUM
@@ -191,12 +196,13 @@ class VolumeDropDetector(_OwnHistory):
         found = self.split(p)
         if found is None:
             return None
-        base, recent = found
+        base, recent_log = found
         s = self.settings
-        if base.median <= 0:
+        usual, recent = math.expm1(base.median), math.expm1(recent_log)
+        if usual <= 0:
             return None
-        fall = 1 - recent / base.median
-        if fall < s.drop or recent > base.median - s.mad_k * base.spread:
+        fall = 1 - recent / usual
+        if fall < s.drop or base.median - recent_log < s.mad_k * base.spread:
             return None
         severity = CRITICAL if fall >= s.critical_drop else HIGH if fall >= s.high_drop else MEDIUM
         return Anomaly(
