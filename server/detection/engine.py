@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 from collections.abc import Collection
 from dataclasses import dataclass
 
@@ -46,6 +47,8 @@ class _Rhythm:
     """Median seconds between runs."""
     typical: float | None
     """Median duration of a successful run."""
+    long: float | None
+    """A duration its successful runs rarely exceed: median + mad_k robust σ, on a log scale."""
     at_total: int
 
 
@@ -154,9 +157,17 @@ class DetectionEngine:
             for i in ring.indices()
             if ring.status[i] == 1 and ring.duration[i] == ring.duration[i]  # not NaN
         ]
+        typical = long = None
+        if len(durations) >= self.settings.stuck_run.min_runs:
+            typical = median(durations)
+            logs = [math.log1p(d) for d in durations]
+            mid = median(logs)
+            spread = 1.4826 * median([abs(x - mid) for x in logs])
+            long = math.expm1(mid + self.settings.stuck_run.mad_k * spread)
         rhythm = _Rhythm(
             median(gaps) if len(gaps) + 1 >= self.settings.staleness.min_runs else None,
-            median(durations) if len(durations) >= self.settings.stuck_run.min_runs else None,
+            typical,
+            long,
             p.total,
         )
         self._rhythms[p.pipeline_id] = rhythm
@@ -197,9 +208,10 @@ class DetectionEngine:
             return None, float("inf")
         execution_id, started = min(p.in_flight.items(), key=lambda item: item[1])
         typical = rhythm.typical
+        long = rhythm.long or 0.0
         steps = [
-            (max(s.factor * typical, s.min_seconds), HIGH),
-            (max(s.critical_factor * typical, s.min_seconds), CRITICAL),
+            (max(s.factor * typical, long, s.min_seconds), HIGH),
+            (max(s.critical_factor * typical, long, s.min_seconds), CRITICAL),
         ]
         running = now - started
         found: Anomaly | None = None

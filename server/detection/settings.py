@@ -131,6 +131,9 @@ class StuckSettings:
     """Runs with a known duration needed to know what is usual."""
     factor: float = 4.0
     """Stuck after this many usual (median) durations (HIGH)..."""
+    mad_k: float = 4.5
+    """...and only beyond this many robust standard deviations of its durations (log scale), so
+    that a pipeline whose runs vary a lot is given the room they usually take..."""
     critical_factor: float = 10.0
     """...CRITICAL after this many."""
     min_seconds: float = 300.0
