@@ -33,7 +33,7 @@ from server.http import HttpServer
 from server.ingest import Ingestor
 from server.recovery import recover
 from server.servicer import SERVICE_NAME, PipelineMonitorService
-from server.shards import ShardSet
+from server.shards import PipelineState, ShardSet
 from server.snapshot import SnapshotStore
 from server.wal import WriteAheadLog
 
@@ -184,30 +184,23 @@ class App:
     async def _detection_loop(self) -> None:
         """Evaluate what ingestion touched, a few times a second; and the pipelines whose
         staleness or stuck-run deadline has passed. First, every recovered pipeline once."""
-        # Recovered pipelines are judged once, in small slices with pauses, so that the first
-        # requests after a restart are not kept waiting behind the whole fleet.
-        recovered = list(self.shards.pipelines())
-        for start in range(0, len(recovered), DETECTION_SLICE):
-            began = time.perf_counter()
-            self.ingestor.evaluate(recovered[start : start + DETECTION_SLICE])
-            await asyncio.sleep(max(0.005, 4 * (time.perf_counter() - began)))
-        spent = 0.0
+        await self._evaluate_in_slices(list(self.shards.pipelines()))
         while True:
-            # Under load, the pause grows with the work, so detection takes at most about a
-            # fifth of the process; a pipeline's many runs in the meantime are judged once.
-            await asyncio.sleep(max(DETECTION_INTERVAL_SECONDS, 4 * spent))
-            pending = self.ingestor.take_pending()
+            await asyncio.sleep(DETECTION_INTERVAL_SECONDS)
+            # A pipeline's many runs since the last pass are judged once.
             due = [self.shards.get(pid) for pid in self.engine.due(time.time())]
-            batch = pending + [p for p in due if p is not None]
-            spent = 0.0
-            # In slices with pauses, so that no request waits behind more than one slice.
-            for start in range(0, len(batch), DETECTION_SLICE):
-                began = time.perf_counter()
-                self.ingestor.evaluate(batch[start : start + DETECTION_SLICE])
-                took = time.perf_counter() - began
-                spent += took
-                await asyncio.sleep(4 * took)
-            spent = 0.0 if len(batch) > DETECTION_SLICE else spent
+            await self._evaluate_in_slices(
+                self.ingestor.take_pending() + [p for p in due if p is not None]
+            )
+
+    async def _evaluate_in_slices(self, pipelines: list[PipelineState]) -> None:
+        """Evaluate in slices, each followed by a pause four times as long: no request waits
+        behind more than one slice, and under load detection takes at most about a fifth of
+        the process."""
+        for start in range(0, len(pipelines), DETECTION_SLICE):
+            began = time.perf_counter()
+            self.ingestor.evaluate(pipelines[start : start + DETECTION_SLICE])
+            await asyncio.sleep(4 * (time.perf_counter() - began))
 
     async def _report_stats(self) -> None:
         last = -1.0

@@ -49,24 +49,7 @@ class SeenExecutions:
 
     def add(self, execution_id: str, event_time: float) -> None:
         """Remember an id (not already present)."""
-        self._ids.add(execution_id)
-        order = self._order
-        order.append(execution_id)
-        if event_time > self.newest:
-            self.newest = event_time
-        last = self._chunks[-1] if self._chunks else None
-        if last is None or last[0] >= CHUNK:
-            self._chunks.append([1, event_time])
-            # Age is checked once a chunk: the front chunk goes when its newest id is too old.
-            front = self._chunks[0]
-            if len(self._chunks) > 1 and front[1] < self.newest - self.retention_seconds:
-                self._forget(int(front[0]))
-        else:
-            last[0] += 1
-            if event_time > last[1]:
-                last[1] = event_time
-        if len(order) > self.capacity:
-            self._forget(1)
+        self.add_batch([execution_id], event_time)
 
     def add_batch(self, ids: list[str], max_event_time: float) -> None:
         """Remember new ids (none already present) of one request at once; they share the

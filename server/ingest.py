@@ -72,9 +72,9 @@ class Ingestor:
         self.clock = clock
         self._detect = detector is not None
         self.defer_detection = defer_detection
-        """When set, touched pipelines wait in `pending` for `evaluate_pending` (the server runs
-        it a few times a second), so a pipeline that runs many times in a moment is evaluated
-        once, and detection never slows the answer to an ingest request."""
+        """When set, touched pipelines wait in `pending` until `take_pending` (the server's
+        detection loop, a few times a second), so a pipeline that runs many times in a moment
+        is evaluated once, and detection never slows the answer to an ingest request."""
         self.pending: dict[str, PipelineState] = {}
 
     def ingest(self, raw: bytes, request: service_pb2.IngestRequest) -> tuple[IngestOutcome, int]:
@@ -138,10 +138,6 @@ class Ingestor:
             return []
         pending, self.pending = self.pending, {}
         return list(pending.values())
-
-    def evaluate_pending(self) -> int:
-        """Evaluate the pipelines touched since the last call; return how many."""
-        return self.evaluate(self.take_pending())
 
     def _process(
         self,
