@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -220,8 +221,8 @@ def _settings(defaults: T, raw: Any, key: str) -> T:
     """A copy of the frozen settings dataclass `defaults` with the keys of a mapping replaced:
     every key optional, known and well typed."""
     assert dataclasses.is_dataclass(defaults) and not isinstance(defaults, type)
-    fields = {f.name for f in dataclasses.fields(defaults) if f.init}
-    doc = _mapping(raw if raw is not None else {}, key, fields)
+    fields = {f.name: f for f in dataclasses.fields(defaults) if f.init}
+    doc = _mapping(raw if raw is not None else {}, key, set(fields))
     values: dict[str, Any] = {}
     for name, value in doc.items():
         default = getattr(defaults, name)
@@ -235,7 +236,10 @@ def _settings(defaults: T, raw: Any, key: str) -> T:
         elif isinstance(default, int):
             values[name] = _int(value, where, minimum=0)
         elif isinstance(default, float):
-            values[name] = _number(value, where, minimum=0.0)
+            bounds = fields[name].metadata
+            values[name] = _number(value, where, minimum=bounds.get("minimum", 0.0))
+            if values[name] > bounds.get("maximum", math.inf):
+                raise ConfigError(where, f"must be at most {bounds['maximum']:g}")
         else:
             values[name] = _str(value, where)
     return dataclasses.replace(defaults, **values)

@@ -103,6 +103,8 @@ class PipelineState:
         "last_success_time",
         "last_time",
         "pipeline_id",
+        "profile",
+        "profile_at",
         "records_sum",
         "ring",
         "shard",
@@ -136,6 +138,10 @@ class PipelineState:
         self.upstream: tuple[str, ...] = ()
         self.labels: dict[str, str] | None = None
         self.ring = Ring(window)
+        self.profile: array[float] | None = None
+        """Its weekly profile, learned by detection (see server.detection.profile)."""
+        self.profile_at = 0
+        """How many of its runs the profile has seen (by count of runs, not time)."""
         self.epoch = 0
         """The last snapshot that has this pipeline's state (see SnapshotJob)."""
 
@@ -374,6 +380,9 @@ class Shard:
             p.upstream = tuple(msg.upstream)
             p.labels = dict(msg.labels) if msg.labels else None
             _restore_ring(p, msg.ring, window)
+            if msg.profile:
+                p.profile = array("f", msg.profile)
+            p.profile_at = msg.profile_at
             shard.pipelines[p.pipeline_id] = p
         return shard
 
@@ -412,6 +421,9 @@ def dump_pipeline(p: PipelineState) -> storage_pb2.PipelineSnapshot:
         msg.in_flight.update(p.in_flight)
     if p.labels:
         msg.labels.update(p.labels)
+    if p.profile is not None:
+        msg.profile = p.profile.tobytes()
+    msg.profile_at = p.profile_at
     return msg
 
 

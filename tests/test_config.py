@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from server.config import Config, load, parse
+from server.detection.settings import DetectionSettings
 from server.errors import ConfigError
 
 CONTRACT_EXAMPLE = """
@@ -80,7 +81,27 @@ BAD: list[tuple[Any, str]] = [
     ({"auth": {"tokens": [{"token": "t", "role": "writer"}]}}, "auth.tokens[0].team: a writer"),
     ({"auth": {"tokens": [{"role": "admin"}]}}, "auth.tokens[0].token: missing"),
     ("just a string", "(top level): expected a mapping"),
+    (
+        {"detection": {"profile": {"utc_offset_hours": 15}}},
+        "detection.profile.utc_offset_hours: must be at most 14",
+    ),
+    (
+        {"detection": {"profile": {"utc_offset_hours": -15}}},
+        "detection.profile.utc_offset_hours: -15 is less than -14",
+    ),
+    ({"detection": {"peer": {"duration": {"new_pipelines": 1}}}}, "expected true or false"),
 ]
+
+
+def test_the_readme_documents_the_detection_defaults() -> None:
+    """The `detection:` block of the README's configuration parses to exactly the defaults."""
+    text = (Path(__file__).parent.parent / "README.md").read_text()
+    block = text[
+        text.index("detection:\n  enabled") : text.index(
+            "receivers:", text.index("detection:\n  enabled")
+        )
+    ]
+    assert parse(yaml.safe_load(block)).detection == DetectionSettings()
 
 
 @pytest.mark.parametrize(("doc", "message"), BAD, ids=[m for _, m in BAD])

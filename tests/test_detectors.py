@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 
 import grpc
 import pytest
@@ -89,45 +90,75 @@ def test_volume_drop_needs_the_recent_median_to_fall() -> None:
     assert kinds(engine, shards, p, T0) == {DROP: 1}  # 60% below: MEDIUM
 
 
-def test_little_history_is_judged_by_peers_then_by_itself() -> None:
-    engine = DetectionEngine(DetectionSettings())
+def _fleet_of_peers(engine: DetectionEngine) -> ShardSet:
+    """Five pipelines that ran 12 hourly times each, 10 s and always successfully."""
     shards = ShardSet(2, window=64)
     for i in range(5):
         peer = shards.create(f"peer{i}", "team")
         for k in range(12):
             t = T0 + k * HOUR
-            shards.shard_for(peer.pipeline_id).apply_terminal(
-                peer,
-                Execution(
-                    f"{i}-{k}",
-                    peer.pipeline_id,
-                    "team",
-                    SUCCEEDED,
-                    t - 10,
-                    t,
-                    10.0,
-                    100,
-                    (),
-                    {},
-                    "",
-                    t,
-                ),
+            e = Execution(
+                f"{i}-{k}", peer.pipeline_id, "team", SUCCEEDED, t - 10, t, 10.0, 100, (), {}, "", t
             )
+            shards.shard_for(peer.pipeline_id).apply_terminal(peer, e)
         engine.evaluate(peer, shards, T0)
-    slow = shards.create("slow", "team")
-    for k in range(12):
+    return shards
+
+
+def _newcomer(
+    engine: DetectionEngine, shards: ShardSet, runs: list[tuple[int, float]]
+) -> list[dict[int, int]]:
+    """A new pipeline's runs (status, duration), hourly; the verdicts after each."""
+    p = shards.create("new", "team")
+    out = []
+    for k, (status, duration) in enumerate(runs):
         t = T0 + k * HOUR
-        shards.shard_for("slow").apply_terminal(
-            slow,
-            Execution(f"s-{k}", "slow", "team", SUCCEEDED, t - 500, t, 500.0, 100, (), {}, "", t),
+        e = Execution(
+            f"n-{k}", "new", "team", status, t - duration, t, duration, 100, (), {}, "", t
         )
-        found = kinds(engine, shards, slow, t)
-        if k < 4:
-            assert found == {}, k  # fewer than min_executions: not judged
-        elif k < 10:
-            assert 2 in found, k  # HIGH_DURATION from the peers, until it has its own baseline
-        else:
-            assert found == {}, k  # slow by nature is its normal
+        shards.shard_for("new").apply_terminal(p, e)
+        out.append(kinds(engine, shards, p, t))
+    return out
+
+
+def test_a_new_slow_pipeline_is_not_judged_slow_by_unlike_peers() -> None:
+    engine = DetectionEngine(DetectionSettings())
+    shards = _fleet_of_peers(engine)
+    assert all(found == {} for found in _newcomer(engine, shards, [(SUCCEEDED, 500.0)] * 30))
+
+
+def test_with_alike_peers_a_new_pipeline_is_judged_by_them_until_it_has_a_baseline() -> None:
+    defaults = DetectionSettings()
+    peer = replace(defaults.peer, duration=replace(defaults.peer.duration, new_pipelines=True))
+    engine = DetectionEngine(replace(defaults, peer=peer))
+    shards = _fleet_of_peers(engine)
+    found = _newcomer(engine, shards, [(SUCCEEDED, 500.0)] * 30)
+    assert found[:4] == [{}] * 4  # fewer than min_executions: not judged
+    # HIGH_DURATION (2) from the peers until its baseline covers a day: the run 24 hours after
+    # the first; from then on, slow by nature is its normal.
+    assert all(2 in f for f in found[4:24]), found
+    assert found[24:] == [{}] * 6
+
+
+@pytest.mark.parametrize(("failed", "flagged"), [(1, False), (2, False), (3, True)])
+def test_a_new_pipeline_low_success_rate_needs_evidence(failed: int, flagged: bool) -> None:
+    """One failure in its first six runs, against peers that never fail, is not evidence (a
+    chance of 6% at the floor of 1% failures); two are not quite (0.15%); three are (0.002%)."""
+    engine = DetectionEngine(DetectionSettings())
+    shards = _fleet_of_peers(engine)
+    runs = [(FAILED, 10.0)] * failed + [(SUCCEEDED, 10.0)] * (6 - failed)
+    last = _newcomer(engine, shards, runs)[-1]
+    assert (1 in last) is flagged, last
+
+
+def test_a_flaky_pipeline_needs_a_longer_streak() -> None:
+    """Failing 1 run in 10, 3 in a row happen by chance (1 in 1,000 runs); 5 (1 in 100,000)
+    do not: its HIGH threshold becomes 5, and CRITICAL 7."""
+    runs = [(FAILED if i % 10 == 0 else SUCCEEDED, 10.0, 100) for i in range(100)]
+    engine = own("consecutive_failures")
+    for fails, severity in [(3, None), (4, None), (5, 2), (7, 3)]:
+        shards, p = history(runs + [(FAILED, 10.0, 100)] * fails)
+        assert kinds(engine, shards, p, T0).get(STREAK) == severity, fails
 
 
 def test_staleness_deadline_and_clearing() -> None:
@@ -168,10 +199,11 @@ def test_stuck_run() -> None:
     shards.shard_for("p").apply_running(
         p, Execution("r", "p", "team", RUNNING, start, None, None, 0, (), {}, "", start)
     )
-    # Usual duration ~100 s, so the 300 s minimum applies before 4x: HIGH after 400 s.
-    assert kinds(engine, shards, p, start + 350) == {}
-    assert engine.due(start + 401) == ["p"]
-    assert kinds(engine, shards, p, start + 401) == {STUCK: 2}
+    # Usual (median) duration 97 s: HIGH after 6x that, 582 s (more than the 300 s minimum),
+    # CRITICAL after 10x.
+    assert kinds(engine, shards, p, start + 580) == {}
+    assert engine.due(start + 583) == ["p"]
+    assert kinds(engine, shards, p, start + 583) == {STUCK: 2}
     assert kinds(engine, shards, p, start + 1001) == {STUCK: 3}
 
 

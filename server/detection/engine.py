@@ -23,10 +23,11 @@ from server.detection.history import (
     median,
 )
 from server.detection.peer import HIGH_DURATION, LOW_RECORDS, LOW_SUCCESS_RATE, PeerDetector
+from server.detection.profile import fold
 from server.detection.settings import DetectionSettings
 from server.shards import PipelineState, ShardSet
 
-__all__ = ["DETECTORS", "DetectionEngine"]
+__all__ = ["DETECTORS", "DetectionEngine", "binomial_tail"]
 
 DETECTORS = (
     "peer",
@@ -65,8 +66,11 @@ class DetectionEngine:
         self.enabled = frozenset(enabled)
         self.peer = PeerDetector(settings.peer)
         self.streak = StreakDetector(settings.consecutive_failures)
-        self.regression = RegressionDetector(settings.duration_regression)
-        self.drop = VolumeDropDetector(settings.volume_drop)
+        self.regression = RegressionDetector(settings.duration_regression, settings.profile)
+        self.drop = VolumeDropDetector(settings.volume_drop, settings.profile)
+        self._learn = settings.profile.enabled and bool(
+            self.enabled & {"duration_regression", "volume_drop"}
+        )
         self._rhythms: dict[str, _Rhythm] = {}
         self._heap: list[tuple[float, str]] = []
         self._deadline: dict[str, float] = {}
@@ -76,21 +80,10 @@ class DetectionEngine:
         on = self.enabled
         p = pipeline
         out: list[Anomaly] = []
+        if self._learn:
+            fold(p, self.settings.profile)
         if "peer" in on:
-            # Once a pipeline has a history of its own, it is judged against that: a pipeline
-            # that is slow, small or a little flaky by nature is not broken. Until then, its
-            # peers are all there is to compare it with.
-            own_duration = "duration_regression" in on and self.regression.has_baseline(p)
-            own_volume = "volume_drop" in on and self.drop.has_baseline(p)
-            own_rate = "consecutive_failures" in on and self.regression.has_baseline(p)
-            for verdict in self.peer.evaluate(p, fleet, now):
-                if (
-                    (verdict.kind == HIGH_DURATION and own_duration)
-                    or (verdict.kind == LOW_RECORDS and own_volume)
-                    or (verdict.kind == LOW_SUCCESS_RATE and own_rate)
-                ):
-                    continue
-                out.append(verdict)
+            out += self._peer_verdicts(p, fleet, now)
         found: Anomaly | None
         if "consecutive_failures" in on and (found := self.streak.evaluate(p)) is not None:
             out.append(found)
@@ -113,6 +106,37 @@ class DetectionEngine:
                 next_check = min(next_check, when)
         self._schedule(p.pipeline_id, next_check)
         return out
+
+    def _peer_verdicts(self, p: PipelineState, fleet: ShardSet, now: float) -> list[Anomaly]:
+        """The peer rule's verdicts that stand: with the own-history detector of a metric on, a
+        pipeline with a history of its own is judged against that (a pipeline that is slow,
+        small or a little flaky by nature is not broken), and one without is judged by its peers
+        on the metrics whose `new_pipelines` is set."""
+        on, rules = self.enabled, self.settings.peer
+        judged_alone = {
+            HIGH_DURATION: ("duration_regression", self.regression, rules.duration),
+            LOW_RECORDS: ("volume_drop", self.drop, rules.records),
+            LOW_SUCCESS_RATE: ("consecutive_failures", self.regression, rules.success_rate),
+        }
+        out: list[Anomaly] = []
+        for verdict in self.peer.evaluate(p, fleet, now):
+            detector, history, rule = judged_alone[verdict.kind]
+            if detector in on:
+                if history.has_baseline(p) or not rule.new_pipelines:
+                    continue
+                if verdict.kind == LOW_SUCCESS_RATE and not self._unlikely(p, verdict.expected):
+                    continue
+            out.append(verdict)
+        return out
+
+    def _unlikely(self, p: PipelineState, peers_rate: float) -> bool:
+        """Whether `p`'s failures are too many for its few runs to be chance, at its peers'
+        success rate."""
+        runs = p.succeeded + p.failed
+        # Peers that never fail still fail sometimes: their rate is floored as σ is.
+        failure_rate = max(1.0 - peers_rate, self.settings.peer.success_rate.sigma_floor)
+        chance = binomial_tail(runs, p.failed, failure_rate)
+        return chance <= self.settings.peer.new_pipeline_max_chance
 
     def due(self, now: float) -> list[str]:
         """Pipelines whose deadline has passed by `now`; each is returned once per deadline."""
@@ -231,6 +255,17 @@ class DetectionEngine:
             else:
                 return found, started + after
         return found, float("inf")
+
+
+def binomial_tail(n: int, k: int, q: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, q)."""
+    if k <= 0:
+        return 1.0
+    if q <= 0:
+        return 0.0
+    if q >= 1:
+        return 1.0
+    return sum(math.comb(n, i) * q**i * (1 - q) ** (n - i) for i in range(k, n + 1))
 
 
 def _span(s: float) -> str:

@@ -15,11 +15,25 @@ import math
 from dataclasses import dataclass
 
 from server.detect import Anomaly
-from server.detection.settings import DropSettings, RegressionSettings, StreakSettings
+from server.detection.profile import offset, started
+from server.detection.settings import (
+    DropSettings,
+    ProfileSettings,
+    RegressionSettings,
+    StreakSettings,
+)
 from server.model import SUCCEEDED
 from server.shards import PipelineState
 
-__all__ = ["Baseline", "RegressionDetector", "StreakDetector", "VolumeDropDetector", "median"]
+__all__ = [
+    "Baseline",
+    "Recent",
+    "RegressionDetector",
+    "StreakDetector",
+    "VolumeDropDetector",
+    "median",
+    "widened",
+]
 
 MEDIUM, HIGH, CRITICAL = 1, 2, 3
 CONSECUTIVE_FAILURES, DURATION_REGRESSION, VOLUME_DROP = 4, 5, 6
@@ -46,40 +60,44 @@ class Baseline:
     """The ring's fill count... and position when computed, to know when to refresh."""
 
 
-def _succeeded(p: PipelineState, durations: bool) -> list[float]:
+def _succeeded(p: PipelineState, durations: bool) -> list[tuple[float, float]]:
+    """(start time, value) of the successful runs in the ring, oldest first."""
     ring = p.ring
-    out: list[float] = []
+    status, times, lengths = ring.status, ring.time, ring.duration
+    values = lengths if durations else ring.records
+    out: list[tuple[float, float]] = []
     for i in ring.indices():
-        if ring.status[i] != SUCCEEDED:
-            continue
-        if durations:
-            d = ring.duration[i]
-            if not math.isnan(d):
-                out.append(d)
-        else:
-            out.append(float(ring.records[i]))
+        if status[i] == SUCCEEDED:
+            v = values[i]
+            if v == v:  # not NaN
+                out.append((started(times[i], lengths[i]), float(v)))
     return out
 
 
-def _last_succeeded(p: PipelineState, durations: bool, n: int) -> list[float]:
-    """The latest `n` (or fewer) values of successful runs, newest first."""
+def _last_succeeded(p: PipelineState, durations: bool, n: int) -> list[tuple[float, float]]:
+    """(start time, value) of the latest `n` (or fewer) successful runs, newest first."""
     ring = p.ring
     size = len(ring.status)
-    out: list[float] = []
+    status, times, lengths = ring.status, ring.time, ring.duration
+    values = lengths if durations else ring.records
+    out: list[tuple[float, float]] = []
     for k in range(ring.count):
         i = (ring.position - 1 - k) % size
-        if ring.status[i] != SUCCEEDED:
-            continue
-        if durations:
-            d = ring.duration[i]
-            if math.isnan(d):
-                continue
-            out.append(d)
-        else:
-            out.append(float(ring.records[i]))
-        if len(out) == n:
-            break
+        if status[i] == SUCCEEDED:
+            v = values[i]
+            if v == v:
+                out.append((started(times[i], lengths[i]), float(v)))
+                if len(out) == n:
+                    break
     return out
+
+
+def widened(k: float, runs: int) -> float:
+    """`k` standard deviations, widened as Student's t widens the normal's quantile when σ is
+    estimated from `runs` values (Cornish-Fisher, two terms): a baseline of 8 runs knows its
+    spread far less well than one of 60. 4 becomes 7.7 for 8 runs, 4.9 for 24, 4.3 for 60."""
+    nu = max(runs - 1, 1)
+    return k + (k**3 + k) / (4 * nu) + (5 * k**5 + 16 * k**3 + 3 * k) / (96 * nu * nu)
 
 
 class StreakDetector:
@@ -91,57 +109,109 @@ class StreakDetector:
     def evaluate(self, p: PipelineState) -> Anomaly | None:
         """The streak's verdict."""
         n = p.consecutive_failures
-        s = self.settings
-        if n < s.high:
+        high, critical = self.thresholds(p)
+        if n < high:
             return None
-        severity = CRITICAL if n >= s.critical else HIGH
+        severity = CRITICAL if n >= critical else HIGH
         error = f"; last error: {p.last_error[:200]}" if p.last_error else ""
         return Anomaly(
             p.pipeline_id,
             p.team,
             CONSECUTIVE_FAILURES,
             severity,
-            f"{n} failures in a row (alerting from {s.high}){error}",
+            f"{n} failures in a row (alerting from {high}){error}",
             float(n),
-            0.0,
+            float(high),
             "runs",
         )
 
+    def thresholds(self, p: PipelineState) -> tuple[int, int]:
+        """The streaks that are HIGH and CRITICAL for this pipeline: the settings', or longer
+        for a pipeline whose own failure rate makes such a streak unremarkable."""
+        s = self.settings
+        streak = p.consecutive_failures
+        judged = p.succeeded + p.failed - streak
+        if s.max_chance <= 0 or judged < s.min_history:
+            return s.high, s.critical
+        rate = (p.failed - streak) / judged
+        if rate <= 0:
+            return s.high, s.critical
+        # The shortest streak at most max_chance likely: rate ** k <= max_chance.
+        needed = math.ceil(math.log(s.max_chance) / math.log(rate) - 1e-9) if rate < 1 else 10**9
+        high = max(s.high, needed)
+        return high, max(s.critical, high + s.critical - s.high)
+
+
+@dataclass(slots=True)
+class Recent:
+    """The latest runs against the baseline, net of the pipeline's weekly profile."""
+
+    base: Baseline
+    deviation: float
+    """Median of the latest runs' log values net of their seasonal offsets, minus the baseline's
+    median: how far above (or below) usual they are, in log(1 + value)."""
+    observed: float
+    """Median of the latest runs' values."""
+    expected: float
+    """What the latest runs would usually be at their times of the week."""
+
 
 class _OwnHistory:
-    """Recent runs' median against the baseline of the runs before them."""
+    """Recent runs' median against the baseline of the runs before them, each run taken net of
+    its seasonal offset (see server.detection.profile) when profiles are on."""
 
     durations = True
 
-    def __init__(self, recent: int, min_baseline: int) -> None:
+    def __init__(self, recent: int, min_baseline: int, profile: ProfileSettings) -> None:
         self.recent = recent
         self.min_baseline = min_baseline
+        self.profile = profile
         self._baselines: dict[str, Baseline] = {}
 
     def has_baseline(self, p: PipelineState) -> bool:
-        """Whether the pipeline has enough history to be judged against itself."""
-        return p.ring.count >= self.recent + self.min_baseline
+        """Whether the pipeline has enough history to be judged against itself: enough runs,
+        over at least a day (or a full ring), since a pipeline's first hours do not show its
+        daily cycle."""
+        ring = p.ring
+        if ring.count < self.recent + self.min_baseline:
+            return False
+        size = len(ring.status)
+        if ring.count == size:
+            return True
+        return ring.time[ring.position - 1] - ring.time[0] >= 86400.0
 
-    def split(self, p: PipelineState) -> tuple[Baseline, float] | None:
-        """The baseline (cached) and the recent median, or None without enough history."""
+    def _net(self, p: PipelineState, runs: list[tuple[float, float]]) -> list[float]:
+        """log(1 + value) of each run, net of its seasonal offset."""
+        if not self.profile.enabled or p.profile is None:
+            return [math.log1p(max(v, 0.0)) for _, v in runs]
+        durations, settings = self.durations, self.profile
+        return [math.log1p(max(v, 0.0)) - offset(p, t, durations, settings) for t, v in runs]
+
+    def split(self, p: PipelineState) -> Recent | None:
+        """The baseline (cached) and the latest runs against it; None without enough
+        history."""
         if not self.has_baseline(p):
             return None
         cached = self._baselines.get(p.pipeline_id)
         total = p.total
-        if cached is not None and total - cached.at_count < REFRESH_EVERY:
-            latest = _last_succeeded(p, self.durations, self.recent)
-            if len(latest) < self.recent:
+        # Refreshed every few runs; sooner while the baseline is short and each run changes it.
+        if cached is None or total - cached.at_count >= min(REFRESH_EVERY, 1 + cached.runs // 4):
+            runs = _succeeded(p, self.durations)
+            if len(runs) < self.recent + self.min_baseline:
                 return None
-            return cached, median([math.log1p(max(v, 0.0)) for v in latest])
-        values = [math.log1p(max(v, 0.0)) for v in _succeeded(p, self.durations)]
-        if len(values) < self.recent + self.min_baseline:
+            base = self._net(p, runs[: -self.recent])
+            mid = median(base)
+            spread = 1.4826 * median([abs(v - mid) for v in base])
+            cached = Baseline(mid, spread, len(base), total)
+            self._baselines[p.pipeline_id] = cached
+        latest = _last_succeeded(p, self.durations, self.recent)
+        if len(latest) < self.recent:
             return None
-        base = values[: -self.recent]
-        mid = median(base)
-        spread = 1.4826 * median([abs(v - mid) for v in base])
-        cached = Baseline(mid, spread, len(base), total)
-        self._baselines[p.pipeline_id] = cached
-        return cached, median(values[-self.recent :])
+        deviation = median(self._net(p, latest)) - cached.median
+        observed_log = median([math.log1p(max(v, 0.0)) for _, v in latest])
+        return Recent(
+            cached, deviation, math.expm1(observed_log), math.expm1(observed_log - deviation)
+        )
 
 
 class RegressionDetector(_OwnHistory):
@@ -149,22 +219,21 @@ class RegressionDetector(_OwnHistory):
 
     durations = True
 
-    def __init__(self, settings: RegressionSettings) -> None:
-        super().__init__(settings.recent, settings.min_baseline)
+    def __init__(self, settings: RegressionSettings, profile: ProfileSettings) -> None:
+        super().__init__(settings.recent, settings.min_baseline, profile)
         self.settings = settings
 
     def evaluate(self, p: PipelineState) -> Anomaly | None:
         """The regression's verdict."""
         found = self.split(p)
-        if found is None:
+        if found is None or found.expected <= 0:
             return None
-        base, recent_log = found
         s = self.settings
-        usual, recent = math.expm1(base.median), math.expm1(recent_log)
-        if usual <= 0:
-            return None
-        ratio = recent / usual
-        if ratio < s.ratio or recent_log - base.median < s.mad_k * base.spread:
+        ratio = found.observed / found.expected
+        if (
+            ratio < s.ratio
+            or found.deviation < widened(s.mad_k, found.base.runs) * found.base.spread
+        ):
             return None
         severity = (
             CRITICAL if ratio >= s.critical_ratio else HIGH if ratio >= s.high_ratio else MEDIUM
@@ -174,10 +243,11 @@ class RegressionDetector(_OwnHistory):
             p.team,
             DURATION_REGRESSION,
             severity,
-            f"the last {s.recent} successful runs took {_secs(recent)} (median), {ratio:.1f}x "
-            f"its usual {_secs(base.median)} (median of {base.runs} runs before them)",
-            recent,
-            base.median,
+            f"the last {s.recent} successful runs took {_secs(found.observed)} (median), "
+            f"{ratio:.1f}x the usual {_secs(found.expected)} for their time of the week "
+            f"(from {found.base.runs} runs before them)",
+            found.observed,
+            found.expected,
             "seconds",
         )
 
@@ -187,22 +257,21 @@ class VolumeDropDetector(_OwnHistory):
 
     durations = False
 
-    def __init__(self, settings: DropSettings) -> None:
-        super().__init__(settings.recent, settings.min_baseline)
+    def __init__(self, settings: DropSettings, profile: ProfileSettings) -> None:
+        super().__init__(settings.recent, settings.min_baseline, profile)
         self.settings = settings
 
     def evaluate(self, p: PipelineState) -> Anomaly | None:
         """The drop's verdict."""
         found = self.split(p)
-        if found is None:
+        if found is None or found.expected <= 0:
             return None
-        base, recent_log = found
         s = self.settings
-        usual, recent = math.expm1(base.median), math.expm1(recent_log)
-        if usual <= 0:
-            return None
-        fall = 1 - recent / usual
-        if fall < s.drop or base.median - recent_log < s.mad_k * base.spread:
+        fall = 1 - found.observed / found.expected
+        if (
+            fall < s.drop
+            or -found.deviation < widened(s.mad_k, found.base.runs) * found.base.spread
+        ):
             return None
         severity = CRITICAL if fall >= s.critical_drop else HIGH if fall >= s.high_drop else MEDIUM
         return Anomaly(
@@ -210,11 +279,11 @@ class VolumeDropDetector(_OwnHistory):
             p.team,
             VOLUME_DROP,
             severity,
-            f"the last {s.recent} successful runs processed {recent:,.0f} records (median), "
-            f"{fall:.0%} below its usual {base.median:,.0f} (median of {base.runs} runs before "
-            "them)",
-            recent,
-            base.median,
+            f"the last {s.recent} successful runs processed {found.observed:,.0f} records "
+            f"(median), {fall:.0%} below the usual {found.expected:,.0f} for their time of the "
+            f"week (from {found.base.runs} runs before them)",
+            found.observed,
+            found.expected,
             "records",
         )
 

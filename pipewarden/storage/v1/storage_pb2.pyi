@@ -194,6 +194,8 @@ class PipelineSnapshot(_message.Message):
     UPSTREAM_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     RING_FIELD_NUMBER: _builtins.int
+    PROFILE_FIELD_NUMBER: _builtins.int
+    PROFILE_AT_FIELD_NUMBER: _builtins.int
     pipeline_id: _builtins.str
     """The pipeline."""
     team: _builtins.str
@@ -222,6 +224,12 @@ class PipelineSnapshot(_message.Message):
     """Error message of the latest failure."""
     last_success_time: _builtins.float
     """Event time of the latest success, Unix seconds; absent when none."""
+    profile: _builtins.bytes
+    """The weekly profile that detection learned (little-endian float32s, laid out as in
+    server/detection/profile.py); empty until it has learned anything.
+    """
+    profile_at: _builtins.int
+    """How many of the pipeline's runs the profile has seen."""
     @_builtins.property
     def in_flight(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
         """Executions in flight: execution_id to start time in Unix seconds."""
@@ -258,10 +266,12 @@ class PipelineSnapshot(_message.Message):
         upstream: _abc.Iterable[_builtins.str] | None = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         ring: Global___RingSnapshot | None = ...,
+        profile: _builtins.bytes = ...,
+        profile_at: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_last_success_time", b"_last_success_time", "_last_time", b"_last_time", "last_success_time", b"last_success_time", "last_time", b"last_time", "ring", b"ring"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_last_success_time", b"_last_success_time", "_last_time", b"_last_time", "cancelled", b"cancelled", "consecutive_failures", b"consecutive_failures", "duration_count", b"duration_count", "duration_sum", b"duration_sum", "failed", b"failed", "in_flight", b"in_flight", "labels", b"labels", "last_error", b"last_error", "last_status", b"last_status", "last_success_time", b"last_success_time", "last_time", b"last_time", "pipeline_id", b"pipeline_id", "records_sum", b"records_sum", "ring", b"ring", "succeeded", b"succeeded", "team", b"team", "upstream", b"upstream"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_last_success_time", b"_last_success_time", "_last_time", b"_last_time", "cancelled", b"cancelled", "consecutive_failures", b"consecutive_failures", "duration_count", b"duration_count", "duration_sum", b"duration_sum", "failed", b"failed", "in_flight", b"in_flight", "labels", b"labels", "last_error", b"last_error", "last_status", b"last_status", "last_success_time", b"last_success_time", "last_time", b"last_time", "pipeline_id", b"pipeline_id", "profile", b"profile", "profile_at", b"profile_at", "records_sum", b"records_sum", "ring", b"ring", "succeeded", b"succeeded", "team", b"team", "upstream", b"upstream"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__last_success_time: _TypeAlias = _typing.Literal["last_success_time"]  # noqa: Y015
     _WhichOneofArgType__last_success_time: _TypeAlias = _typing.Literal["_last_success_time", b"_last_success_time"]  # noqa: Y015
