@@ -39,6 +39,7 @@ CONFIGS: dict[str, Config] = {
             Config(name, f"{name} alone", frozenset({name}), _DEFAULTS)
             for name in (
                 "consecutive_failures",
+                "success_rate",
                 "duration_regression",
                 "volume_drop",
                 "staleness",

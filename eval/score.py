@@ -55,6 +55,7 @@ MATCHING: Mapping[str, frozenset[int]] = {
 CONFIG_KINDS: Mapping[str, frozenset[int]] = {
     "peer": frozenset({LOW_SUCCESS_RATE, HIGH_DURATION, LOW_RECORDS}),
     "consecutive_failures": frozenset({CONSECUTIVE_FAILURES}),
+    "success_rate": frozenset({LOW_SUCCESS_RATE}),
     "duration_regression": frozenset({DURATION_REGRESSION}),
     "volume_drop": frozenset({VOLUME_DROP}),
     "staleness": frozenset({STALE}),

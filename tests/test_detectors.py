@@ -256,3 +256,17 @@ async def test_list_anomalies_end_to_end(stub: service_pb2_grpc.PipelineMonitorS
         await asyncio.sleep(0.02)
     kinds_left = {a.kind for a in left.anomalies}
     assert anomaly_pb2.ANOMALY_KIND_CONSECUTIVE_FAILURES not in kinds_left
+
+
+def test_a_falling_success_rate_against_its_own_past() -> None:
+    """A pipeline that failed 1 run in 100, then 6 of its last 20 (a chance of 1 in 25 million
+    at its usual rate): LOW_SUCCESS_RATE, MEDIUM (a fall of 29 points); 10 of 20, HIGH (49
+    points); 12, CRITICAL. 3 of 20 (1 in 1,000) is no evidence."""
+    past = [(FAILED if i % 100 == 50 else SUCCEEDED, 10.0, 100) for i in range(100)]
+    engine = own("success_rate")
+    for failed, severity in [(3, None), (6, 1), (10, 2), (12, 3)]:
+        recent = [(FAILED, 10.0, 100)] * failed + [(SUCCEEDED, 10.0, 100)] * (20 - failed)
+        # Spread the failures so that no streak forms: alternate them with successes.
+        recent = [recent[i // 2 + (10 if i % 2 else 0)] for i in range(20)]
+        shards, p = history(past + recent)
+        assert kinds(engine, shards, p, T0).get(1) == severity, failed

@@ -12,26 +12,29 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from server.detect import Anomaly
 from server.detection.history import (
     RegressionDetector,
     StreakDetector,
+    SuccessRateDetector,
     VolumeDropDetector,
+    binomial_tail,
     median,
 )
 from server.detection.peer import HIGH_DURATION, LOW_RECORDS, LOW_SUCCESS_RATE, PeerDetector
 from server.detection.profile import fold
-from server.detection.settings import DetectionSettings
+from server.detection.settings import DetectionSettings, MetricRule
 from server.shards import PipelineState, ShardSet
 
-__all__ = ["DETECTORS", "DetectionEngine", "binomial_tail"]
+__all__ = ["DETECTORS", "DetectionEngine"]
 
 DETECTORS = (
     "peer",
     "consecutive_failures",
+    "success_rate",
     "duration_regression",
     "volume_drop",
     "staleness",
@@ -66,6 +69,7 @@ class DetectionEngine:
         self.enabled = frozenset(enabled)
         self.peer = PeerDetector(settings.peer)
         self.streak = StreakDetector(settings.consecutive_failures)
+        self.success = SuccessRateDetector(settings.success_rate)
         self.regression = RegressionDetector(settings.duration_regression, settings.profile)
         self.drop = VolumeDropDetector(settings.volume_drop, settings.profile)
         self._learn = settings.profile.enabled and bool(
@@ -86,6 +90,8 @@ class DetectionEngine:
             out += self._peer_verdicts(p, fleet, now)
         found: Anomaly | None
         if "consecutive_failures" in on and (found := self.streak.evaluate(p)) is not None:
+            out.append(found)
+        if "success_rate" in on and (found := self.success.evaluate(p)) is not None:
             out.append(found)
         if "duration_regression" in on and (found := self.regression.evaluate(p)) is not None:
             out.append(found)
@@ -113,16 +119,16 @@ class DetectionEngine:
         small or a little flaky by nature is not broken), and one without is judged by its peers
         on the metrics whose `new_pipelines` is set."""
         on, rules = self.enabled, self.settings.peer
-        judged_alone = {
-            HIGH_DURATION: ("duration_regression", self.regression, rules.duration),
-            LOW_RECORDS: ("volume_drop", self.drop, rules.records),
-            LOW_SUCCESS_RATE: ("consecutive_failures", self.regression, rules.success_rate),
+        judged_alone: dict[int, tuple[str, Callable[[PipelineState], bool], MetricRule]] = {
+            HIGH_DURATION: ("duration_regression", self.regression.has_baseline, rules.duration),
+            LOW_RECORDS: ("volume_drop", self.drop.has_baseline, rules.records),
+            LOW_SUCCESS_RATE: ("success_rate", self.success.has_baseline, rules.success_rate),
         }
         out: list[Anomaly] = []
         for verdict in self.peer.evaluate(p, fleet, now):
-            detector, history, rule = judged_alone[verdict.kind]
+            detector, has_baseline, rule = judged_alone[verdict.kind]
             if detector in on:
-                if history.has_baseline(p) or not rule.new_pipelines:
+                if has_baseline(p) or not rule.new_pipelines:
                     continue
                 if verdict.kind == LOW_SUCCESS_RATE and not self._unlikely(p, verdict.expected):
                     continue
@@ -255,17 +261,6 @@ class DetectionEngine:
             else:
                 return found, started + after
         return found, float("inf")
-
-
-def binomial_tail(n: int, k: int, q: float) -> float:
-    """P(X >= k) for X ~ Binomial(n, q)."""
-    if k <= 0:
-        return 1.0
-    if q <= 0:
-        return 0.0
-    if q >= 1:
-        return 1.0
-    return sum(math.comb(n, i) * q**i * (1 - q) ** (n - i) for i in range(k, n + 1))
 
 
 def _span(s: float) -> str:

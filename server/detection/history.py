@@ -21,8 +21,9 @@ from server.detection.settings import (
     ProfileSettings,
     RegressionSettings,
     StreakSettings,
+    SuccessRateSettings,
 )
-from server.model import SUCCEEDED
+from server.model import FAILED, SUCCEEDED
 from server.shards import PipelineState
 
 __all__ = [
@@ -30,13 +31,15 @@ __all__ = [
     "Recent",
     "RegressionDetector",
     "StreakDetector",
+    "SuccessRateDetector",
     "VolumeDropDetector",
+    "binomial_tail",
     "median",
     "widened",
 ]
 
 MEDIUM, HIGH, CRITICAL = 1, 2, 3
-CONSECUTIVE_FAILURES, DURATION_REGRESSION, VOLUME_DROP = 4, 5, 6
+LOW_SUCCESS_RATE, CONSECUTIVE_FAILURES, DURATION_REGRESSION, VOLUME_DROP = 1, 4, 5, 6
 REFRESH_EVERY = 16  # runs between recomputations of a pipeline's baseline
 
 
@@ -140,6 +143,68 @@ class StreakDetector:
         needed = math.ceil(math.log(s.max_chance) / math.log(rate) - 1e-9) if rate < 1 else 10**9
         high = max(s.high, needed)
         return high, max(s.critical, high + s.critical - s.high)
+
+
+class SuccessRateDetector:
+    """The success rate of the latest runs against the pipeline's own long-run rate: a slowly
+    rising failure rate that never fails enough runs in a row for the streak detector."""
+
+    def __init__(self, settings: SuccessRateSettings) -> None:
+        self.settings = settings
+
+    def has_baseline(self, p: PipelineState) -> bool:
+        """Whether the pipeline has run enough to know its usual rate."""
+        s = self.settings
+        return p.succeeded + p.failed >= s.recent + s.min_baseline
+
+    def evaluate(self, p: PipelineState) -> Anomaly | None:
+        """The verdict on the latest runs."""
+        s = self.settings
+        if not self.has_baseline(p):
+            return None
+        ring = p.ring
+        size = len(ring.status)
+        judged = failed = 0
+        for k in range(ring.count):
+            status = ring.status[(ring.position - 1 - k) % size]
+            if status in (SUCCEEDED, FAILED):
+                judged += 1
+                failed += status == FAILED
+                if judged == s.recent:
+                    break
+        before = p.succeeded + p.failed - judged
+        if judged < s.recent or failed == 0 or before < s.min_baseline:
+            return None
+        usual = (p.failed - failed) / before
+        fall = failed / judged - usual
+        if fall < s.drop:
+            return None
+        if binomial_tail(judged, failed, max(usual, 0.01)) > s.max_chance:
+            return None
+        severity = CRITICAL if fall >= s.critical_drop else HIGH if fall >= s.high_drop else MEDIUM
+        rate, usual_rate = 1 - failed / judged, 1 - usual
+        return Anomaly(
+            p.pipeline_id,
+            p.team,
+            LOW_SUCCESS_RATE,
+            severity,
+            f"{failed} of its last {judged} runs failed: a success rate of {rate:.0%}, against "
+            f"its usual {usual_rate:.1%} (over {before} runs before them)",
+            rate,
+            usual_rate,
+            "ratio",
+        )
+
+
+def binomial_tail(n: int, k: int, q: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, q)."""
+    if k <= 0:
+        return 1.0
+    if q <= 0:
+        return 0.0
+    if q >= 1:
+        return 1.0
+    return sum(math.comb(n, i) * q**i * (1 - q) ** (n - i) for i in range(k, n + 1))
 
 
 @dataclass(slots=True)

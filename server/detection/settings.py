@@ -14,6 +14,7 @@ __all__ = [
     "StaleSettings",
     "StreakSettings",
     "StuckSettings",
+    "SuccessRateSettings",
 ]
 
 
@@ -59,7 +60,7 @@ class PeerSettings:
         default_factory=lambda: MetricRule(2.0, 0.3, 0.01, new_pipelines=False)
     )
     """Average records below μ − k·σ."""
-    new_pipeline_max_chance: float = 0.001
+    new_pipeline_max_chance: float = 1e-4
     """With every detector on, a new pipeline's low success rate stands only when that many
     failures in that few runs would be at most this likely at its peers' success rate (one
     failure in its first six runs is not evidence of anything)."""
@@ -81,6 +82,28 @@ class StreakSettings:
     twenty alerts from 4 in a row, and one that fails one in a hundred from 3. 0: off."""
     min_history: int = 20
     """Runs of its own needed before its failure rate is trusted for that."""
+
+
+@dataclass(frozen=True)
+class SuccessRateSettings:
+    """The success rate of the latest runs against the pipeline's own past."""
+
+    enabled: bool = True
+    """Run this detector."""
+    recent: int = 20
+    """Latest succeeded or failed runs judged (from the ring buffer)."""
+    min_baseline: int = 20
+    """Runs before them needed to know the pipeline's usual rate."""
+    max_chance: float = 1e-6
+    """Flag when that many failures in the latest runs would be at most this likely at the
+    pipeline's usual failure rate (floored at 1%): small, because every pipeline is judged
+    after every run..."""
+    drop: float = 0.15
+    """...and the success rate fell by at least this much."""
+    high_drop: float = 0.3
+    """HIGH from this fall."""
+    critical_drop: float = 0.5
+    """CRITICAL from this fall."""
 
 
 @dataclass(frozen=True)
@@ -190,6 +213,8 @@ class DetectionSettings:
     """The peer rule."""
     consecutive_failures: StreakSettings = field(default_factory=StreakSettings)
     """Failures in a row."""
+    success_rate: SuccessRateSettings = field(default_factory=SuccessRateSettings)
+    """A success rate falling below its own past."""
     duration_regression: RegressionSettings = field(default_factory=RegressionSettings)
     """Slower than its own past."""
     volume_drop: DropSettings = field(default_factory=DropSettings)
