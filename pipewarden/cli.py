@@ -386,25 +386,32 @@ def _anomalies(args: argparse.Namespace) -> int:
     if not found:
         console.print("No anomalies: every pipeline looks like itself and its peers.")
         return 0
+    rows = []
+    for a in found:
+        severity = anomaly_pb2.Severity.Name(a.severity).removeprefix("SEVERITY_").lower()
+        kind = anomaly_pb2.AnomalyKind.Name(a.kind).removeprefix("ANOMALY_KIND_").lower()
+        style = _SEVERITY_STYLE.get(a.severity, "")
+        since = _ago(a.detected_at.ToSeconds()).removesuffix(" ago")
+        shown = f"[{style}]{severity}[/]" if style else severity
+        rows.append((shown, a.pipeline_id, a.team, kind.replace("_", " "), since, a.message))
+    if console.width < 140:
+        # Too narrow for the message beside the rest: each anomaly on two lines.
+        from rich.markup import escape
+
+        console.print(f"[bold]Anomalies ({len(found)})[/]\n")
+        for shown, pipeline, team, kind, since, message in rows:
+            console.print(f"{shown}  [bold]{escape(pipeline)}[/] ({escape(team)})  {kind}, {since}")
+            console.print(f"    {escape(message)}\n", highlight=False)
+        return 0
     table = Table(title=f"Anomalies ({len(found)})", box=box.SIMPLE_HEAD)
     table.add_column("severity", no_wrap=True)
     table.add_column("pipeline", overflow="fold", min_width=20)
     table.add_column("team", overflow="fold")
     table.add_column("kind", no_wrap=True)
     table.add_column("since", justify="right", no_wrap=True)
-    table.add_column("what", overflow="fold", ratio=1)
-    for a in found:
-        severity = anomaly_pb2.Severity.Name(a.severity).removeprefix("SEVERITY_").lower()
-        kind = anomaly_pb2.AnomalyKind.Name(a.kind).removeprefix("ANOMALY_KIND_").lower()
-        style = _SEVERITY_STYLE.get(a.severity, "")
-        table.add_row(
-            f"[{style}]{severity}[/]" if style else severity,
-            a.pipeline_id,
-            a.team,
-            kind.replace("_", " "),
-            _ago(a.detected_at.ToSeconds()).removesuffix(" ago"),
-            a.message,
-        )
+    table.add_column("what", overflow="fold", ratio=1, min_width=60)
+    for row in rows:
+        table.add_row(*row)
     console.print(table)
     return 0
 
