@@ -72,6 +72,9 @@ class HttpPeer:
         self.requests: list[Received] = []
         self.scripts: dict[str, deque[Answer]] = defaultdict(deque)
         self.arrived = asyncio.Event()
+        """Set whenever a request has been answered."""
+        self.incoming = asyncio.Event()
+        """Set whenever a request arrives (before any scripted delay)."""
         self._runner: web.AppRunner | None = None
 
     def url(self, path: str) -> str:
@@ -129,6 +132,7 @@ class HttpPeer:
             body = raw.decode(errors="replace")
         record = Received(request.path, body, dict(request.headers), time.monotonic())
         self.requests.append(record)
+        self.incoming.set()
         script = self.scripts.get(request.path)
         if script:
             answer = script.popleft()

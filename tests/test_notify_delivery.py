@@ -31,8 +31,8 @@ from tests.peers import (
     SmtpPeer,
 )
 
-FAST = {"retry_initial_seconds": 0.02, "retry_max_seconds": 0.1}
-"""Small backoff delays, so that retries take milliseconds."""
+FAST = {"retry_initial_seconds": 0.02, "retry_max_seconds": 0.1, "rate_per_second": 0}
+"""Small backoff delays and no rate limit (but where a test sets one), so tests take little time."""
 
 
 @pytest.fixture
