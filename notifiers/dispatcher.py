@@ -18,9 +18,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
@@ -145,7 +145,7 @@ class Dispatcher:
             )
         for n in found.pending:
             self._hand_over(n)
-        metrics.OUTBOX_PENDING.set(len(self.outbox.pending))
+        metrics.OUTBOX_PENDING.set(self.outbox.pending_count)
         self._maintenance = asyncio.create_task(self._maintain(), name="notify-maintenance")
 
     def submit(self, event: alert_pb2.AlertEvent, notify: bool = True) -> list[Notification]:
@@ -188,11 +188,11 @@ class Dispatcher:
             ):
                 metrics.DEDUPLICATED.labels(name).inc()
                 continue
-            n = self.outbox.add(Notification(uuid.uuid4().hex, name, copy, now))
+            n = self.outbox.add(os.urandom(16).hex(), name, copy, now)
             self.nflog.record(alert.alert_id, name, alert.severity, state, now)
             self._hand_over(n)
             queued.append(n)
-        metrics.OUTBOX_PENDING.set(len(self.outbox.pending))
+        metrics.OUTBOX_PENDING.set(self.outbox.pending_count)
         return queued
 
     async def drain(self, within: float) -> bool:
@@ -276,7 +276,7 @@ class Dispatcher:
         if self._unsettled <= 0:
             self._unsettled = 0
             self._idle.set()
-        metrics.OUTBOX_PENDING.set(len(self.outbox.pending))
+        metrics.OUTBOX_PENDING.set(self.outbox.pending_count)
 
     def _on_delivered(self, n: Notification, attempts: int) -> None:
         self.outbox.settle(n, DELIVERED)

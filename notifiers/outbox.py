@@ -21,7 +21,7 @@ import contextlib
 import fcntl
 import logging
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from notifiers.nflog import NotificationLog
@@ -111,20 +111,26 @@ class Outbox:
         self._size_after_compaction = self.size_bytes()
         return found
 
-    def add(self, n: Notification) -> Notification:
+    @property
+    def pending_count(self) -> int:
+        """How many notifications are not yet settled."""
+        return len(self._pending)
+
+    def add(
+        self, notification_id: str, receiver: str, event: alert_pb2.AlertEvent, created: float
+    ) -> Notification:
         """Write a notification; returns it with its log sequence number (0 when the log has
         failed and it is kept in memory only). Does not wait: see `wait_durable`."""
         record = outbox_pb2.OutboxRecord(
             notification=outbox_pb2.OutboxNotification(
-                notification_id=n.notification_id,
-                receiver=n.receiver,
-                event=n.event,
-                created_unix_nanos=int(n.created * NANOS),
+                notification_id=notification_id,
+                receiver=receiver,
+                event=event,
+                created_unix_nanos=int(created * NANOS),
             )
         )
-        seq = self._append(record)
-        n = replace(n, seq=seq)
-        self._pending[n.notification_id] = n
+        n = Notification(notification_id, receiver, event, created, self._append(record))
+        self._pending[notification_id] = n
         return n
 
     async def wait_durable(self, n: Notification) -> None:
