@@ -56,8 +56,8 @@ class Delivery:
     retry_max_seconds: float = 60.0
     """Longest wait between attempts (a longer Retry-After is still honoured)."""
     rate_per_second: float = 1.0
-    """Sustained notifications a second (token bucket), shared by receivers with the same
-    routing key or URL; 0 means no limit."""
+    """Sustained notifications a second (token bucket); 0 means no limit. Receivers with the
+    same routing key or URL share one bucket, with the settings of the first of them."""
     burst: int = 1
     """Notifications that may go at once before the rate applies."""
     queue_size: int = 1000

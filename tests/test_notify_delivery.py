@@ -19,6 +19,7 @@ from notifiers import deadletters
 from notifiers.config import parse_receivers, parse_routes
 from notifiers.dispatcher import Dispatcher
 from notifiers.webhook import signature
+from server.errors import LogError
 from tests.alert_events import event
 from tests.peers import (
     HOOK_PATH,
@@ -403,3 +404,16 @@ async def test_the_outbox_is_compacted_and_keeps_what_is_pending(tmp_path: Path)
     await again.outbox.close()
     assert [n.alert.alert_id for n in found.pending] == ["stuck"]
     assert found.nflog.get("c299", "oncall") is not None
+
+
+async def test_one_process_at_a_time_uses_an_outbox(tmp_path: Path) -> None:
+    first = Dispatcher(data_dir=tmp_path, console=io.StringIO())
+    await first.start()
+    try:
+        with pytest.raises(LogError, match="in use by another process"):
+            await Dispatcher(data_dir=tmp_path).start()
+    finally:
+        await first.close()
+    again = Dispatcher(data_dir=tmp_path)
+    await again.start()
+    await again.close()
