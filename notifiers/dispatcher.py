@@ -11,6 +11,13 @@ told (same severity and state within its repeat interval), writes each notificat
 and hands it to the receiver's worker, all without waiting. `notify=False` (a silenced alert,
 one explained by an upstream root cause) sends nothing; a resolution submitted so lets the
 receivers' memory of the alert age out.
+
+Wiring into the server (`server/app.py`, once the alert manager emits events): build it in
+`App.__init__` from `config.receivers` and `config.routes`, with `data_dir=server.data_dir` and
+`fsync=server.fsync`; `await start()` after recovery and before serving, so that pages pending
+from before a crash go out first; call `submit(event, notify=...)` from the event loop for every
+AlertEvent the alert manager emits (it is cheap: about 20 µs); `await close(grace)` after the
+gRPC server has stopped. A start that finds the outbox locked raises LogError.
 """
 
 from __future__ import annotations

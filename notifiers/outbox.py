@@ -29,7 +29,7 @@ from notifiers.notification import Notification, state_of
 from pipewarden.storage.v1 import outbox_pb2
 from pipewarden.v1 import alert_pb2
 from server.errors import LogError
-from server.wal import WriteAheadLog
+from server.wal import FileIO, WriteAheadLog
 
 __all__ = ["DEAD", "DELIVERED", "Outbox", "Recovered"]
 
@@ -64,13 +64,19 @@ class Outbox:
         fsync: str = "always",
         segment_bytes: int = 1 << 20,
         compact_bytes: int = 4 << 20,
+        io: FileIO | None = None,
     ) -> None:
+        """`io` replaces the log's file writes and syncs (tests inject failing ones)."""
         self.directory = Path(directory)
         self.compact_bytes = compact_bytes
         self.failed = False
         """True once the log could not be written: notifications are then kept in memory only."""
         self._wal = WriteAheadLog(
-            self.directory, fsync=fsync, segment_bytes=segment_bytes, on_failure=self._failed
+            self.directory,
+            fsync=fsync,
+            segment_bytes=segment_bytes,
+            io=io,
+            on_failure=self._failed,
         )
         self._pending: dict[str, Notification] = {}
         self._lock_fd = -1

@@ -18,6 +18,7 @@ import pytest
 from notifiers import deadletters
 from notifiers.config import parse_receivers, parse_routes
 from notifiers.dispatcher import Dispatcher
+from notifiers.notification import Notification
 from notifiers.webhook import signature
 from server.errors import LogError
 from tests.alert_events import event
@@ -417,3 +418,32 @@ async def test_one_process_at_a_time_uses_an_outbox(tmp_path: Path) -> None:
     again = Dispatcher(data_dir=tmp_path)
     await again.start()
     await again.close()
+
+
+class Broken:
+    """A notifier with a bug: injected in place of the real adapter, not patched into it."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def send(self, n: Notification) -> None:
+        self.calls += 1
+        raise KeyError("a bug in an adapter")
+
+
+async def test_a_bug_in_an_adapter_makes_a_dead_letter_and_the_worker_goes_on(
+    tmp_path: Path, peer: HttpPeer
+) -> None:
+    broken = Broken()
+    d = dispatcher(tmp_path, [pagerduty(peer)], ALL, notifiers={"oncall": broken})
+    await d.start()
+    try:
+        d.submit(event("b1"))
+        d.submit(event("b2"))
+        assert await d.drain(5)
+    finally:
+        await d.close()
+    assert broken.calls == 2  # not retried, and the second still had its turn
+    letters = deadletters.read(tmp_path / "data")
+    assert [x["alert_id"] for x in letters] == ["b1", "b2"]
+    assert all("unexpected KeyError" in x["error"] for x in letters)
