@@ -327,7 +327,7 @@ class Dispatcher:
         except OSError as e:
             log.error("cannot write the dead letter to %s: %s", self.dead_letters.path, e)
         self.outbox.settle(n, DEAD)
-        self.nflog.forget(a.alert_id, n.receiver)
+        self.outbox.untell(self.nflog, n)
         self._settled()
 
     async def _maintain(self) -> None:

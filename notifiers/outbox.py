@@ -109,7 +109,7 @@ class Outbox:
             elif which == "settled":
                 done = self._pending.pop(record.settled.notification_id, None)
                 if done is not None and record.settled.outcome == DEAD:
-                    nflog.forget(done.alert.alert_id, done.receiver)
+                    self.untell(nflog, done)
             elif which == "noted":
                 e = record.noted
                 nflog.record(e.alert_id, e.receiver, e.severity, e.state, e.sent_unix_nanos / NANOS)
@@ -156,6 +156,21 @@ class Outbox:
             )
         )
 
+    def untell(self, nflog: NotificationLog, dead: Notification) -> None:
+        """A settled notification went to the dead letters: its receiver was not told. If the
+        notification log's entry is that notification's, it goes back to the newest one still
+        pending for the same alert and receiver, or is dropped. (Replay does the same, so the
+        log after a restart is the log before it.)"""
+        alert_id, receiver = dead.alert.alert_id, dead.receiver
+        entry = nflog.get(alert_id, receiver)
+        if entry is None or abs(entry.sent_at - dead.created) > 1e-6:
+            return  # a newer notification was recorded since
+        nflog.forget(alert_id, receiver)
+        for n in reversed(self._pending.values()):
+            if n.receiver == receiver and n.alert.alert_id == alert_id:
+                _note(nflog, n)
+                return
+
     def note(self, alert_id: str, receiver: str, severity: int, state: int, when: float) -> None:
         """Write a notification-log entry that no notification carries."""
         self._append(_noted(alert_id, receiver, severity, state, when))
@@ -173,10 +188,8 @@ class Outbox:
             return 0
         cut = self._wal.last_seq
         last = cut
-        for alert_id, receiver, entry in nflog.entries():
-            last = self._append(
-                _noted(alert_id, receiver, entry.severity, entry.state, entry.sent_at)
-            )
+        # The pending notifications first, then the notification log as it is now: replayed,
+        # the log's entries overwrite what the notifications would record, as they did live.
         for n in list(self._pending.values()):
             last = self._append(
                 outbox_pb2.OutboxRecord(
@@ -187,6 +200,10 @@ class Outbox:
                         created_unix_nanos=int(n.created * NANOS),
                     )
                 )
+            )
+        for alert_id, receiver, entry in nflog.entries():
+            last = self._append(
+                _noted(alert_id, receiver, entry.severity, entry.state, entry.sent_at)
             )
         if last and not self.failed:
             await self._wal.wait_durable(last)
