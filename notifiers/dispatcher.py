@@ -16,8 +16,8 @@ Wiring into the server (`server/app.py`, once the alert manager emits events): b
 `App.__init__` from `config.receivers` and `config.routes`, with `data_dir=server.data_dir` and
 `fsync=server.fsync`; `await start()` after recovery and before serving, so that pages pending
 from before a crash go out first; call `submit(event, notify=...)` from the event loop for every
-AlertEvent the alert manager emits (it is cheap: about 20 µs); `await close(grace)` after the
-gRPC server has stopped. A start that finds the outbox locked raises LogError.
+AlertEvent the alert manager emits (it is cheap: tens of microseconds); `await close(grace)`
+after the gRPC server has stopped. A start that finds the outbox locked raises LogError.
 """
 
 from __future__ import annotations
@@ -176,7 +176,9 @@ class Dispatcher:
                     )
             return []
         if event.type in (ACKNOWLEDGED, RESOLVED):
-            names = self.nflog.told(alert.alert_id)
+            # Receivers removed from the configuration since they were told are skipped.
+            known = self.router.receivers
+            names = tuple(n for n in self.nflog.told(alert.alert_id) if n in known)
         else:
             names = self.router.route(alert.team, alert.severity)
             if not names:

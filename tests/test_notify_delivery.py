@@ -447,3 +447,30 @@ async def test_a_bug_in_an_adapter_makes_a_dead_letter_and_the_worker_goes_on(
     letters = deadletters.read(tmp_path / "data")
     assert [x["alert_id"] for x in letters] == ["b1", "b2"]
     assert all("unexpected KeyError" in x["error"] for x in letters)
+
+
+async def test_a_receiver_removed_from_the_configuration_across_a_restart(
+    tmp_path: Path, peer: HttpPeer
+) -> None:
+    down = HttpPeer()  # chat is unreachable: its notification stays pending
+    first = dispatcher(
+        tmp_path,
+        [pagerduty(peer), {**slack(down), "max_attempts": 1000}],
+        [{"critical": ["oncall", "chat"]}],
+    )
+    await first.start()
+    first.submit(event("gone"))
+    await peer.wait_for(PD_PATH, 1)
+    await first.close()
+    # Restarted without the chat receiver: its pending notification becomes a dead letter, and
+    # the resolution goes to the pager alone.
+    second = dispatcher(tmp_path, [pagerduty(peer)], [{"critical": ["oncall"]}])
+    await second.start()
+    try:
+        assert [n.receiver for n in second.submit(event("gone", type="resolved"))] == ["oncall"]
+        assert await second.drain(5)
+    finally:
+        await second.close()
+    (letter,) = deadletters.read(tmp_path / "data")
+    assert letter["receiver"] == "chat" and "no longer configured" in letter["error"]
+    assert [r.body["event_action"] for r in peer.received(PD_PATH)] == ["trigger", "resolve"]
