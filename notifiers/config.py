@@ -68,8 +68,10 @@ class Delivery:
 
 
 _DELIVERY_DEFAULTS: dict[str, Delivery] = {
-    # PagerDuty accepts 120 events a minute per routing key.
-    "pagerduty": Delivery(rate_per_second=2.0, burst=2),
+    # PagerDuty accepts 120 events a minute per routing key. A page is retried for 35 to 45
+    # minutes (50 attempts, at most a minute apart) before it is given up: an outage of the
+    # pager should delay pages, not drop them.
+    "pagerduty": Delivery(rate_per_second=2.0, burst=2, max_attempts=50),
     # Slack allows one message a second per incoming webhook.
     "slack": Delivery(rate_per_second=1.0, burst=1),
     "email": Delivery(rate_per_second=1.0, burst=5),

@@ -68,7 +68,7 @@ def test_every_adapter_with_its_keys() -> None:
     pd, slack, mail, smtps, hook, out = receivers
     assert isinstance(pd, PagerDutyReceiver) and pd.routing_key == "pd-secret"
     assert pd.delivery.rate_per_second == 100 and pd.delivery.burst == 50
-    assert pd.delivery.timeout_seconds == 2.5 and pd.delivery.max_attempts == 10
+    assert pd.delivery.timeout_seconds == 2.5 and pd.delivery.max_attempts == 50
     assert pd.links[0].href == "https://wiki.invalid/{pipeline_id}"
     assert isinstance(slack, SlackReceiver) and slack.webhook_url == ENV["SLACK_URL"]
     assert slack.delivery.rate_per_second == 1.0  # Slack's one message a second
