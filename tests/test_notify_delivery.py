@@ -474,3 +474,41 @@ async def test_a_receiver_removed_from_the_configuration_across_a_restart(
     (letter,) = deadletters.read(tmp_path / "data")
     assert letter["receiver"] == "chat" and "no longer configured" in letter["error"]
     assert [r.body["event_action"] for r in peer.received(PD_PATH)] == ["trigger", "resolve"]
+
+
+async def test_slack_429_holds_back_every_receiver_on_that_webhook(
+    tmp_path: Path, peer: HttpPeer
+) -> None:
+    peer.script(SLACK_PATH, Answer(429, "rate_limited", {"Retry-After": "1"}))
+    d = dispatcher(
+        tmp_path,
+        [slack(peer), {**slack(peer), "name": "chat2"}],  # one webhook, two receivers
+        [{"high": ["chat"], "medium": ["chat2"]}],
+    )
+    await d.start()
+    try:
+        d.submit(event("s1", "high"))
+        async with asyncio.timeout(5):
+            await peer.arrived.wait()  # the 429 was answered
+        d.submit(event("s2", "medium"))  # to the other receiver on the same webhook
+        arrived = await peer.wait_for(SLACK_PATH, 2)
+    finally:
+        await d.close()
+    attempts = peer.received(SLACK_PATH)
+    assert [r.status for r in attempts] == [429, 200, 200]
+    # Nothing went to the webhook for the second that Slack asked for, from either receiver.
+    assert min(r.at for r in arrived) - attempts[0].at >= 0.95
+
+
+async def test_slack_archived_channel_is_final(tmp_path: Path, peer: HttpPeer) -> None:
+    peer.script(SLACK_PATH, Answer(410, "channel_is_archived"))
+    d = dispatcher(tmp_path, [slack(peer)], CHAT)
+    await d.start()
+    try:
+        d.submit(event("s2", "high"))
+        assert await d.drain(5)
+    finally:
+        await d.close()
+    (letter,) = deadletters.read(tmp_path / "data")
+    assert letter["status"] == 410 and letter["response"] == "channel_is_archived"
+    assert len(peer.received(SLACK_PATH)) == 1
