@@ -104,6 +104,10 @@ class Outbox:
             which = record.WhichOneof("entry")
             if which == "notification":
                 n = _notification(record.notification)
+                # A copy written by compaction moves the notification to the end: the copies
+                # are in submission order, and an older record may survive in a segment that
+                # compaction could not delete.
+                self._pending.pop(n.notification_id, None)
                 self._pending[n.notification_id] = n
                 _note(nflog, n)
             elif which == "settled":

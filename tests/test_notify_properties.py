@@ -100,6 +100,16 @@ async def run(ops: list[tuple[Any, ...]], directory: Path) -> None:
 )
 # A note over a pending notification, then a compaction: the note still wins after replay.
 @example([("add", "a0", "oncall", "high", "fired"), ("note", "a0", "oncall"), ("compact",)])
+# Compactions whose copies share a segment with older records: the order still holds.
+@example(
+    [
+        *[("add", "a0", "oncall", "critical", "fired")] * 5,
+        ("compact",),
+        ("add", "a0", "oncall", "critical", "fired"),
+        ("compact",),
+        ("reopen",),
+    ]
+)
 def test_reopening_the_outbox_gives_back_what_was_in_memory(ops: list[tuple[Any, ...]]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         asyncio.run(run(ops, Path(tmp)))
