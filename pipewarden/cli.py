@@ -82,6 +82,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(run=_serve)
 
+    dead = sub.add_parser(
+        "dead-letters",
+        help="show the notifications given up on (read from the data directory; no server needed)",
+    )
+    dead.add_argument("--data-dir", default="./var", help="the server's data directory")
+    dead.add_argument("--receiver", default="", help="only this receiver's")
+    dead.add_argument("--limit", type=int, default=50, help="the newest N (0: all)")
+    dead.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    dead.set_defaults(run=_dead_letters)
+
     def client(name: str, help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help)
         p.add_argument(
@@ -174,6 +184,58 @@ def _serve(args: argparse.Namespace) -> int:
         err.print(f"[red]error:[/] {e}")
         return 2
     return app.run(config, repair=args.repair)
+
+
+# -- dead-letters --------------------------------------------------------------------------------
+
+
+def _dead_letters(args: argparse.Namespace) -> int:
+    from rich import box
+    from rich.table import Table
+
+    from notifiers.deadletters import read
+
+    letters = [
+        x for x in read(args.data_dir) if not args.receiver or x.get("receiver") == args.receiver
+    ]
+    total = len(letters)
+    if args.limit > 0:
+        letters = letters[-args.limit :]
+    if args.json:
+        print(json.dumps(letters))
+        return 0
+    if not letters:
+        where = os.path.join(args.data_dir, "outbox")
+        console.print(
+            f"No dead letters in {where}: every notification was delivered or is pending."
+        )
+        return 0
+    shown = f", the newest {len(letters)}" if len(letters) < total else ""
+    table = Table(title=f"Dead letters ({total}{shown})", box=box.SIMPLE_HEAD)
+    table.add_column("when (UTC)", no_wrap=True)
+    table.add_column("receiver", no_wrap=True)
+    table.add_column("severity", no_wrap=True)
+    table.add_column("event", no_wrap=True)
+    table.add_column("pipeline", overflow="fold", min_width=16)
+    table.add_column("team", overflow="fold")
+    table.add_column("tries", justify="right")
+    table.add_column("why", overflow="fold", ratio=1)
+    for x in letters:
+        level = {"critical": 3, "high": 2, "medium": 1}.get(str(x.get("severity")), 0)
+        style = _SEVERITY_STYLE.get(level, "")
+        severity = str(x.get("severity", ""))
+        table.add_row(
+            str(x.get("time", "")).replace("T", " ")[:19],
+            f"{x.get('receiver', '')} ({x.get('receiver_type', '')})",
+            f"[{style}]{severity}[/]" if style else severity,
+            str(x.get("event", "")),
+            str(x.get("pipeline_id", "")),
+            str(x.get("team", "")),
+            str(x.get("attempts", "")),
+            str(x.get("error", "")),
+        )
+    console.print(table)
+    return 0
 
 
 # -- send ----------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from notifiers.config import Receiver, Route, parse_receivers, parse_routes
 from server.detection.settings import DetectionSettings
 from server.errors import ConfigError
 
@@ -108,32 +109,6 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
-class Receiver:
-    """A notification receiver (delivered by the notifier workers)."""
-
-    name: str
-    """Name that routes refer to."""
-    type: str
-    """One of pagerduty, slack, email, webhook, console."""
-    options: Mapping[str, Any]
-    """The receiver's own settings (url, routing_key, smtp_host, ...)."""
-
-
-@dataclass(frozen=True)
-class Route:
-    """Which receivers get a team's alerts, by severity. The first matching route wins."""
-
-    team: str | None
-    """The team this route is for; None matches every team."""
-    critical: tuple[str, ...] = ()
-    """Receivers of CRITICAL alerts."""
-    high: tuple[str, ...] = ()
-    """Receivers of HIGH alerts."""
-    medium: tuple[str, ...] = ()
-    """Receivers of MEDIUM alerts."""
-
-
-@dataclass(frozen=True)
 class AuthToken:
     """A bearer token and what it may do."""
 
@@ -152,7 +127,7 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     """Listening addresses, data directory and state layout."""
     receivers: tuple[Receiver, ...] = ()
-    """Notification receivers."""
+    """Notification receivers (see notifiers/config.py)."""
     routes: tuple[Route, ...] = ()
     """Alert routes, first match wins."""
     tokens: tuple[AuthToken, ...] = ()
@@ -170,7 +145,6 @@ class Config:
         return dataclasses.replace(self, server=_server(merged, "server"))
 
 
-RECEIVER_TYPES = ("pagerduty", "slack", "email", "webhook", "console")
 ROLES = ("reader", "writer", "admin")
 
 
@@ -193,16 +167,8 @@ def parse(data: Any) -> Config:
     """Validate a decoded configuration document."""
     doc = _mapping(data, "(top level)", {"server", "receivers", "routes", "auth", "detection"})
     server = _server(_mapping(doc.get("server", {}), "server", None), "server")
-    receivers = tuple(
-        _receiver(item, f"receivers[{i}]") for i, item in enumerate(_list(doc, "receivers"))
-    )
-    names = [r.name for r in receivers]
-    for name in names:
-        if names.count(name) > 1:
-            raise ConfigError("receivers", f"receiver name {name!r} is used more than once")
-    routes = tuple(
-        _route(item, f"routes[{i}]", set(names)) for i, item in enumerate(_list(doc, "routes"))
-    )
+    receivers = parse_receivers(doc.get("receivers"), "receivers")
+    routes = parse_routes(doc.get("routes"), [r.name for r in receivers], "routes")
     auth = _mapping(doc.get("auth", {}), "auth", {"tokens"})
     tokens = tuple(
         _token(item, f"auth.tokens[{i}]") for i, item in enumerate(_list(auth, "tokens"))
@@ -312,29 +278,6 @@ def _server(raw: Mapping[str, Any], key: str) -> ServerConfig:
 def _limits(raw: Any, key: str) -> IngestLimits:
     doc = _mapping(raw, key, {f.name for f in dataclasses.fields(IngestLimits) if f.init})
     return IngestLimits(**{k: _int(v, f"{key}.{k}", minimum=1) for k, v in doc.items()})
-
-
-def _receiver(raw: Any, key: str) -> Receiver:
-    doc = _mapping(raw, key, None)
-    name = _str(doc.get("name"), f"{key}.name")
-    rtype = _str(doc.get("type"), f"{key}.type")
-    if rtype not in RECEIVER_TYPES:
-        raise ConfigError(f"{key}.type", f"{rtype!r} is not one of {', '.join(RECEIVER_TYPES)}")
-    options = {k: v for k, v in doc.items() if k not in ("name", "type")}
-    return Receiver(name=name, type=rtype, options=options)
-
-
-def _route(raw: Any, key: str, receivers: set[str]) -> Route:
-    doc = _mapping(raw, key, {"team", "critical", "high", "medium"})
-    team = _str(doc["team"], f"{key}.team") if "team" in doc else None
-    lists: dict[str, tuple[str, ...]] = {}
-    for level in ("critical", "high", "medium"):
-        names = tuple(_str(n, f"{key}.{level}[{i}]") for i, n in enumerate(_list(doc, level)))
-        for n in names:
-            if n not in receivers:
-                raise ConfigError(f"{key}.{level}", f"no receiver is named {n!r}")
-        lists[level] = names
-    return Route(team=team, **lists)
 
 
 def _token(raw: Any, key: str) -> AuthToken:

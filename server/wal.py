@@ -539,7 +539,9 @@ class WriteAheadLog:
                 _, future = waiters.popleft()
                 if not future.done():
                     future.set_result(None)
-            if self._pending:
+            # A close that came while this batch was taken found the wake-up already set and
+            # consumed by the clear above: look again, or the writer would wait for ever.
+            if self._pending or self._closing:
                 self._wake.set()
 
     async def _sync_loop(self) -> None:

@@ -35,7 +35,7 @@ def test_the_contract_example_parses(tmp_path: Path) -> None:
     config = load(path)
     assert config.server.listen == "127.0.0.1:50051"
     assert [r.name for r in config.receivers] == ["oncall", "chat", "mail", "hook"]
-    assert config.receivers[2].options["smtp_port"] == 587
+    assert config.receivers[2].type == "email" and config.receivers[2].smtp_port == 587
     assert config.routes[0].team == "payments" and config.routes[1].team is None
     assert config.routes[0].critical == ("oncall",)
     assert config.tokens[0].role == "writer"

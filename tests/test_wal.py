@@ -255,3 +255,16 @@ async def test_io_errors_acknowledge_nothing_unwritten(
 
 
 ALL_ENTRIES = [entry(i) for i in range(30)]
+
+
+async def test_close_right_after_an_append_writes_it_and_returns(tmp_path: Path) -> None:
+    wal = WriteAheadLog(tmp_path)
+    await wal.open()
+    await asyncio.sleep(0.01)  # the writer waits for work
+    wal.append(b"last")  # wakes the writer, which has not run yet when close() wakes it again
+    async with asyncio.timeout(5):  # in this task: a new one would let the writer run first
+        await wal.close()
+    reopened = WriteAheadLog(tmp_path)
+    await reopened.open()
+    assert [e for _, e in reopened.replay(0)] == [b"last"]
+    await reopened.close()
