@@ -2,8 +2,9 @@
 
 Start: restore the newest snapshot, replay the log after it, listen for gRPC and HTTP, then
 report SERVING (gRPC health and /readyz say NOT_SERVING until recovery is done). Stop (SIGTERM or
-SIGINT): report NOT_SERVING, let open streams finish within the grace period, write a snapshot,
-make the log durable, stop HTTP. A log that cannot write stops the server with exit status 1.
+SIGINT): report NOT_SERVING, end the WatchAlerts streams, let other open streams finish within
+the grace period, write a snapshot, make the log durable, stop HTTP. A log that cannot write
+stops the server with exit status 1.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -23,9 +25,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from server import metrics
+from server.alerting.feed import AlertFeed
+from server.alerting.manager import AlertManager
 from server.anomalies import AnomalyStore
 from server.config import Config, parse_hostport
 from server.dedup import SeenExecutions
+from server.detect import FanoutSink
 from server.detection.engine import DetectionEngine
 from server.errors import CorruptLogError, LogError
 from server.eventlog import EventLog
@@ -44,16 +49,31 @@ log = logging.getLogger("pipewarden")
 STATS_INTERVAL_SECONDS = 10.0
 SNAPSHOT_CHECK_SECONDS = 0.2
 DETECTION_INTERVAL_SECONDS = 0.05
+"""The longest detection waits: for deadlines (staleness, stuck runs) when nothing arrives, and
+between passes under heavy load, so that a pipeline's many runs in a moment are judged once."""
+DETECTION_COALESCE_SECONDS = 0.002
+"""The pause after a light pass: what arrives within it is judged in the next pass, and what
+arrives after it wakes detection at once (an alert's latency is this, not the interval)."""
 DETECTION_SLICE = 50
+ALERT_TICK_SECONDS = 1.0
+"""How often alert timers (escalation, repeats, holds, silences) are checked."""
 
 
 class App:
     """One Pipewarden node."""
 
     def __init__(
-        self, config: Config, *, event_log: EventLog | None = None, repair: bool = False
+        self,
+        config: Config,
+        *,
+        event_log: EventLog | None = None,
+        repair: bool = False,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
+        self.clock = clock
+        """The server's time for event-time fallbacks, detection and alert timers (tests
+        inject one to move time)."""
         sc = config.server
         self.repair = repair
         data = Path(sc.data_dir)
@@ -71,6 +91,8 @@ class App:
             self.log.on_failure = self._log_failed
         self.snapshots = SnapshotStore(data / "snapshots")
         self.anomalies = AnomalyStore()
+        self.alert_feed = AlertFeed(self.log)
+        self.alerts = AlertManager(config.alerts, self.log, self.alert_feed, clock=clock)
         self.engine = DetectionEngine(config.detection)
         self.ingestor = Ingestor(
             self.shards,
@@ -78,11 +100,19 @@ class App:
             self.log,
             sc.limits,
             detector=self.engine if config.detection.enabled else None,
-            sink=self.anomalies,
+            sink=FanoutSink(self.anomalies, self.alerts),
+            clock=clock,
             defer_detection=True,
         )
+        self._detection_wake = asyncio.Event()
+        self.ingestor.on_pending = self._detection_wake.set
         self.service = PipelineMonitorService(
-            self.ingestor, self.shards, self.log, sc, anomalies=self.anomalies
+            self.ingestor,
+            self.shards,
+            self.log,
+            sc,
+            anomalies=self.anomalies,
+            alerts=self.alerts,
         )
         self.health = health_aio.HealthServicer()
         self.grpc_port = 0
@@ -133,21 +163,32 @@ class App:
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         self._tasks.append(asyncio.create_task(self._report_stats(), name="stats"))
         self._tasks.append(asyncio.create_task(self._snapshot_loop(), name="snapshots"))
+        self.alert_feed.start()
+        self._tasks.append(asyncio.create_task(self._alert_loop(), name="alert-timers"))
         if self.config.detection.enabled:
             self._tasks.append(asyncio.create_task(self._detection_loop(), name="detection"))
 
     async def _recover(self) -> None:
         done = await recover(
-            self.snapshots, self.log, self.ingestor, self.shards, self.seen, repair=self.repair
+            self.snapshots,
+            self.log,
+            self.ingestor,
+            self.shards,
+            self.seen,
+            repair=self.repair,
+            alerts=self.alerts,
         )
+        self.alerts.learn_lineage(self.shards.pipelines())
         metrics.PIPELINES.set(len(self.shards))
         self._log_bytes_at_snapshot = self.log.size_bytes()
         log.info(
-            "recovered in %.2fs: %d pipelines, %d events replayed from %d log entries",
+            "recovered in %.2fs: %d pipelines, %d events replayed from %d log entries, "
+            "%d open alerts",
             done.seconds,
             len(self.shards),
             done.events,
             done.entries,
+            self.alerts.open_count(),
         )
 
     async def snapshot(self) -> Path | None:
@@ -157,7 +198,9 @@ class App:
         async with self._snapshot_lock:
             self._snapshot_time = time.monotonic()
             size = self.log.size_bytes()
-            path = await self.snapshots.write(self.shards, self.seen, self.log)
+            path = await self.snapshots.write(
+                self.shards, self.seen, self.log, alerts=self.alerts.dump
+            )
             self._log_bytes_at_snapshot = size
             oldest = await asyncio.to_thread(self.snapshots.prune)
             if oldest is not None:
@@ -182,16 +225,40 @@ class App:
                     log.error("snapshot failed: %s", e)
 
     async def _detection_loop(self) -> None:
-        """Evaluate what ingestion touched, a few times a second; and the pipelines whose
-        staleness or stuck-run deadline has passed. First, every recovered pipeline once."""
-        await self._evaluate_in_slices(list(self.shards.pipelines()))
-        while True:
-            await asyncio.sleep(DETECTION_INTERVAL_SECONDS)
-            # A pipeline's many runs since the last pass are judged once.
-            due = [self.shards.get(pid) for pid in self.engine.due(time.time())]
-            await self._evaluate_in_slices(
-                self.ingestor.take_pending() + [p for p in due if p is not None]
-            )
+        """Evaluate what ingestion touched as soon as it is left pending; and the pipelines
+        whose staleness or stuck-run deadline has passed. First, every recovered pipeline once.
+        After each pass, the alerts it changed are logged and announced."""
+        try:
+            await self._evaluate_in_slices(list(self.shards.pipelines()))
+            self.alerts.flush(self.clock())
+            while True:
+                if not self._detection_wake.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(DETECTION_INTERVAL_SECONDS):
+                            await self._detection_wake.wait()
+                self._detection_wake.clear()
+                due = [self.shards.get(pid) for pid in self.engine.due(self.clock())]
+                pipelines = self.ingestor.take_pending() + [p for p in due if p is not None]
+                if pipelines:
+                    await self._evaluate_in_slices(pipelines)
+                    self.alerts.flush(self.clock())
+                # Under heavy load passes are big: wait, so that a pipeline's many runs in a
+                # moment are judged once. Light passes leave detection ready again at once.
+                heavy = len(pipelines) > DETECTION_SLICE
+                await asyncio.sleep(
+                    DETECTION_INTERVAL_SECONDS if heavy else DETECTION_COALESCE_SECONDS
+                )
+        except LogError as e:
+            log.error("detection stopped: the log failed: %s", e)
+
+    async def _alert_loop(self) -> None:
+        """Alert timers: escalation, repeats, holds, silences starting and ending."""
+        try:
+            while True:
+                await asyncio.sleep(ALERT_TICK_SECONDS)
+                self.alerts.tick()
+        except LogError as e:
+            log.error("alert timers stopped: the log failed: %s", e)
 
     async def _evaluate_in_slices(self, pipelines: list[PipelineState]) -> None:
         """Evaluate in slices, each followed by a pause four times as long: no request waits
@@ -231,8 +298,11 @@ class App:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.health.enter_graceful_shutdown()
+        # Watch streams never end by themselves: end them, so only ingest streams drain.
+        self.alert_feed.close_subscriptions()
         if self._server is not None:
             await self._server.stop(self.config.server.shutdown_grace_seconds)
+        await self.alert_feed.close()
         try:
             if self.failure is None and self._tasks:
                 await self.snapshot()
