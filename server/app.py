@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import itertools
 import logging
 import os
 import signal
@@ -49,14 +50,16 @@ log = logging.getLogger("pipewarden")
 STATS_INTERVAL_SECONDS = 10.0
 SNAPSHOT_CHECK_SECONDS = 0.2
 DETECTION_INTERVAL_SECONDS = 0.05
-"""The longest detection waits: for deadlines (staleness, stuck runs) when nothing arrives, and
-between passes under heavy load, so that a pipeline's many runs in a moment are judged once."""
-DETECTION_COALESCE_SECONDS = 0.002
-"""The pause after a light pass: what arrives within it is judged in the next pass, and what
-arrives after it wakes detection at once (an alert's latency is this, not the interval)."""
+"""How often detection looks for passed deadlines (staleness, stuck runs) when nothing
+arrives."""
+DETECTION_COALESCE_SECONDS = 0.005
+"""The pause after each pass: a pipeline's runs that arrive meanwhile are judged once, in the
+next pass; what arrives later wakes detection at once."""
 DETECTION_SLICE = 50
 ALERT_TICK_SECONDS = 1.0
 """How often alert timers (escalation, repeats, holds, silences) are checked."""
+ALERT_SETTLE_SECONDS = 0.1
+"""How often root causes left for later are judged (see AlertManager.settle)."""
 
 
 class App:
@@ -225,12 +228,12 @@ class App:
                     log.error("snapshot failed: %s", e)
 
     async def _detection_loop(self) -> None:
-        """Evaluate what ingestion touched as soon as it is left pending; and the pipelines
-        whose staleness or stuck-run deadline has passed. First, every recovered pipeline once.
-        After each pass, the alerts it changed are logged and announced."""
+        """Evaluate what ingestion touched as soon as it is left pending, and the pipelines
+        whose staleness or stuck-run deadline has passed; first, every recovered pipeline once.
+        Under load a pass takes a while (see _evaluate_in_slices), and a pipeline's many runs
+        meanwhile are judged once, in the next."""
         try:
             await self._evaluate_in_slices(list(self.shards.pipelines()))
-            self.alerts.flush(self.clock())
             while True:
                 if not self._detection_wake.is_set():
                     with contextlib.suppress(TimeoutError):
@@ -241,32 +244,34 @@ class App:
                 pipelines = self.ingestor.take_pending() + [p for p in due if p is not None]
                 if pipelines:
                     await self._evaluate_in_slices(pipelines)
-                    self.alerts.flush(self.clock())
-                # Under heavy load passes are big: wait, so that a pipeline's many runs in a
-                # moment are judged once. Light passes leave detection ready again at once.
-                heavy = len(pipelines) > DETECTION_SLICE
-                await asyncio.sleep(
-                    DETECTION_INTERVAL_SECONDS if heavy else DETECTION_COALESCE_SECONDS
-                )
+                await asyncio.sleep(DETECTION_COALESCE_SECONDS)
         except LogError as e:
             log.error("detection stopped: the log failed: %s", e)
 
     async def _alert_loop(self) -> None:
-        """Alert timers: escalation, repeats, holds, silences starting and ending."""
+        """Alert timers: escalation, repeats, holds, silences starting and ending; and root
+        causes left for later."""
+        per_tick = round(ALERT_TICK_SECONDS / ALERT_SETTLE_SECONDS)
         try:
-            while True:
-                await asyncio.sleep(ALERT_TICK_SECONDS)
-                self.alerts.tick()
+            for n in itertools.count(1):
+                await asyncio.sleep(ALERT_SETTLE_SECONDS)
+                if n % per_tick:
+                    self.alerts.settle()
+                else:
+                    self.alerts.tick()
         except LogError as e:
             log.error("alert timers stopped: the log failed: %s", e)
 
     async def _evaluate_in_slices(self, pipelines: list[PipelineState]) -> None:
         """Evaluate in slices, each followed by a pause four times as long: no request waits
         behind more than one slice, and under load detection takes at most about a fifth of
-        the process."""
+        the process. After the last slice, the alerts the pass changed are logged and announced
+        (inside the same budget)."""
         for start in range(0, len(pipelines), DETECTION_SLICE):
             began = time.perf_counter()
             self.ingestor.evaluate(pipelines[start : start + DETECTION_SLICE])
+            if start + DETECTION_SLICE >= len(pipelines):
+                self.alerts.flush(self.clock())
             await asyncio.sleep(4 * (time.perf_counter() - began))
 
     async def _report_stats(self) -> None:

@@ -7,9 +7,9 @@ visited set, so cycles end; a diamond (two paths to one upstream) visits it once
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator
 
-__all__ = ["Lineage", "root_cause"]
+__all__ = ["Lineage", "root_causes"]
 
 
 class Lineage:
@@ -65,25 +65,106 @@ def _walk(start: str, neighbours: Callable[[str], Iterable[str]]) -> dict[str, i
     return found
 
 
-def root_cause(pipeline_id: str, lineage: Lineage, is_open: Callable[[str], bool]) -> str:
-    """The upstream pipeline whose open alert explains `pipeline_id`'s alerts; "" when none.
+def root_causes(
+    lineage: Lineage, open_: Collection[str], of: Collection[str] | None = None
+) -> dict[str, str]:
+    """The root cause of each pipeline of `of` (default: all of `open_`, the pipelines with open
+    alerts, which `of` should be among): the upstream pipeline whose open alert explains its
+    own, or "" when none does.
 
-    The root is the top of the chain of open alerts above the pipeline: an upstream pipeline
-    with an open alert and no open alert upstream of it. The nearest such root wins, then the
-    smallest id. Pipelines on a cycle of open alerts share one root, the smallest id among
-    them, so exactly one member of the cycle is not explained by another (and when that is
-    `pipeline_id` itself, the answer is "").
+    The root is the top of the chain of open alerts above a pipeline: an upstream pipeline with
+    an open alert and no open alert upstream of it; the nearest such root wins, then the
+    smallest id. Pipelines on a cycle share one root: the one above the cycle if there is one,
+    else the smallest id on the cycle with an open alert, so exactly one member is not explained
+    by another.
+
+    One walk up from the pipelines asked about and one pass over the strongly connected
+    components of what it reaches, upstream first: linear in that part of the graph, whatever
+    its shape.
     """
-    alerting = {p: d for p, d in lineage.ancestors(pipeline_id).items() if is_open(p)}
-    found: list[tuple[int, str]] = []
-    for candidate, distance in alerting.items():
-        above = [a for a in lineage.ancestors(candidate) if is_open(a)]
-        below = lineage.descendants(candidate)
-        if any(a not in below for a in above):
-            continue  # an open alert further up, not on a cycle with it: not a root
-        cycle = [candidate, *(a for a in above if a in below)]
-        found.append((distance, min(cycle)))
-    if not found:
-        return ""
-    root = min(found)[1]
-    return "" if root == pipeline_id else root
+    asked = open_ if of is None else of
+    reached = _upstream_closure(lineage, asked)
+    components = _components(reached, lineage.upstream)
+    component_of = {node: i for i, members in enumerate(components) for node in members}
+    # Per component: its smallest open member, and the (distance, root) explaining its members.
+    top_open: list[str] = []
+    cause: list[tuple[int, str] | None] = []
+    for i, members in enumerate(components):
+        best: tuple[int, str] | None = None
+        for node in members:
+            for up in lineage.upstream(node):
+                j = component_of.get(up)
+                if j is None or j == i:
+                    continue
+                above = cause[j]
+                candidate = (above[0] + 1, above[1]) if above else (1, top_open[j])
+                if candidate[1] and (best is None or candidate < best):
+                    best = candidate
+        cause.append(best)
+        top_open.append(min((m for m in members if m in open_), default=""))
+    out: dict[str, str] = {}
+    for pid in asked:
+        i = component_of[pid]
+        found = cause[i]
+        if found is not None:
+            out[pid] = found[1]
+        else:
+            out[pid] = "" if top_open[i] == pid else top_open[i]
+    return out
+
+
+def _upstream_closure(lineage: Lineage, start: Iterable[str]) -> set[str]:
+    """`start` and everything upstream of it."""
+    seen: set[str] = set()
+    stack = list(start)
+    while stack:
+        node = stack.pop()
+        if node not in seen:
+            seen.add(node)
+            stack.extend(u for u in lineage.upstream(node) if u not in seen)
+    return seen
+
+
+def _components(nodes: set[str], upstream: Callable[[str], tuple[str, ...]]) -> list[list[str]]:
+    """The strongly connected components among `nodes` (Tarjan's algorithm, without recursion),
+    each listed after every component upstream of it."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    out: list[list[str]] = []
+    for root in nodes:
+        if root in index:
+            continue
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        work: list[tuple[str, Iterator[str]]] = [(root, iter(upstream(root)))]
+        while work:
+            node, edges = work[-1]
+            for nxt in edges:
+                if nxt not in nodes:
+                    continue
+                if nxt not in index:
+                    index[nxt] = low[nxt] = len(index)
+                    stack.append(nxt)
+                    on_stack.add(nxt)
+                    work.append((nxt, iter(upstream(nxt))))
+                    break
+                if nxt in on_stack:
+                    low[node] = min(low[node], index[nxt])
+            else:
+                work.pop()
+                if work:
+                    parent = work[-1][0]
+                    low[parent] = min(low[parent], low[node])
+                if low[node] == index[node]:
+                    members = []
+                    while True:
+                        member = stack.pop()
+                        on_stack.discard(member)
+                        members.append(member)
+                        if member == node:
+                            break
+                    out.append(members)
+    return out

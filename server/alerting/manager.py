@@ -66,10 +66,13 @@ from server.errors import RequestError
 from server.eventlog import EventLog
 from server.shards import PipelineState
 
-__all__ = ["DIRTY_FLUSH_SECONDS", "AlertManager", "should_notify"]
+__all__ = ["DIRTY_FLUSH_SECONDS", "LINEAGE_SETTLE_SECONDS", "AlertManager", "should_notify"]
 
 log = logging.getLogger(__name__)
 
+LINEAGE_SETTLE_SECONDS = 0.1
+"""Root causes of open alerts are judged again at most this often when openness changes (a new
+alert's own cause is judged at once); with the timer, also after upstream ids changed."""
 DIRTY_FLUSH_SECONDS = 5.0
 """Changes without an event (occurrences, last_seen, clearing) reach the log at least this
 often; a crash loses at most that much of them, never a transition."""
@@ -115,6 +118,12 @@ class AlertManager:
         self._dirty: dict[str, Alert] = {}
         self._events: list[AlertEvent] = []
         self._lineage_dirty: set[str] = set()
+        """Pipelines whose openness changed: root causes are judged again at the next flush."""
+        self._upstream_changed = False
+        """Some pipeline's upstream changed: root causes are judged again at the next tick (or
+        sooner, with the next change of openness). Runners that vary their upstream ids from
+        run to run would otherwise have the whole graph judged at every pass."""
+        self._settled_at = float("-inf")
         self._impact_dirty: set[str] = set()
         self._dirty_flushed = 0.0
 
@@ -125,7 +134,7 @@ class AlertManager:
         the end of a detection pass to log the changes and publish their events."""
         pid = pipeline.pipeline_id
         if self.lineage.update(pid, pipeline.upstream):
-            self._lineage_dirty.add(pid)
+            self._upstream_changed = True
         if not anomalies and pid not in self._by_pipeline:
             return
         present = set()
@@ -145,8 +154,17 @@ class AlertManager:
         changes as one record and hand its events to the feed. Returns the log position to
         wait for. With `announce` false (a timer, perhaps in the middle of a pass), what fired
         waits for the end of the pass."""
-        now = self.clock() if now is None else now
-        causes_changed = self._settle_lineage()
+        return self._flush(self.clock() if now is None else now, announce=announce, timer=False)
+
+    def settle(self) -> int:
+        """Between passes (a few times a second): judge root causes again if a change of
+        openness was left for later, and log what that changed."""
+        return self._flush(self.clock(), announce=False, timer=False)
+
+    def _flush(self, now: float, *, announce: bool, timer: bool) -> int:
+        causes_changed = self._settle_lineage(timer=timer)
+        if announce and self._fresh:
+            self._settle_fresh_causes()
         for alert in list(self._fresh.values()) if announce else []:
             self._announce(alert, now)
         for alert in causes_changed:
@@ -175,7 +193,7 @@ class AlertManager:
             self._dirty_flushed = now
             self._changed.update(self._dirty)
             self._dirty.clear()
-        return self.flush(now, announce=False)
+        return self._flush(now, announce=False, timer=True)
 
     def _follow(self, alert: Alert, now: float) -> None:
         self._update_silenced(alert, now)
@@ -544,27 +562,32 @@ class AlertManager:
 
     # -- lineage ---------------------------------------------------------------------------------
 
-    def _is_open(self, pipeline_id: str) -> bool:
-        return pipeline_id in self._open
+    def _settle_fresh_causes(self) -> None:
+        """The root causes of the alerts about to be announced, judged now."""
+        pids = {a.pipeline_id for a in self._fresh.values()}
+        causes = lineage_mod.root_causes(self.lineage, self._open.keys(), of=pids)
+        for alert in self._fresh.values():
+            cause = causes.get(alert.pipeline_id, "")
+            if alert.is_open and alert.caused_by != cause:
+                self._set_cause(alert, cause)
 
-    def _settle_lineage(self) -> list[Alert]:
-        """Judge again the root cause of the open alerts of every pipeline whose openness or
-        upstream changed, and of everything downstream of it. Returns the alerts whose cause
-        changed."""
-        if not self._lineage_dirty:
+    def _settle_lineage(self, *, timer: bool) -> list[Alert]:
+        """Judge again the root cause of every open alert once something that decides it
+        changed (a pipeline's openness; at the timer, also a pipeline's upstream), at most every
+        LINEAGE_SETTLE_SECONDS of real time (it is about cost) but at the timer. Returns the
+        alerts whose cause changed."""
+        elapsed = time.monotonic() - self._settled_at
+        due = timer or elapsed >= LINEAGE_SETTLE_SECONDS
+        if not due or not (self._lineage_dirty or (timer and self._upstream_changed)):
             return []
-        dirty, self._lineage_dirty = self._lineage_dirty, set()
-        affected = set(dirty)
-        for pid in dirty:
-            affected.update(self.lineage.descendants(pid))
+        self._settled_at = time.monotonic()
+        self._lineage_dirty.clear()
+        self._upstream_changed = False
+        causes = lineage_mod.root_causes(self.lineage, self._open.keys())
         changed: list[Alert] = []
-        for pid in sorted(affected):
-            open_alerts = [a for a in self._by_pipeline.get(pid, {}).values() if a.is_open]
-            if not open_alerts:
-                continue
-            cause = lineage_mod.root_cause(pid, self.lineage, self._is_open)
-            for alert in open_alerts:
-                if alert.caused_by != cause:
+        for pid, cause in causes.items():
+            for alert in self._by_pipeline.get(pid, {}).values():
+                if alert.is_open and alert.caused_by != cause:
                     self._set_cause(alert, cause)
                     changed.append(alert)
         return changed
