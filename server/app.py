@@ -191,7 +191,7 @@ class App:
             len(self.shards),
             done.events,
             done.entries,
-            self.alerts.open_count(),
+            self.alerts.book.open_count(),
         )
 
     async def snapshot(self) -> Path | None:

@@ -46,8 +46,6 @@ MAX_PAGE_SIZE = 1000
 M = TypeVar("M", bound=Message)
 Handler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
 
-# Methods that later parts of Pipewarden implement, and which part.
-_NOT_YET: dict[str, str] = {}
 DEFAULT_HISTORY = 100
 
 
@@ -205,8 +203,6 @@ class PipelineMonitorService:
                 service_pb2.ListAlertHistoryRequest, self.list_alert_history
             ),
         }
-        for name, part in _NOT_YET.items():
-            methods[name] = _unimplemented(name, part, streaming=name == "WatchAlerts")
         return grpc.method_handlers_generic_handler(SERVICE_NAME, methods)
 
     @staticmethod
@@ -405,7 +401,7 @@ class PipelineMonitorService:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, f"state {request.state} is not a known AlertState"
             )
-        found = self.alerts.alerts(
+        found = self.alerts.book.alerts(
             team=request.team, min_severity=request.min_severity, state=request.state
         )
         return service_pb2.ListAlertsResponse(alerts=[alert_message(a) for a in found])
@@ -417,7 +413,7 @@ class PipelineMonitorService:
     ) -> alert_pb2.RoutedAlerts:
         """GetRoutedAlerts: open alerts by team, then severity."""
         routed = alert_pb2.RoutedAlerts()
-        for team, by_severity in self.alerts.routed(request.team).items():
+        for team, by_severity in self.alerts.book.routed(request.team).items():
             group = routed.teams[team]
             for severity, field in ((CRITICAL, group.critical), (HIGH, group.high),
                                     (MEDIUM, group.medium)):  # fmt: skip
@@ -519,7 +515,7 @@ class PipelineMonitorService:
         """ListAlertHistory: the latest events, newest first."""
         if request.limit < 0:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "limit must not be negative")
-        events = self.alerts.history(request.team, request.limit or DEFAULT_HISTORY)
+        events = self.alerts.book.history(request.team, request.limit or DEFAULT_HISTORY)
         return service_pb2.ListAlertHistoryResponse(events=[event_message(e) for e in events])
 
 
@@ -546,18 +542,3 @@ async def _parse(
     except DecodeError:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _UNDECODABLE)
     return request
-
-
-def _unimplemented(name: str, part: str, *, streaming: bool) -> grpc.RpcMethodHandler[Any, Any]:
-    message = f"{name} is not implemented yet: it arrives with {part}"
-
-    async def unary(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, message)
-
-    async def stream(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, message)
-        yield None  # pragma: no cover - makes this an async generator
-
-    if streaming:
-        return grpc.unary_stream_rpc_method_handler(stream, None, _serialize)
-    return grpc.unary_unary_rpc_method_handler(unary, None, _serialize)

@@ -72,7 +72,7 @@ def test_resolution(
     f.runs(clear_runs, T0 + 2)
     f.evaluate({}, T0 + 2)
     f.manager.tick(T0 + 1 + waited)
-    state = f.manager.alerts()[0].state
+    state = f.manager.book.alerts()[0].state
     assert (state == RESOLVED) is resolved
 
 
@@ -80,13 +80,13 @@ def test_severity_never_falls_while_open_and_the_anomaly_returning_keeps_the_ale
     f = Fixture()
     f.evaluate({REGRESSION: 3}, T0)
     f.evaluate({REGRESSION: 1}, T0 + 1)
-    alert = f.manager.alerts()[0]
+    alert = f.manager.book.alerts()[0]
     assert (alert.severity, alert.detected_severity, alert.occurrences) == (3, 1, 2)
     f.evaluate({}, T0 + 2)
     f.runs(1, T0 + 3)
     f.evaluate({}, T0 + 3)
     f.evaluate({REGRESSION: 1}, T0 + 4)  # back before it resolved: the same alert, seen again
-    again = f.manager.alerts()[0]
+    again = f.manager.book.alerts()[0]
     assert again.alert_id == alert.alert_id and again.anomaly_present and again.clear_runs == 0
     assert [e.type for e in f.events] == [FIRED]
 
@@ -94,12 +94,12 @@ def test_severity_never_falls_while_open_and_the_anomaly_returning_keeps_the_ale
 def test_an_alert_acknowledged_before_its_pass_ends_is_announced_first() -> None:
     f = Fixture()
     f.manager.receive(f.p, [Anomaly("p", "team", REGRESSION, 2, "m", 1, 1, "x")], T0)
-    alert = f.manager.alerts()[0]
+    alert = f.manager.book.alerts()[0]
     f.manager.acknowledge(alert.alert_id, "ana")
     f.manager.flush(T0)
     events = [e for _, es in f.manager.feed._pending for e in es]
     assert [e.type for e in events] == [FIRED, ACKNOWLEDGED_EVENT]
-    assert should_notify(f.manager.alerts()[0])  # acknowledged, but neither muted nor closed
+    assert should_notify(f.manager.book.alerts()[0])  # acknowledged, but neither muted nor closed
 
 
 def test_resolved_alerts_are_forgotten_after_their_retention() -> None:
@@ -109,10 +109,10 @@ def test_resolved_alerts_are_forgotten_after_their_retention() -> None:
     f.evaluate({}, T0 + 1)
     assert [e.type for e in f.events] == [FIRED, RESOLVED_EVENT]
     f.manager.tick(T0 + 100)
-    assert len(f.manager.alerts()) == 1
+    assert len(f.manager.book.alerts()) == 1
     f.manager.tick(T0 + 101)
-    assert f.manager.alerts() == []
-    assert len(f.manager.history("team")) == 2  # the history keeps what happened
+    assert f.manager.book.alerts() == []
+    assert len(f.manager.book.history("team")) == 2  # the history keeps what happened
 
 
 async def test_subscriptions_filter_overflow_and_close() -> None:
@@ -121,7 +121,7 @@ async def test_subscriptions_filter_overflow_and_close() -> None:
     f = Fixture()
     f.evaluate({REGRESSION: 1}, T0)
     f.evaluate({REGRESSION: 3}, T0 + 1)
-    medium, critical = f.events[0], AlertEvent(2, f.manager.alerts()[0].copy(), T0 + 1, True)
+    medium, critical = f.events[0], AlertEvent(2, f.manager.book.alerts()[0].copy(), T0 + 1, True)
     everything = feed.subscribe(maxsize=0)
     other_team = feed.subscribe(team="other")
     only_critical = feed.subscribe(min_severity=3)

@@ -160,7 +160,7 @@ def _drive(manager: AlertManager, shards: ShardSet) -> None:
         fail(pid)
         manager.receive(pipelines[pid], [anomaly(pid, 2)], t)
     manager.flush(t)
-    manager.acknowledge(manager.alerts(team="team-c")[0].alert_id, "ana")
+    manager.acknowledge(manager.book.alerts(team="team-c")[0].alert_id, "ana")
     manager.create_silence(Silence("", "team-b", "", 0, t, t + 7200, "bob", "noisy"))
     t += 10
     manager.receive(pipelines["A"], [anomaly("A", 3)], t)  # upgraded
@@ -193,5 +193,5 @@ async def test_replaying_the_log_or_restoring_a_snapshot_gives_the_state_exactly
     assert restored.dump().SerializeToString(deterministic=True) == state
     # Nothing was published by replay or restore: their feeds have nothing pending.
     assert not replayed.feed._pending and not restored.feed._pending
-    states = sorted((a.pipeline_id, a.state, a.severity) for a in restored.alerts())
+    states = sorted((a.pipeline_id, a.state, a.severity) for a in restored.book.alerts())
     assert states == [("A", 1, 3), ("B", 1, 2), ("C", 3, 2)]

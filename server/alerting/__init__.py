@@ -2,7 +2,8 @@
 
 - `model`: the domain types (Alert, AlertEvent, Silence) and their constants.
 - `manager`: AlertManager, the state machine: one alert per (pipeline, kind), escalation,
-  repeats, resolution, acknowledgements, silences and the bounded history.
+  repeats, resolution, acknowledgements, silences; `policy`: its rules as pure functions;
+  `book`: the alerts kept, their indexes and the bounded history per team.
 - `lineage`: root causes along upstream_pipeline_ids, cycle-safe.
 - `silences`: checking and matching silences.
 - `feed`: the in-process stream of alert events that WatchAlerts and notifiers subscribe to.

@@ -25,13 +25,13 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 
 from pipewarden.storage.v1 import storage_pb2
 from server import metrics
 from server.alerting import lineage as lineage_mod
+from server.alerting.book import AlertBook
 from server.alerting.convert import (
     event_from_message,
     event_message,
@@ -43,13 +43,10 @@ from server.alerting.lineage import Lineage
 from server.alerting.model import (
     ACKNOWLEDGED,
     ACKNOWLEDGED_EVENT,
-    CONSECUTIVE_FAILURES,
     CRITICAL,
     ESCALATED,
     FIRED,
     FIRING,
-    HIGH,
-    MEDIUM,
     REPEATED,
     RESOLVED,
     RESOLVED_EVENT,
@@ -58,6 +55,7 @@ from server.alerting.model import (
     AlertEvent,
     Silence,
 )
+from server.alerting.policy import blast_severity, escalation_delay, resolvable, span
 from server.alerting.settings import AlertSettings
 from server.alerting.silences import Silences, check_silence
 from server.alerting.storage import alert_changes, silence_change, stored_alert, unstored_alert
@@ -77,8 +75,6 @@ DIRTY_FLUSH_SECONDS = 5.0
 """Changes without an event (occurrences, last_seen, clearing) reach the log at least this
 often; a crash loses at most that much of them, never a transition."""
 
-_STATE_ORDER = {FIRING: 0, ACKNOWLEDGED: 1, RESOLVED: 2}
-
 
 def should_notify(alert: Alert) -> bool:
     """Whether receivers are to be told about `alert` now: open, not silenced, not explained
@@ -87,7 +83,7 @@ def should_notify(alert: Alert) -> bool:
 
 
 class AlertManager:
-    """Alerts by fingerprint, silences, lineage and the bounded history; implements AlertSink."""
+    """The alert lifecycle over an AlertBook, silences and lineage; implements AlertSink."""
 
     def __init__(
         self,
@@ -103,15 +99,10 @@ class AlertManager:
         """Where events go once durable."""
         self.clock = clock
         """The time for timers and requests; detection passes hand over their own `now`."""
+        self.book = AlertBook(settings.history_size)
+        """The alerts and their history: what reads read."""
         self.lineage = Lineage()
         self.silences = Silences()
-        self._by_pipeline: dict[str, dict[int, Alert]] = {}
-        self._by_id: dict[str, Alert] = {}
-        self._open: dict[str, int] = {}
-        """Open alerts per pipeline."""
-        self._explains: dict[str, set[str]] = {}
-        """Root pipeline -> ids of the open alerts it explains."""
-        self._history: dict[str, deque[AlertEvent]] = {}
         self._fresh: dict[str, Alert] = {}
         """Fired since the last flush; their FIRED events wait for lineage to settle."""
         self._changed: dict[str, Alert] = {}
@@ -135,18 +126,18 @@ class AlertManager:
         pid = pipeline.pipeline_id
         if self.lineage.update(pid, pipeline.upstream):
             self._upstream_changed = True
-        if not anomalies and pid not in self._by_pipeline:
+        if not anomalies and not self.book.has_alerts(pid):
             return
         present = set()
         for anomaly in anomalies:
             present.add(anomaly.kind)
-            alert = self._by_pipeline.get(pid, {}).get(anomaly.kind)
+            alert = self.book.current(pid, anomaly.kind)
             if alert is None or not alert.is_open:
-                self._open_alert(pipeline, anomaly, now, alert)
+                self._open_alert(pipeline, anomaly, now)
             else:
                 self._seen_again(alert, pipeline, anomaly, now)
-        for kind, alert in list(self._by_pipeline.get(pid, {}).items()):
-            if kind not in present and alert.is_open:
+        for alert in self.book.of_pipeline(pid):
+            if alert.kind not in present and alert.is_open:
                 self._seen_clear(alert, pipeline, now)
 
     def flush(self, now: float | None = None, *, announce: bool = True) -> int:
@@ -186,7 +177,7 @@ class AlertManager:
         to wait for."""
         now = self.clock() if now is None else now
         self.silences.forget_ended(now)
-        for alert in [a for a in self._by_id.values() if a.is_open]:
+        for alert in self.book.open_alerts():
             self._follow(alert, now)
         self._forget_resolved(now)
         if now - self._dirty_flushed >= DIRTY_FLUSH_SECONDS:
@@ -198,7 +189,7 @@ class AlertManager:
     def _follow(self, alert: Alert, now: float) -> None:
         self._update_silenced(alert, now)
         if not alert.anomaly_present:
-            if self._resolvable(alert, now):
+            if resolvable(alert, self.settings, now):
                 self._resolve(alert, now)
             return
         if alert.state != FIRING or alert.muted:
@@ -210,19 +201,15 @@ class AlertManager:
             self._announce_if_unmuted(alert, now, "no longer silenced")
             return
         assert alert.unhandled_since is not None
-        delay = self._escalation_delay(alert.severity)
+        delay = escalation_delay(self.settings.escalate_after, alert.severity)
         repeat = self.settings.repeat_interval_seconds
         if delay and now - alert.unhandled_since >= delay:
-            self._raise(alert, alert.severity + 1, now, f"unacknowledged for {_span(delay)}")
+            self._raise(alert, alert.severity + 1, now, f"unacknowledged for {span(delay)}")
         elif repeat and now - (alert.last_notified_at or alert.first_seen) >= repeat:
             alert.last_notified_at = now
             self._emit(
-                REPEATED, alert, now, notify=True, reason=f"still firing after {_span(repeat)}"
+                REPEATED, alert, now, notify=True, reason=f"still firing after {span(repeat)}"
             )
-
-    def _escalation_delay(self, severity: int) -> float:
-        e = self.settings.escalate_after
-        return {MEDIUM: e.medium, HIGH: e.high}.get(severity, 0.0)
 
     # -- requests --------------------------------------------------------------------------------
 
@@ -234,7 +221,7 @@ class AlertManager:
             raise RequestError("INVALID_ARGUMENT", "alert_id is required")
         if not by.strip():
             raise RequestError("INVALID_ARGUMENT", "by is required: say who acknowledges the alert")
-        alert = self._by_id.get(alert_id)
+        alert = self.book.get(alert_id)
         if alert is None:
             raise RequestError(
                 "NOT_FOUND",
@@ -294,7 +281,7 @@ class AlertManager:
         return ended, self._remute(now)
 
     def _remute(self, now: float) -> int:
-        for alert in [a for a in self._by_id.values() if a.is_open]:
+        for alert in self.book.open_alerts():
             self._update_silenced(alert, now)
             if alert.muted:
                 self._set_unhandled(alert, None)
@@ -304,73 +291,28 @@ class AlertManager:
 
     # -- reads -----------------------------------------------------------------------------------
 
-    def get(self, alert_id: str) -> Alert | None:
-        """One alert by id, or None."""
-        return self._by_id.get(alert_id)
-
-    def alerts(self, *, team: str = "", min_severity: int = 0, state: int = 0) -> list[Alert]:
-        """Matching alerts: open before resolved, most severe first, then oldest first."""
-        found = [
-            a
-            for a in self._by_id.values()
-            if (not team or a.team == team)
-            and a.severity >= min_severity
-            and (not state or a.state == state)
-        ]
-        found.sort(
-            key=lambda a: (a.state == RESOLVED, -a.severity, _STATE_ORDER[a.state], a.first_seen)
-        )
-        return found
-
-    def routed(self, team: str = "") -> dict[str, dict[int, list[Alert]]]:
-        """Open alerts by team, then severity (each list oldest first)."""
-        out: dict[str, dict[int, list[Alert]]] = {}
-        for a in self.alerts(team=team):
-            if a.is_open:
-                out.setdefault(a.team, {}).setdefault(a.severity, []).append(a)
-        return out
-
-    def history(self, team: str = "", limit: int = 100) -> list[AlertEvent]:
-        """The latest events, newest first; one team's, or every team's."""
-        if team:
-            events = list(self._history.get(team, ()))
-        else:
-            events = [e for h in self._history.values() for e in h]
-            events.sort(key=lambda e: e.time)
-        return events[::-1][:limit]
-
     def current_silences(self, team: str = "") -> list[Silence]:
         """Silences that have not ended, soonest ending first."""
         return self.silences.current(self.clock(), team)
-
-    def open_count(self) -> int:
-        """How many alerts are open."""
-        return sum(self._open.values())
-
-    def __len__(self) -> int:
-        return len(self._by_id)
 
     # -- durability ------------------------------------------------------------------------------
 
     def dump(self) -> storage_pb2.AlertsSnapshot:
         """The whole alerting state, for a snapshot (taken at once, without yielding)."""
-        snap = storage_pb2.AlertsSnapshot(
-            alerts=[stored_alert(a) for a in self._by_id.values()],
+        return storage_pb2.AlertsSnapshot(
+            alerts=[stored_alert(a) for a in self.book],
             silences=[silence_message(s) for s in self.silences],
+            history=[event_message(e) for e in self.book.all_events()],
         )
-        events = [e for h in self._history.values() for e in h]
-        events.sort(key=lambda e: e.time)
-        snap.history.extend(event_message(e) for e in events)
-        return snap
 
     def restore(self, snap: storage_pb2.AlertsSnapshot) -> None:
         """Take the state of a snapshot (on an empty manager, before replay)."""
         for s in snap.silences:
             self.silences.put(silence_from_message(s, 0.0))
         for msg in snap.alerts:
-            self._place(unstored_alert(msg))
+            self.book.put(unstored_alert(msg))
         for e in snap.history:
-            self._remember(event_from_message(e))
+            self.book.remember(event_from_message(e))
 
     def replay(self, record: storage_pb2.LogRecord) -> None:
         """Apply a logged change again (recovery): put the alerts and silences in place and
@@ -378,45 +320,15 @@ class AlertManager:
         entry = record.WhichOneof("entry")
         if entry == "alerts":
             for msg in record.alerts.alerts:
-                self._place(unstored_alert(msg))
+                self.book.put(unstored_alert(msg))
             for e in record.alerts.events:
-                self._remember(event_from_message(e))
+                self.book.remember(event_from_message(e))
         elif entry == "silence":
             self.silences.put(silence_from_message(record.silence.silence, 0.0))
 
-    def _place(self, alert: Alert) -> None:
-        before = self._by_pipeline.get(alert.pipeline_id, {}).get(alert.kind)
-        if before is not None:
-            self._forget(before)
-        self._by_pipeline.setdefault(alert.pipeline_id, {})[alert.kind] = alert
-        self._by_id[alert.alert_id] = alert
-        if alert.is_open:
-            self._open[alert.pipeline_id] = self._open.get(alert.pipeline_id, 0) + 1
-            if alert.caused_by:
-                self._explains.setdefault(alert.caused_by, set()).add(alert.alert_id)
-
-    def _forget(self, alert: Alert) -> None:
-        self._by_id.pop(alert.alert_id, None)
-        alerts = self._by_pipeline.get(alert.pipeline_id)
-        if alerts is not None and alerts.get(alert.kind) is alert:
-            del alerts[alert.kind]
-            if not alerts:
-                del self._by_pipeline[alert.pipeline_id]
-        if alert.is_open:
-            self._count_closed(alert)
-
-    def _remember(self, event: AlertEvent) -> None:
-        team = event.alert.team
-        h = self._history.get(team)
-        if h is None:
-            h = self._history[team] = deque(maxlen=self.settings.history_size)
-        h.append(event)
-
     # -- transitions -----------------------------------------------------------------------------
 
-    def _open_alert(
-        self, pipeline: PipelineState, anomaly: Anomaly, now: float, previous: Alert | None
-    ) -> None:
+    def _open_alert(self, pipeline: PipelineState, anomaly: Anomaly, now: float) -> None:
         alert = Alert(
             alert_id=self._new_id(),
             pipeline_id=pipeline.pipeline_id,
@@ -431,9 +343,7 @@ class AlertManager:
             detected_severity=anomaly.severity,
             runs_at_last_seen=pipeline.total,
         )
-        if previous is not None:
-            self._forget(previous)
-        self._place(alert)
+        self.book.put(alert)
         self._fresh[alert.alert_id] = alert
         self._lineage_dirty.add(alert.pipeline_id)
 
@@ -465,17 +375,14 @@ class AlertManager:
             alert.unhandled_since = None
         alert.clear_runs = pipeline.total - alert.runs_at_last_seen
         self._dirty[alert.alert_id] = alert
-        if self._resolvable(alert, now):
+        if resolvable(alert, self.settings, now):
             self._resolve(alert, now)
 
-    def _resolvable(self, alert: Alert, now: float) -> bool:
-        # Only a success ends a streak of failures, so the streak's clearing is that success.
-        runs = 1 if alert.kind == CONSECUTIVE_FAILURES else self.settings.resolve_after_runs
-        held = alert.cleared_at is not None and now - alert.cleared_at >= self.settings.hold_seconds
-        return held and alert.clear_runs >= runs
-
     def _resolve(self, alert: Alert, now: float) -> None:
-        self._count_closed(alert)
+        if alert.caused_by:
+            self._impact_dirty.add(alert.caused_by)
+        if self.book.closing(alert):
+            self._lineage_dirty.add(alert.pipeline_id)
         alert.state = RESOLVED
         alert.resolved_at = now
         alert.unhandled_since = None
@@ -487,20 +394,6 @@ class AlertManager:
             notify=alert.notified,
             reason=f"clear for {runs} run{'s' if runs != 1 else ''}",
         )
-
-    def _count_closed(self, alert: Alert) -> None:
-        pid = alert.pipeline_id
-        left = self._open.get(pid, 0) - 1
-        if left > 0:
-            self._open[pid] = left
-        else:
-            self._open.pop(pid, None)
-            self._lineage_dirty.add(pid)
-        if alert.caused_by:
-            explained = self._explains.get(alert.caused_by)
-            if explained is not None:
-                explained.discard(alert.alert_id)
-            self._impact_dirty.add(alert.caused_by)
 
     def _raise(self, alert: Alert, severity: int, now: float, reason: str) -> None:
         previous, alert.severity = alert.severity, min(severity, CRITICAL)
@@ -556,16 +449,16 @@ class AlertManager:
 
     def _forget_resolved(self, now: float) -> None:
         keep = self.settings.resolved_retention_seconds
-        for alert in [a for a in self._by_id.values() if a.state == RESOLVED]:
+        for alert in self.book:
             if alert.resolved_at is not None and now - alert.resolved_at >= keep:
-                self._forget(alert)
+                self.book.remove(alert)
 
     # -- lineage ---------------------------------------------------------------------------------
 
     def _settle_fresh_causes(self) -> None:
         """The root causes of the alerts about to be announced, judged now."""
         pids = {a.pipeline_id for a in self._fresh.values()}
-        causes = lineage_mod.root_causes(self.lineage, self._open.keys(), of=pids)
+        causes = lineage_mod.root_causes(self.lineage, self.book.open_pipelines(), of=pids)
         for alert in self._fresh.values():
             cause = causes.get(alert.pipeline_id, "")
             if alert.is_open and alert.caused_by != cause:
@@ -583,10 +476,10 @@ class AlertManager:
         self._settled_at = time.monotonic()
         self._lineage_dirty.clear()
         self._upstream_changed = False
-        causes = lineage_mod.root_causes(self.lineage, self._open.keys())
+        causes = lineage_mod.root_causes(self.lineage, self.book.open_pipelines())
         changed: list[Alert] = []
         for pid, cause in causes.items():
-            for alert in self._by_pipeline.get(pid, {}).values():
+            for alert in self.book.of_pipeline(pid):
                 if alert.is_open and alert.caused_by != cause:
                     self._set_cause(alert, cause)
                     changed.append(alert)
@@ -594,13 +487,9 @@ class AlertManager:
 
     def _set_cause(self, alert: Alert, cause: str) -> None:
         if alert.caused_by:
-            explained = self._explains.get(alert.caused_by)
-            if explained is not None:
-                explained.discard(alert.alert_id)
             self._impact_dirty.add(alert.caused_by)
-        alert.caused_by = cause
+        self.book.set_cause(alert, cause)
         if cause:
-            self._explains.setdefault(cause, set()).add(alert.alert_id)
             self._impact_dirty.add(cause)
             self._set_unhandled(alert, None)
         self._changed[alert.alert_id] = alert
@@ -609,20 +498,17 @@ class AlertManager:
         """List what each changed root cause explains, and raise it by its blast radius."""
         roots, self._impact_dirty = self._impact_dirty, set()
         for root in sorted(roots):
-            ids = self._explains.get(root, set())
-            if not ids:
-                self._explains.pop(root, None)
-            explained = [self._by_id[i] for i in ids if i in self._by_id]
+            explained = self.book.explained_by(root)
             pipelines = tuple(sorted({a.pipeline_id for a in explained}))
             teams = tuple(sorted({a.team for a in explained}))
-            for alert in self._by_pipeline.get(root, {}).values():
+            for alert in self.book.of_pipeline(root):
                 if not alert.is_open:
                     continue
                 if (alert.impacted_pipelines, alert.impacted_teams) != (pipelines, teams):
                     alert.impacted_pipelines, alert.impacted_teams = pipelines, teams
                     self._changed[alert.alert_id] = alert
                 others = sum(1 for t in teams if t != alert.team)
-                target = self._blast_severity(len(pipelines), others)
+                target = blast_severity(self.settings.blast_radius, len(pipelines), others)
                 if target > alert.severity:
                     self._raise(
                         alert,
@@ -631,20 +517,6 @@ class AlertManager:
                         f"explains alerts of {len(pipelines)} downstream pipelines of "
                         f"{len(teams)} team{'s' if len(teams) != 1 else ''}",
                     )
-
-    def _blast_severity(self, pipelines: int, other_teams: int) -> int:
-        b = self.settings.blast_radius
-        if not b.enabled:
-            return 0
-
-        def reached(limit: int, value: int) -> bool:
-            return bool(limit) and value >= limit
-
-        if reached(b.critical_pipelines, pipelines) or reached(b.critical_teams, other_teams):
-            return CRITICAL
-        if reached(b.high_pipelines, pipelines) or reached(b.high_teams, other_teams):
-            return HIGH
-        return 0
 
     # -- events and the log ----------------------------------------------------------------------
 
@@ -670,20 +542,22 @@ class AlertManager:
         for alert_id in self._changed:
             self._dirty.pop(alert_id, None)
         events, self._events = self._events, []
-        seq = self.log.append(alert_changes(self._changed.values(), events))
+        # An alert superseded by a new episode, or forgotten, is not the state any more.
+        kept = [a for a in self._changed.values() if self.book.get(a.alert_id) is a]
+        seq = self.log.append(alert_changes(kept, events))
         self._changed = {}
         for event in events:
-            self._remember(event)
+            self.book.remember(event)
             metrics.ALERT_EVENTS.labels(_EVENT_NAMES[event.type]).inc()
             _log_event(event)
         self.feed.publish(seq, events)
-        metrics.ALERTS_OPEN.set(self.open_count())
+        metrics.ALERTS_OPEN.set(self.book.open_count())
         return seq
 
     def _new_id(self) -> str:
         while True:
             candidate = "a-" + secrets.token_hex(6)
-            if candidate not in self._by_id:
+            if self.book.get(candidate) is None:
                 return candidate
 
 
@@ -708,13 +582,3 @@ def _log_event(event: AlertEvent) -> None:
         f" ({event.reason})" if event.reason else "",
         "" if event.notify else " [not notified]",
     )
-
-
-def _span(s: float) -> str:
-    if s >= 3600 and s % 3600 == 0:
-        return f"{s / 3600:.0f}h"
-    if s >= 3600:
-        return f"{s / 3600:.1f}h"
-    if s >= 60:
-        return f"{s / 60:.0f}m"
-    return f"{s:.0f}s"
