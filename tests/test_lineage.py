@@ -55,8 +55,9 @@ def graph(edges: str) -> Lineage:
         ("A>B B>C", "ABC", "A", ""),  # the root itself has no cause
         ("A>B B>C", "C", "C", ""),  # nothing open upstream
         ("A>B A>C B>D C>D", "ABCD", "D", "A"),  # diamond
-        ("A>B A>C B>D C>D", "BCD", "D", "B"),  # two roots at one distance: the smallest id
-        ("X>D A>B B>D", "XABD", "D", "X"),  # two roots: the nearest
+        ("A>B A>C B>D C>D", "BCD", "D", "B"),  # two roots: the smallest id
+        ("X>D A>B B>D", "XABD", "D", "A"),  # X, and B explained by A: the smallest root
+        ("A>B B>C C>D X>E E>D", "ABCDX", "D", "A"),  # through healthy E, X is as near as C's A
         ("A>B B>A", "AB", "B", "A"),  # a cycle: its smallest id is the root...
         ("A>B B>A", "AB", "A", ""),  # ...so exactly one member pages
         ("A>B B>A B>C", "ABC", "C", "A"),  # below a cycle: the cycle's root
@@ -68,6 +69,11 @@ def graph(edges: str) -> Lineage:
 def test_root_cause(edges: str, open_: str, asking: str, expected: str) -> None:
     lineage = graph(edges)
     assert root_causes(lineage, set(open_))[asking] == expected
+    # Judged alone, knowing the others' roots, it comes out the same.
+    others = root_causes(lineage, set(open_))
+    known = {p: (root or p) for p, root in others.items() if p != asking}
+    alone = root_causes(lineage, set(open_), known=known.get, of=[asking])
+    assert alone == {asking: expected}
 
 
 def test_lineage_follows_changed_upstreams_and_walks_cycles_once() -> None:
@@ -196,7 +202,7 @@ async def test_a_cycle_of_failures_pages_exactly_one(tmp_path: Path) -> None:
 def test_root_causes_on_any_graph(edges: list[tuple[int, int]], open_: set[int]) -> None:
     """On any small graph: the answer is empty or an open upstream pipeline; a root is not
     explained itself; only the pipelines above which nothing open is, outside their own cycle,
-    go unexplained; and asking about a few gives what asking about all gives."""
+    go unexplained; and the walk that stops at the nearest open pipelines agrees."""
     lineage = Lineage()
     upstream: dict[str, list[str]] = {}
     for up, down in edges:
@@ -215,4 +221,5 @@ def test_root_causes_on_any_graph(edges: list[tuple[int, int]], open_: set[int])
             below = lineage.descendants(pid)
             assert all(a in below for a in above if a in names)  # only its own cycle above
             assert pid == min([pid, *(a for a in above if a in names)])
-        assert root_causes(lineage, names, of=[pid]) == {pid: cause}
+        known = {p: (root or p) for p, root in causes.items() if p != pid}
+        assert root_causes(lineage, names, known=known.get, of=[pid]) == {pid: cause}

@@ -104,6 +104,21 @@ class AlertBook:
         """The pipelines with an open alert."""
         return self._open.keys()
 
+    def root_of(self, pipeline_id: str) -> str | None:
+        """The root cause explaining a pipeline's open alerts, the pipeline itself when none
+        does; None when it has no open alert."""
+        if pipeline_id not in self._open:
+            return None
+        for a in self._by_pipeline[pipeline_id].values():
+            if a.is_open:
+                return a.caused_by or pipeline_id
+        return None
+
+    def opened_at(self, pipeline_id: str) -> float:
+        """When the oldest open alert of a pipeline fired (infinity when none is open)."""
+        alerts = self._by_pipeline.get(pipeline_id, {}).values()
+        return min((a.first_seen for a in alerts if a.is_open), default=float("inf"))
+
     def open_count(self) -> int:
         """How many alerts are open."""
         return sum(self._open.values())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Collection, Iterable, Iterator
+from typing import Any
 
 __all__ = ["Lineage", "root_causes"]
 
@@ -66,54 +67,79 @@ def _walk(start: str, neighbours: Callable[[str], Iterable[str]]) -> dict[str, i
 
 
 def root_causes(
-    lineage: Lineage, open_: Collection[str], of: Collection[str] | None = None
+    lineage: Lineage,
+    open_: Collection[str],
+    *,
+    rank: Callable[[str], Any] = str,
+    known: Callable[[str], str | None] | None = None,
+    of: Collection[str] | None = None,
 ) -> dict[str, str]:
-    """The root cause of each pipeline of `of` (default: all of `open_`, the pipelines with open
-    alerts, which `of` should be among): the upstream pipeline whose open alert explains its
-    own, or "" when none does.
+    """The root cause of each pipeline of `of` (default: every one of `open_`, the pipelines
+    with open alerts): the upstream pipeline whose open alert explains its own, or "" when none
+    does.
 
-    The root is the top of the chain of open alerts above a pipeline: an upstream pipeline with
-    an open alert and no open alert upstream of it; the nearest such root wins, then the
-    smallest id. Pipelines on a cycle share one root: the one above the cycle if there is one,
-    else the smallest id on the cycle with an open alert, so exactly one member is not explained
-    by another.
+    The rule: a pipeline is explained by the nearest upstream pipelines with an open alert
+    along each path (those reached through pipelines without one), and its root is what
+    explains *them*, or they themselves when nothing does; between several roots, the smallest
+    id. Pipelines on a cycle with open alerts and nothing open above share one root: the first
+    of them by `rank` (the manager ranks by when their alerts fired, so the member that alerted
+    first stays the one that pages), which is itself unexplained.
 
-    One walk up from the pipelines asked about and one pass over the strongly connected
-    components of what it reaches, upstream first: linear in that part of the graph, whatever
-    its shape.
+    `known(p)` gives, for an open pipeline already judged, the root explaining it (itself when
+    nothing does), and None for any other: the walk stops at those, so judging a few new alerts
+    costs only the way up to the nearest open ones. Otherwise one walk up and one pass over the
+    strongly connected components of what it reaches, upstream first: linear in that part of
+    the graph.
     """
     asked = open_ if of is None else of
-    reached = _upstream_closure(lineage, asked)
-    components = _components(reached, lineage.upstream)
+    judged: dict[str, str | None] = {}
+
+    def settled(node: str) -> str | None:
+        if known is None:
+            return None
+        if node not in judged:
+            judged[node] = known(node)
+        return judged[node]
+
+    def up(node: str) -> tuple[str, ...]:
+        return () if settled(node) is not None else lineage.upstream(node)
+
+    reached = _upstream_closure(up, asked)
+    components = _components(reached, up)
     component_of = {node: i for i, members in enumerate(components) for node in members}
-    # Per component: its smallest open member, and the (distance, root) explaining its members.
-    top_open: list[str] = []
-    cause: list[tuple[int, str] | None] = []
+    # Per component: the smallest root among the nearest open pipelines above its members
+    # ("" when none); and the root of its own open members: that, or the first of them when
+    # nothing explains them ("" when it has none).
+    above: list[str] = []
+    top: list[str] = []
     for i, members in enumerate(components):
-        best: tuple[int, str] | None = None
+        best = ""
         for node in members:
-            for up in lineage.upstream(node):
-                j = component_of.get(up)
-                if j is None or j == i:
+            for u in up(node):
+                j = component_of[u]
+                if j == i:
                     continue
-                above = cause[j]
-                candidate = (above[0] + 1, above[1]) if above else (1, top_open[j])
-                if candidate[1] and (best is None or candidate < best):
+                candidate = top[j] or above[j]
+                if candidate and (not best or candidate < best):
                     best = candidate
-        cause.append(best)
-        top_open.append(min((m for m in members if m in open_), default=""))
+        above.append(best)
+        root = settled(members[0]) if len(members) == 1 else None
+        if root is not None:
+            top.append(root)
+            continue
+        open_members = [m for m in members if m in open_]
+        if not open_members:
+            top.append("")
+        else:
+            top.append(best or min(open_members, key=lambda m: (rank(m), m)))
     out: dict[str, str] = {}
     for pid in asked:
-        i = component_of[pid]
-        found = cause[i]
-        if found is not None:
-            out[pid] = found[1]
-        else:
-            out[pid] = "" if top_open[i] == pid else top_open[i]
+        root = top[component_of[pid]]
+        out[pid] = "" if root == pid else root
     return out
 
 
-def _upstream_closure(lineage: Lineage, start: Iterable[str]) -> set[str]:
+def _upstream_closure(up: Callable[[str], tuple[str, ...]], start: Iterable[str]) -> set[str]:
     """`start` and everything upstream of it."""
     seen: set[str] = set()
     stack = list(start)
@@ -121,7 +147,7 @@ def _upstream_closure(lineage: Lineage, start: Iterable[str]) -> set[str]:
         node = stack.pop()
         if node not in seen:
             seen.add(node)
-            stack.extend(u for u in lineage.upstream(node) if u not in seen)
+            stack.extend(u for u in up(node) if u not in seen)
     return seen
 
 

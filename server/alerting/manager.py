@@ -17,11 +17,12 @@ same step as the change; events reach subscribers (the feed) only once their rec
 A detection pass's changes are one record, made by `flush` at the end of the pass, so that
 lineage is judged with every pipeline of the pass evaluated: a downstream failure that arrives
 with its upstream one is explained, not paged. Occurrence counts and the like change without an
-event and are logged lazily, at most every DIRTY_FLUSH_SECONDS.
+event and are logged lazily, by the timer, at most DIRTY_BATCH alerts a tick.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import secrets
 import time
@@ -64,16 +65,15 @@ from server.errors import RequestError
 from server.eventlog import EventLog
 from server.shards import PipelineState
 
-__all__ = ["DIRTY_FLUSH_SECONDS", "LINEAGE_SETTLE_SECONDS", "AlertManager", "should_notify"]
+__all__ = ["DIRTY_BATCH", "AlertManager", "should_notify"]
 
 log = logging.getLogger(__name__)
 
-LINEAGE_SETTLE_SECONDS = 0.1
-"""Root causes of open alerts are judged again at most this often when openness changes (a new
-alert's own cause is judged at once); with the timer, also after upstream ids changed."""
-DIRTY_FLUSH_SECONDS = 5.0
-"""Changes without an event (occurrences, last_seen, clearing) reach the log at least this
-often; a crash loses at most that much of them, never a transition."""
+DIRTY_BATCH = 500
+"""Alerts changed without an event (occurrences, last_seen, clearing) whose state each timer
+tick logs, those changed first first: within a second as long as fewer change, and a tick
+stays short in an alert storm. A crash loses at most what was not logged yet, never a
+transition."""
 
 
 def should_notify(alert: Alert) -> bool:
@@ -108,15 +108,10 @@ class AlertManager:
         self._changed: dict[str, Alert] = {}
         self._dirty: dict[str, Alert] = {}
         self._events: list[AlertEvent] = []
-        self._lineage_dirty: set[str] = set()
-        """Pipelines whose openness changed: root causes are judged again at the next flush."""
-        self._upstream_changed = False
-        """Some pipeline's upstream changed: root causes are judged again at the next tick (or
-        sooner, with the next change of openness). Runners that vary their upstream ids from
-        run to run would otherwise have the whole graph judged at every pass."""
-        self._settled_at = float("-inf")
+        self._lineage_changed = False
+        """A pipeline's openness or upstream changed since root causes were last judged for
+        every open alert (at the next tick: a new alert's own cause is judged at once)."""
         self._impact_dirty: set[str] = set()
-        self._dirty_flushed = 0.0
 
     # -- the AlertSink seam ----------------------------------------------------------------------
 
@@ -125,7 +120,7 @@ class AlertManager:
         the end of a detection pass to log the changes and publish their events."""
         pid = pipeline.pipeline_id
         if self.lineage.update(pid, pipeline.upstream):
-            self._upstream_changed = True
+            self._lineage_changed = True
         if not anomalies and not self.book.has_alerts(pid):
             return
         present = set()
@@ -147,13 +142,8 @@ class AlertManager:
         waits for the end of the pass."""
         return self._flush(self.clock() if now is None else now, announce=announce, timer=False)
 
-    def settle(self) -> int:
-        """Between passes (a few times a second): judge root causes again if a change of
-        openness was left for later, and log what that changed."""
-        return self._flush(self.clock(), announce=False, timer=False)
-
     def _flush(self, now: float, *, announce: bool, timer: bool) -> int:
-        causes_changed = self._settle_lineage(timer=timer)
+        causes_changed = self._settle_lineage() if timer else []
         if announce and self._fresh:
             self._settle_fresh_causes()
         for alert in list(self._fresh.values()) if announce else []:
@@ -180,10 +170,8 @@ class AlertManager:
         for alert in self.book.open_alerts():
             self._follow(alert, now)
         self._forget_resolved(now)
-        if now - self._dirty_flushed >= DIRTY_FLUSH_SECONDS:
-            self._dirty_flushed = now
-            self._changed.update(self._dirty)
-            self._dirty.clear()
+        for alert_id in list(itertools.islice(self._dirty, DIRTY_BATCH)):
+            self._changed[alert_id] = self._dirty.pop(alert_id)
         return self._flush(now, announce=False, timer=True)
 
     def _follow(self, alert: Alert, now: float) -> None:
@@ -345,7 +333,7 @@ class AlertManager:
         )
         self.book.put(alert)
         self._fresh[alert.alert_id] = alert
-        self._lineage_dirty.add(alert.pipeline_id)
+        self._lineage_changed = True
 
     def _seen_again(
         self, alert: Alert, pipeline: PipelineState, anomaly: Anomaly, now: float
@@ -382,7 +370,7 @@ class AlertManager:
         if alert.caused_by:
             self._impact_dirty.add(alert.caused_by)
         if self.book.closing(alert):
-            self._lineage_dirty.add(alert.pipeline_id)
+            self._lineage_changed = True
         alert.state = RESOLVED
         alert.resolved_at = now
         alert.unhandled_since = None
@@ -456,27 +444,34 @@ class AlertManager:
     # -- lineage ---------------------------------------------------------------------------------
 
     def _settle_fresh_causes(self) -> None:
-        """The root causes of the alerts about to be announced, judged now."""
-        pids = {a.pipeline_id for a in self._fresh.values()}
-        causes = lineage_mod.root_causes(self.lineage, self.book.open_pipelines(), of=pids)
-        for alert in self._fresh.values():
+        """The root causes of the alerts about to be announced, judged now, walking up only as
+        far as the nearest open alerts already judged."""
+        fresh = {a.pipeline_id for a in self._fresh.values()}
+
+        def known(pid: str) -> str | None:
+            return None if pid in fresh else self.book.root_of(pid)
+
+        causes = lineage_mod.root_causes(
+            self.lineage,
+            self.book.open_pipelines(),
+            rank=self.book.opened_at,
+            known=known,
+            of=fresh,
+        )
+        for alert in list(self._fresh.values()):
             cause = causes.get(alert.pipeline_id, "")
             if alert.is_open and alert.caused_by != cause:
                 self._set_cause(alert, cause)
 
-    def _settle_lineage(self, *, timer: bool) -> list[Alert]:
-        """Judge again the root cause of every open alert once something that decides it
-        changed (a pipeline's openness; at the timer, also a pipeline's upstream), at most every
-        LINEAGE_SETTLE_SECONDS of real time (it is about cost) but at the timer. Returns the
-        alerts whose cause changed."""
-        elapsed = time.monotonic() - self._settled_at
-        due = timer or elapsed >= LINEAGE_SETTLE_SECONDS
-        if not due or not (self._lineage_dirty or (timer and self._upstream_changed)):
+    def _settle_lineage(self) -> list[Alert]:
+        """Judge again the root cause of every open alert, if a pipeline's openness or upstream
+        changed since the last time. Returns the alerts whose cause changed."""
+        if not self._lineage_changed:
             return []
-        self._settled_at = time.monotonic()
-        self._lineage_dirty.clear()
-        self._upstream_changed = False
-        causes = lineage_mod.root_causes(self.lineage, self.book.open_pipelines())
+        self._lineage_changed = False
+        causes = lineage_mod.root_causes(
+            self.lineage, self.book.open_pipelines(), rank=self.book.opened_at
+        )
         changed: list[Alert] = []
         for pid, cause in causes.items():
             for alert in self.book.of_pipeline(pid):
@@ -571,8 +566,11 @@ _EVENT_NAMES = {
 
 
 def _log_event(event: AlertEvent) -> None:
+    # People's acknowledgements are worth a line; what detection does is in the history, and
+    # an alert storm would flood the log.
     a = event.alert
-    log.info(
+    log.log(
+        logging.INFO if event.type == ACKNOWLEDGED_EVENT else logging.DEBUG,
         "alert %s %s: %s %s %s%s%s",
         a.alert_id,
         _EVENT_NAMES[event.type],
