@@ -118,7 +118,19 @@ async def test_alerts_acks_and_silences_survive_kill_9_and_a_clean_stop(tmp_path
             await send(stub, *failures("p1", 1, start=20), *failures("fresh", 1, start=20))
             await asyncio.sleep(0.3)
             assert [e.type for e in watcher.events if e.type == FIRED] == []
+            # Changes after the snapshot live in the log after it: one more crash keeps them.
+            p2 = next(a for a in before[0] if a[1] == "p2")[0]
+            await stub.AcknowledgeAlert(service_pb2.AcknowledgeAlertRequest(alert_id=p2, by="bo"))
+            await send(stub, *failures("late", 3))
+            await watcher.wait_for(lambda es: any(e.alert.pipeline_id == "late" for e in es))
             await watcher.close()
+            after_snapshot = await _state(stub)
+        server.kill()
+
+        server = _start(tmp_path)
+        async with grpc.aio.insecure_channel(server.target) as channel:
+            stub = service_pb2_grpc_stub(channel)
+            assert await _state(stub) == after_snapshot
     finally:
         server.kill()
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from pathlib import Path
 
 import grpc
 import pytest
 
-from pipewarden.v1 import alert_pb2, service_pb2
+from pipewarden.v1 import alert_pb2, service_pb2, service_pb2_grpc
+from server.app import App
 from tests.alerting import (
     ACKNOWLEDGED,
     CRITICAL,
@@ -435,3 +437,18 @@ async def test_every_rpc_of_the_service_is_implemented(tmp_path: Path) -> None:
             except grpc.aio.AioRpcError as e:
                 assert e.code() != grpc.StatusCode.UNIMPLEMENTED, method.name
         await channel.close()
+
+
+async def test_a_stop_ends_the_watch_streams_at_once(tmp_path: Path) -> None:
+    clock = Clock(NOW)
+    app = App(config(tmp_path), clock=clock)
+    await app.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as channel:
+        watcher = Watcher(service_pb2_grpc.PipelineMonitorStub(channel))
+        await watcher.ready()
+        began = time.perf_counter()
+        await app.close()
+        # Well within the grace period (1 s here) that open ingest streams get.
+        assert time.perf_counter() - began < 0.9
+        await asyncio.wait_for(watcher._task, 5)
+        assert watcher.error is None  # the stream ended normally

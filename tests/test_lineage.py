@@ -88,7 +88,7 @@ def test_lineage_follows_changed_upstreams_and_walks_cycles_once() -> None:
 
 async def test_a_linear_chain_pages_the_root_only(tmp_path: Path) -> None:
     clock = Clock(NOW)
-    async with serving(config(tmp_path), clock) as (_app, stub):
+    async with serving(config(tmp_path), clock) as (app, stub):
         watcher = Watcher(stub)
         await watcher.ready()
         # All three fail in the same request: the downstream ones are explained all the same.
@@ -111,8 +111,11 @@ async def test_a_linear_chain_pages_the_root_only(tmp_path: Path) -> None:
         assert list(listed["A"].impacted_teams) == ["team-b", "team-c"]
         assert listed["B"].caused_by == "A" and list(listed["B"].impacted_pipelines) == []
         # The root recovers: B, still failing, is no longer explained, and receivers hear of
-        # it now; C is explained by B (a change of cause is no event).
+        # it now (the timer judges open alerts' causes again); C is explained by B (a change
+        # of cause is no event).
         await send(stub, *successes("A", 1, start=3))
+        await watcher.wait_count(4)
+        app.alerts.tick()
         later = await watcher.wait_count(5)
         assert [(e.alert.pipeline_id, e.type, e.notify) for e in later[3:]] == [
             ("A", RESOLVED, True),
