@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -19,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from pipewarden.client import Client
-from pipewarden.v1 import anomaly_pb2, execution_pb2, health_pb2, service_pb2
+from pipewarden.v1 import alert_pb2, anomaly_pb2, execution_pb2, health_pb2, service_pb2
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -93,19 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     dead.set_defaults(run=_dead_letters)
 
     def client(name: str, help: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help)
-        p.add_argument(
-            "--target",
-            default=os.environ.get("PIPEWARDEN_TARGET", "127.0.0.1:50051"),
-            help="server address (env PIPEWARDEN_TARGET; default 127.0.0.1:50051)",
-        )
-        p.add_argument(
-            "--token",
-            default=os.environ.get("PIPEWARDEN_TOKEN"),
-            help="bearer token (env PIPEWARDEN_TOKEN)",
-        )
-        p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-        return p
+        return _client_options(sub.add_parser(name, help=help))
 
     send = client("send", "send executions from a JSON Lines file (- for standard input)")
     send.add_argument("file", help="one PipelineExecution as JSON per line")
@@ -132,6 +122,59 @@ def _parser() -> argparse.ArgumentParser:
     )
     anomalies.set_defaults(run=_anomalies)
 
+    alerts = client("alerts", "show alerts: the open ones, most severe first")
+    alerts.add_argument("--team", default="", help="only this team's")
+    alerts.add_argument("--min-severity", choices=_SEVERITIES, default="medium")
+    alerts.add_argument(
+        "--state",
+        choices=["open", "firing", "acknowledged", "resolved", "all"],
+        default="open",
+        help="which alerts (default open: firing or acknowledged)",
+    )
+    view = alerts.add_mutually_exclusive_group()
+    view.add_argument(
+        "--routed", action="store_true", help="open alerts grouped by team, then severity"
+    )
+    view.add_argument(
+        "--history", action="store_true", help="the latest alert events, newest first"
+    )
+    alerts.add_argument("--limit", type=int, default=50, help="events shown with --history")
+    alerts.set_defaults(run=_alerts)
+
+    watch = client("watch", "print alert events as they happen (Ctrl-C to stop)")
+    watch.add_argument("--team", default="", help="only this team's")
+    watch.add_argument("--min-severity", choices=_SEVERITIES, default="medium")
+    watch.add_argument("--count", type=int, default=0, help="stop after this many events")
+    watch.set_defaults(run=_watch)
+
+    ack = client("ack", "acknowledge an alert: you handle it, it stops escalating")
+    ack.add_argument("alert_id", help="the alert's id (pipewarden alerts shows it)")
+    ack.add_argument("--by", default=_whoami(), help="who acknowledges (default: your login)")
+    ack.set_defaults(run=_ack)
+
+    silence = sub.add_parser("silence", help="mute notifications: create, list, delete")
+    silence_sub = silence.add_subparsers(dest="silence_command", metavar="ACTION", required=True)
+    create = _client_options(
+        silence_sub.add_parser("create", help="mute the matching alerts for a while")
+    )
+    create.add_argument("--team", default="", help="match this team's alerts")
+    create.add_argument("--pipeline", default="", help="match this pipeline's alerts")
+    create.add_argument("--kind", default="", help="match this kind, e.g. stale")
+    length = create.add_mutually_exclusive_group(required=True)
+    length.add_argument("--for", dest="duration", help="how long, e.g. 30m, 2h, 1d")
+    length.add_argument("--until", help="when it ends, ISO 8601 (e.g. 2026-11-27T09:00:00Z)")
+    create.add_argument("--starts", help="when it starts, ISO 8601 (default now)")
+    create.add_argument("--by", default=_whoami(), help="who creates it (default: your login)")
+    create.add_argument("--comment", default="", help="why")
+    create.set_defaults(run=_silence_create)
+    listing = _client_options(silence_sub.add_parser("list", help="silences that have not ended"))
+    listing.add_argument("--team", default="", help="only those that may match this team")
+    listing.set_defaults(run=_silence_list)
+    delete = _client_options(silence_sub.add_parser("delete", help="end a silence now"))
+    delete.add_argument("silence_id")
+    delete.add_argument("--by", default=_whoami(), help="who ends it (default: your login)")
+    delete.set_defaults(run=_silence_delete)
+
     sim = client("simulate", "stream a simulated fleet of pipelines to the server")
     sim.add_argument("--teams", type=int, default=8)
     sim.add_argument("--pipelines", type=int, default=200)
@@ -147,6 +190,28 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--no-progress", action="store_true", help="no progress bar")
     sim.set_defaults(run=_simulate)
     return parser
+
+
+def _client_options(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument(
+        "--target",
+        default=os.environ.get("PIPEWARDEN_TARGET", "127.0.0.1:50051"),
+        help="server address (env PIPEWARDEN_TARGET; default 127.0.0.1:50051)",
+    )
+    p.add_argument(
+        "--token",
+        default=os.environ.get("PIPEWARDEN_TOKEN"),
+        help="bearer token (env PIPEWARDEN_TOKEN)",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return p
+
+
+def _whoami() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return ""
 
 
 def _metadata(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
@@ -478,6 +543,296 @@ def _anomalies(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- alerts --------------------------------------------------------------------------------------
+
+_SEVERITIES = ["medium", "high", "critical"]
+_LEVEL = {"medium": 1, "high": 2, "critical": 3}
+_STATES = {"firing": 1, "acknowledged": 2, "resolved": 3}
+
+
+def _severity(n: int) -> str:
+    name = anomaly_pb2.Severity.Name(n).removeprefix("SEVERITY_").lower()  # type: ignore[arg-type]
+    style = _SEVERITY_STYLE.get(n, "")
+    return f"[{style}]{name}[/]" if style else name
+
+
+def _kind(n: int) -> str:
+    name = anomaly_pb2.AnomalyKind.Name(n)  # type: ignore[arg-type]
+    return name.removeprefix("ANOMALY_KIND_").lower().replace("_", " ")
+
+
+def _state(a: alert_pb2.Alert) -> str:
+    name = alert_pb2.AlertState.Name(a.state).removeprefix("ALERT_STATE_").lower()
+    if a.state == alert_pb2.ALERT_STATE_ACKNOWLEDGED:
+        return f"acked by {a.acknowledged_by}"
+    return name
+
+
+def _alert_notes(a: alert_pb2.Alert) -> str:
+    notes = []
+    if a.caused_by:
+        notes.append(f"caused by [bold]{a.caused_by}[/]")
+    if a.impacted_pipelines:
+        teams = ", ".join(a.impacted_teams)
+        notes.append(f"root cause of {len(a.impacted_pipelines)} downstream ({teams})")
+    if a.silenced:
+        notes.append("[dim]silenced[/]")
+    return "; ".join(notes)
+
+
+def _alerts(args: argparse.Namespace) -> int:
+    from rich import box
+    from rich.table import Table
+
+    with Client(args.target, token=args.token) as client:
+        if args.history:
+            return _print_history(client.alert_history(args.team, args.limit), args)
+        if args.routed:
+            return _print_routed(client.routed_alerts(args.team), args)
+        state = _STATES.get(args.state, 0)
+        found = client.alerts(team=args.team, min_severity=_LEVEL[args.min_severity], state=state)
+    if args.state == "open":
+        found = [a for a in found if a.state != alert_pb2.ALERT_STATE_RESOLVED]
+    if args.json:
+        print(json.dumps([_dict(a) for a in found]))
+        return 0
+    if not found:
+        console.print("No alerts." if args.state != "open" else "No open alerts.")
+        return 0
+    table = Table(title=f"Alerts ({len(found)})", box=box.SIMPLE_HEAD)
+    table.add_column("id", no_wrap=True)
+    table.add_column("severity", no_wrap=True)
+    table.add_column("pipeline", overflow="fold", min_width=16)
+    table.add_column("team", overflow="fold")
+    table.add_column("kind", no_wrap=True)
+    table.add_column("state", no_wrap=True)
+    table.add_column("since", justify="right", no_wrap=True)
+    table.add_column("seen", justify="right", no_wrap=True)
+    table.add_column("what", overflow="fold", ratio=1)
+    for a in found:
+        notes = _alert_notes(a)
+        table.add_row(
+            a.alert_id,
+            _severity(a.severity),
+            a.pipeline_id,
+            a.team,
+            _kind(a.kind),
+            _state(a),
+            _ago(a.first_seen.ToSeconds()).removesuffix(" ago"),
+            f"{a.occurrences}x",
+            a.message + (f" ({notes})" if notes else ""),
+        )
+    console.print(table)
+    return 0
+
+
+def _print_routed(routed: alert_pb2.RoutedAlerts, args: argparse.Namespace) -> int:
+    if args.json:
+        print(_json(routed))
+        return 0
+    if not routed.teams:
+        console.print("No open alerts.")
+        return 0
+    for team in sorted(routed.teams):
+        group = routed.teams[team]
+        console.print(f"[bold]{team}[/]")
+        for name, alerts in (("critical", group.critical), ("high", group.high),
+                             ("medium", group.medium)):  # fmt: skip
+            if alerts:
+                console.print(f"  {_severity(_LEVEL[name])} ({len(alerts)})")
+            for a in alerts:
+                notes = _alert_notes(a)
+                console.print(
+                    f"    {a.alert_id}  {a.pipeline_id}  {_kind(a.kind)}  {_state(a)}"
+                    + (f"  ({notes})" if notes else "")
+                )
+    return 0
+
+
+def _event_line(e: alert_pb2.AlertEvent) -> str:
+    a = e.alert
+    kind = alert_pb2.AlertEventType.Name(e.type).removeprefix("ALERT_EVENT_TYPE_").lower()
+    when = datetime.fromtimestamp(e.time.ToSeconds(), UTC).strftime("%Y-%m-%d %H:%M:%S")
+    reason = f" ({e.reason})" if e.reason else ""
+    muted = "" if e.notify else " [dim]not notified[/]"
+    return (
+        f"{when}  {kind:<12} {_severity(a.severity)}  {a.pipeline_id} ({a.team})  "
+        f"{_kind(a.kind)}  {a.alert_id}{reason}{muted}"
+    )
+
+
+def _print_history(events: list[alert_pb2.AlertEvent], args: argparse.Namespace) -> int:
+    if args.json:
+        print(json.dumps([_dict(e) for e in events]))
+        return 0
+    if not events:
+        console.print("No alert events yet.")
+        return 0
+    for e in events:
+        console.print(_event_line(e), highlight=False)
+    return 0
+
+
+def _watch(args: argparse.Namespace) -> int:
+    seen = 0
+
+    def subscribed() -> None:
+        err.print(f"watching alert events at {args.target} (Ctrl-C to stop)")
+
+    with Client(args.target, token=args.token) as client:
+        events = client.watch_alerts(
+            team=args.team, min_severity=_LEVEL[args.min_severity], subscribed=subscribed
+        )
+        for event in events:
+            if args.json:
+                print(json.dumps(_dict(event)), flush=True)
+            else:
+                console.print(_event_line(event), highlight=False)
+            seen += 1
+            if args.count and seen >= args.count:
+                break
+    return 0
+
+
+def _ack(args: argparse.Namespace) -> int:
+    with Client(args.target, token=args.token) as client:
+        a = client.acknowledge(args.alert_id, args.by)
+    if args.json:
+        print(_json(a))
+    else:
+        console.print(
+            f"acknowledged {a.alert_id} ({a.pipeline_id}, {_kind(a.kind)}) as {a.acknowledged_by}: "
+            "it no longer escalates or repeats; it resolves by itself when the pipeline recovers"
+        )
+    return 0
+
+
+_SPAN = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
+_SPAN_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _parse_span(text: str) -> float | None:
+    match = _SPAN.match(text.strip())
+    if match is None:
+        return None
+    return float(match.group(1)) * _SPAN_SECONDS[match.group(2)]
+
+
+def _parse_time(text: str) -> float | None:
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
+
+
+def _kind_number(text: str) -> int | None:
+    if not text:
+        return 0
+    name = "ANOMALY_KIND_" + text.strip().upper().replace(" ", "_").replace("-", "_")
+    try:
+        return int(anomaly_pb2.AnomalyKind.Value(name))
+    except ValueError:
+        return None
+
+
+def _silence_create(args: argparse.Namespace) -> int:
+    kind = _kind_number(args.kind)
+    if kind is None:
+        names = ", ".join(
+            n.removeprefix("ANOMALY_KIND_").lower() for n in anomaly_pb2.AnomalyKind.keys()[1:]
+        )
+        err.print(f"[red]error:[/] --kind {args.kind!r} is not one of: {names}")
+        return 2
+    starts = time.time()
+    if args.starts:
+        parsed = _parse_time(args.starts)
+        if parsed is None:
+            err.print(f"[red]error:[/] --starts {args.starts!r} is not an ISO 8601 time")
+            return 2
+        starts = parsed
+    if args.duration:
+        span = _parse_span(args.duration)
+        if span is None:
+            err.print(f"[red]error:[/] --for {args.duration!r} is not like 30m, 2h or 1d")
+            return 2
+        ends = starts + span
+    else:
+        until = _parse_time(args.until)
+        if until is None:
+            err.print(f"[red]error:[/] --until {args.until!r} is not an ISO 8601 time")
+            return 2
+        ends = until
+    with Client(args.target, token=args.token) as client:
+        s = client.create_silence(
+            team=args.team,
+            pipeline_id=args.pipeline,
+            kind=kind,
+            starts_at=starts if args.starts else None,
+            ends_at=ends,
+            created_by=args.by,
+            comment=args.comment,
+        )
+    if args.json:
+        print(_json(s))
+    else:
+        console.print(f"created silence [bold]{s.silence_id}[/]: {_silence_text(s)}")
+    return 0
+
+
+def _silence_text(s: alert_pb2.Silence) -> str:
+    matchers = [
+        f"team={s.team}" if s.team else "",
+        f"pipeline={s.pipeline_id}" if s.pipeline_id else "",
+        f"kind={_kind(s.kind)}" if s.kind else "",
+    ]
+    what = " ".join(m for m in matchers if m) or "every alert"
+    end = datetime.fromtimestamp(s.ends_at.ToSeconds(), UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return f"mutes {what} until {end}"
+
+
+def _silence_list(args: argparse.Namespace) -> int:
+    from rich import box
+    from rich.table import Table
+
+    with Client(args.target, token=args.token) as client:
+        found = client.silences(args.team)
+    if args.json:
+        print(json.dumps([_dict(s) for s in found]))
+        return 0
+    if not found:
+        console.print("No silences.")
+        return 0
+    table = Table(title=f"Silences ({len(found)})", box=box.SIMPLE_HEAD)
+    for column in ("id", "team", "pipeline", "kind", "starts", "ends", "by", "comment"):
+        table.add_column(column, overflow="fold")
+    for s in found:
+        table.add_row(
+            s.silence_id,
+            s.team or "*",
+            s.pipeline_id or "*",
+            _kind(s.kind) if s.kind else "*",
+            _when(s.starts_at),
+            _when(s.ends_at),
+            s.created_by,
+            s.comment,
+        )
+    console.print(table)
+    return 0
+
+
+def _silence_delete(args: argparse.Namespace) -> int:
+    with Client(args.target, token=args.token) as client:
+        s = client.delete_silence(args.silence_id, args.by)
+    if args.json:
+        print(_json(s))
+    else:
+        console.print(f"ended silence {s.silence_id}; what it muted notifies again")
+    return 0
+
+
 # -- simulate ------------------------------------------------------------------------------------
 
 
@@ -574,7 +929,7 @@ def _count(n: float) -> str:
 def _ago(t: float) -> str:
     delta = time.time() - t
     if delta < 0:
-        return "in the future"
+        return "in " + _seconds(max(-delta, 0.1))
     return _seconds(max(delta, 0.1)) + " ago"
 
 

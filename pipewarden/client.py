@@ -8,7 +8,7 @@ with Client("127.0.0.1:50051") as pw:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 
@@ -16,7 +16,14 @@ import grpc
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from pipewarden.v1 import anomaly_pb2, execution_pb2, health_pb2, service_pb2, service_pb2_grpc
+from pipewarden.v1 import (
+    alert_pb2,
+    anomaly_pb2,
+    execution_pb2,
+    health_pb2,
+    service_pb2,
+    service_pb2_grpc,
+)
 
 __all__ = ["Client", "execution"]
 
@@ -178,3 +185,121 @@ class Client:
             service_pb2.ListTeamMetricsRequest(), timeout=self.timeout, metadata=self._metadata
         )
         return list(response.teams)
+
+    # -- alerts ----------------------------------------------------------------------------------
+
+    def alerts(
+        self, *, team: str = "", min_severity: int = 0, state: int = 0
+    ) -> list[alert_pb2.Alert]:
+        """Alerts, open before resolved and most severe first. min_severity is a Severity
+        number, state an AlertState number (0: any)."""
+        response: service_pb2.ListAlertsResponse = self.stub.ListAlerts(
+            service_pb2.ListAlertsRequest(
+                team=team,
+                min_severity=min_severity,  # type: ignore[arg-type]
+                state=state,  # type: ignore[arg-type]
+            ),
+            timeout=self.timeout,
+            metadata=self._metadata,
+        )
+        return list(response.alerts)
+
+    def routed_alerts(self, team: str = "") -> alert_pb2.RoutedAlerts:
+        """Open alerts grouped by team, then severity."""
+        response: alert_pb2.RoutedAlerts = self.stub.GetRoutedAlerts(
+            service_pb2.GetRoutedAlertsRequest(team=team),
+            timeout=self.timeout,
+            metadata=self._metadata,
+        )
+        return response
+
+    def watch_alerts(
+        self,
+        *,
+        team: str = "",
+        min_severity: int = 0,
+        subscribed: Callable[[], None] | None = None,
+    ) -> Iterator[alert_pb2.AlertEvent]:
+        """Alert events as they happen, until the stream ends; `subscribed` is called once the
+        server has the subscription. A watcher that falls behind gets grpc.RpcError
+        RESOURCE_EXHAUSTED: call again, and read `alerts()` to catch up."""
+        call = self.stub.WatchAlerts(
+            service_pb2.WatchAlertsRequest(
+                team=team,
+                min_severity=min_severity,  # type: ignore[arg-type]
+            ),
+            metadata=self._metadata,
+        )
+        try:
+            if subscribed is not None:
+                call.initial_metadata()
+                subscribed()
+            yield from call
+        finally:
+            call.cancel()  # type: ignore[no-untyped-call]
+
+    def acknowledge(self, alert_id: str, by: str) -> alert_pb2.Alert:
+        """Acknowledge an alert as `by`; returns it once the acknowledgement is durable."""
+        response: alert_pb2.Alert = self.stub.AcknowledgeAlert(
+            service_pb2.AcknowledgeAlertRequest(alert_id=alert_id, by=by),
+            timeout=self.timeout,
+            metadata=self._metadata,
+        )
+        return response
+
+    def create_silence(
+        self,
+        *,
+        ends_at: float | datetime,
+        created_by: str,
+        team: str = "",
+        pipeline_id: str = "",
+        kind: int = 0,
+        starts_at: float | datetime | None = None,
+        comment: str = "",
+    ) -> alert_pb2.Silence:
+        """Mute the notifications of matching alerts (empty matchers match everything) from
+        `starts_at` (default now) until `ends_at`. Returns the silence with its id."""
+        silence = alert_pb2.Silence(
+            team=team,
+            pipeline_id=pipeline_id,
+            kind=kind,  # type: ignore[arg-type]
+            ends_at=_timestamp(ends_at),
+            created_by=created_by,
+            comment=comment,
+        )
+        if starts_at is not None:
+            silence.starts_at.CopyFrom(_timestamp(starts_at))
+        response: alert_pb2.Silence = self.stub.CreateSilence(
+            service_pb2.CreateSilenceRequest(silence=silence),
+            timeout=self.timeout,
+            metadata=self._metadata,
+        )
+        return response
+
+    def silences(self, team: str = "") -> list[alert_pb2.Silence]:
+        """Silences that have not ended, soonest ending first."""
+        response: service_pb2.ListSilencesResponse = self.stub.ListSilences(
+            service_pb2.ListSilencesRequest(team=team),
+            timeout=self.timeout,
+            metadata=self._metadata,
+        )
+        return list(response.silences)
+
+    def delete_silence(self, silence_id: str, by: str) -> alert_pb2.Silence:
+        """End a silence now; returns it as ended."""
+        response: alert_pb2.Silence = self.stub.DeleteSilence(
+            service_pb2.DeleteSilenceRequest(silence_id=silence_id, by=by),
+            timeout=self.timeout,
+            metadata=self._metadata,
+        )
+        return response
+
+    def alert_history(self, team: str = "", limit: int = 100) -> list[alert_pb2.AlertEvent]:
+        """The latest alert events, newest first."""
+        response: service_pb2.ListAlertHistoryResponse = self.stub.ListAlertHistory(
+            service_pb2.ListAlertHistoryRequest(team=team, limit=limit),
+            timeout=self.timeout,
+            metadata=self._metadata,
+        )
+        return list(response.events)

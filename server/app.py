@@ -2,8 +2,9 @@
 
 Start: restore the newest snapshot, replay the log after it, listen for gRPC and HTTP, then
 report SERVING (gRPC health and /readyz say NOT_SERVING until recovery is done). Stop (SIGTERM or
-SIGINT): report NOT_SERVING, let open streams finish within the grace period, write a snapshot,
-make the log durable, stop HTTP. A log that cannot write stops the server with exit status 1.
+SIGINT): report NOT_SERVING, end the WatchAlerts streams, let other open streams finish within
+the grace period, write a snapshot, make the log durable, stop HTTP. A log that cannot write
+stops the server with exit status 1.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -23,9 +25,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from server import metrics
+from server.alerting.feed import AlertFeed
+from server.alerting.manager import AlertManager
 from server.anomalies import AnomalyStore
 from server.config import Config, parse_hostport
 from server.dedup import SeenExecutions
+from server.detect import FanoutSink
 from server.detection.engine import DetectionEngine
 from server.errors import CorruptLogError, LogError
 from server.eventlog import EventLog
@@ -44,16 +49,35 @@ log = logging.getLogger("pipewarden")
 STATS_INTERVAL_SECONDS = 10.0
 SNAPSHOT_CHECK_SECONDS = 0.2
 DETECTION_INTERVAL_SECONDS = 0.05
+"""How often detection looks for passed deadlines (staleness, stuck runs) when nothing
+arrives."""
+DETECTION_COALESCE_SECONDS = 0.005
+"""The pause after each pass: a pipeline's runs that arrive meanwhile are judged once, in the
+next pass; what arrives later wakes detection at once."""
 DETECTION_SLICE = 50
+BUSY_CPU_SHARE = 0.5
+"""Above this much of a core used by the process, detection pauses after each slice four
+times as long as the slice took (see _evaluate_in_slices); below it there is room to spare."""
+ALERT_TICK_SECONDS = 1.0
+"""How often alert timers (escalation, repeats, holds, silences) are checked, and root causes
+judged again for every open alert."""
 
 
 class App:
     """One Pipewarden node."""
 
     def __init__(
-        self, config: Config, *, event_log: EventLog | None = None, repair: bool = False
+        self,
+        config: Config,
+        *,
+        event_log: EventLog | None = None,
+        repair: bool = False,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
+        self.clock = clock
+        """The server's time for event-time fallbacks, detection and alert timers (tests
+        inject one to move time)."""
         sc = config.server
         self.repair = repair
         data = Path(sc.data_dir)
@@ -71,6 +95,8 @@ class App:
             self.log.on_failure = self._log_failed
         self.snapshots = SnapshotStore(data / "snapshots")
         self.anomalies = AnomalyStore()
+        self.alert_feed = AlertFeed(self.log)
+        self.alerts = AlertManager(config.alerts, self.log, self.alert_feed, clock=clock)
         self.engine = DetectionEngine(config.detection)
         self.ingestor = Ingestor(
             self.shards,
@@ -78,11 +104,19 @@ class App:
             self.log,
             sc.limits,
             detector=self.engine if config.detection.enabled else None,
-            sink=self.anomalies,
+            sink=FanoutSink(self.anomalies, self.alerts),
+            clock=clock,
             defer_detection=True,
         )
+        self._detection_wake = asyncio.Event()
+        self.ingestor.on_pending = self._detection_wake.set
         self.service = PipelineMonitorService(
-            self.ingestor, self.shards, self.log, sc, anomalies=self.anomalies
+            self.ingestor,
+            self.shards,
+            self.log,
+            sc,
+            anomalies=self.anomalies,
+            alerts=self.alerts,
         )
         self.health = health_aio.HealthServicer()
         self.grpc_port = 0
@@ -96,6 +130,8 @@ class App:
         self._log_bytes_at_snapshot = 0
         self._snapshot_time = time.monotonic()
         self._closed = False
+        self._cpu_mark = (time.perf_counter(), time.process_time())
+        self._cpu_share = 0.0
 
     async def start(self) -> None:
         """Listen (NOT_SERVING), recover, then serve."""
@@ -133,21 +169,32 @@ class App:
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         self._tasks.append(asyncio.create_task(self._report_stats(), name="stats"))
         self._tasks.append(asyncio.create_task(self._snapshot_loop(), name="snapshots"))
+        self.alert_feed.start()
+        self._tasks.append(asyncio.create_task(self._alert_loop(), name="alert-timers"))
         if self.config.detection.enabled:
             self._tasks.append(asyncio.create_task(self._detection_loop(), name="detection"))
 
     async def _recover(self) -> None:
         done = await recover(
-            self.snapshots, self.log, self.ingestor, self.shards, self.seen, repair=self.repair
+            self.snapshots,
+            self.log,
+            self.ingestor,
+            self.shards,
+            self.seen,
+            repair=self.repair,
+            alerts=self.alerts,
         )
+        self.alerts.learn_lineage(self.shards.pipelines())
         metrics.PIPELINES.set(len(self.shards))
         self._log_bytes_at_snapshot = self.log.size_bytes()
         log.info(
-            "recovered in %.2fs: %d pipelines, %d events replayed from %d log entries",
+            "recovered in %.2fs: %d pipelines, %d events replayed from %d log entries, "
+            "%d open alerts",
             done.seconds,
             len(self.shards),
             done.events,
             done.entries,
+            self.alerts.book.open_count(),
         )
 
     async def snapshot(self) -> Path | None:
@@ -157,7 +204,9 @@ class App:
         async with self._snapshot_lock:
             self._snapshot_time = time.monotonic()
             size = self.log.size_bytes()
-            path = await self.snapshots.write(self.shards, self.seen, self.log)
+            path = await self.snapshots.write(
+                self.shards, self.seen, self.log, alerts=self.alerts.dump
+            )
             self._log_bytes_at_snapshot = size
             oldest = await asyncio.to_thread(self.snapshots.prune)
             if oldest is not None:
@@ -182,25 +231,58 @@ class App:
                     log.error("snapshot failed: %s", e)
 
     async def _detection_loop(self) -> None:
-        """Evaluate what ingestion touched, a few times a second; and the pipelines whose
-        staleness or stuck-run deadline has passed. First, every recovered pipeline once."""
-        await self._evaluate_in_slices(list(self.shards.pipelines()))
-        while True:
-            await asyncio.sleep(DETECTION_INTERVAL_SECONDS)
-            # A pipeline's many runs since the last pass are judged once.
-            due = [self.shards.get(pid) for pid in self.engine.due(time.time())]
-            await self._evaluate_in_slices(
-                self.ingestor.take_pending() + [p for p in due if p is not None]
-            )
+        """Evaluate what ingestion touched as soon as it is left pending, and the pipelines
+        whose staleness or stuck-run deadline has passed; first, every recovered pipeline once.
+        Under load a pass takes a while (see _evaluate_in_slices), and a pipeline's many runs
+        meanwhile are judged once, in the next."""
+        try:
+            await self._evaluate_in_slices(list(self.shards.pipelines()))
+            while True:
+                if not self._detection_wake.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(DETECTION_INTERVAL_SECONDS):
+                            await self._detection_wake.wait()
+                self._detection_wake.clear()
+                due = [self.shards.get(pid) for pid in self.engine.due(self.clock())]
+                pipelines = self.ingestor.take_pending() + [p for p in due if p is not None]
+                if pipelines:
+                    await self._evaluate_in_slices(pipelines)
+                await asyncio.sleep(DETECTION_COALESCE_SECONDS)
+        except LogError as e:
+            log.error("detection stopped: the log failed: %s", e)
+
+    async def _alert_loop(self) -> None:
+        """Alert timers: escalation, repeats, holds, silences starting and ending; and root
+        causes judged again."""
+        try:
+            while True:
+                await asyncio.sleep(ALERT_TICK_SECONDS)
+                self.alerts.tick()
+        except LogError as e:
+            log.error("alert timers stopped: the log failed: %s", e)
 
     async def _evaluate_in_slices(self, pipelines: list[PipelineState]) -> None:
-        """Evaluate in slices, each followed by a pause four times as long: no request waits
-        behind more than one slice, and under load detection takes at most about a fifth of
-        the process."""
+        """Evaluate in slices, so that no request waits behind more than one. When the process
+        is busy, each slice is followed by a pause four times as long, so that detection takes
+        at most about a fifth of it; when it is not, passes end sooner and alerts go out sooner.
+        After the last slice, the alerts the pass changed are logged and announced (inside the
+        same budget)."""
         for start in range(0, len(pipelines), DETECTION_SLICE):
             began = time.perf_counter()
             self.ingestor.evaluate(pipelines[start : start + DETECTION_SLICE])
-            await asyncio.sleep(4 * (time.perf_counter() - began))
+            if start + DETECTION_SLICE >= len(pipelines):
+                self.alerts.flush(self.clock())
+            took = time.perf_counter() - began
+            await asyncio.sleep(4 * took if self._busy() else 0)
+
+    def _busy(self) -> bool:
+        """Whether the process used more than BUSY_CPU_SHARE of a core lately (over the last
+        tenth of a second or so)."""
+        wall, cpu = time.perf_counter(), time.process_time()
+        if wall - self._cpu_mark[0] >= 0.1:
+            self._cpu_share = (cpu - self._cpu_mark[1]) / (wall - self._cpu_mark[0])
+            self._cpu_mark = (wall, cpu)
+        return self._cpu_share > BUSY_CPU_SHARE
 
     async def _report_stats(self) -> None:
         last = -1.0
@@ -231,8 +313,11 @@ class App:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.health.enter_graceful_shutdown()
+        # Watch streams never end by themselves: end them, so only ingest streams drain.
+        self.alert_feed.close_subscriptions()
         if self._server is not None:
             await self._server.stop(self.config.server.shutdown_grace_seconds)
+        await self.alert_feed.close()
         try:
             if self.failure is None and self._tasks:
                 await self.snapshot()

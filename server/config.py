@@ -18,10 +18,12 @@ from typing import Any, TypeVar
 import yaml
 
 from notifiers.config import Receiver, Route, parse_receivers, parse_routes
+from server.alerting.settings import AlertSettings
 from server.detection.settings import DetectionSettings
 from server.errors import ConfigError
 
 __all__ = [
+    "AlertSettings",
     "AuthToken",
     "Config",
     "IngestLimits",
@@ -134,6 +136,8 @@ class Config:
     """Bearer tokens; none means no authentication (loopback only)."""
     detection: DetectionSettings = field(default_factory=DetectionSettings)
     """Anomaly detectors and their thresholds."""
+    alerts: AlertSettings = field(default_factory=AlertSettings)
+    """The alert lifecycle: resolution, escalation, repeats, history, blast radius."""
 
     def with_overrides(self, **server_keys: Any) -> Config:
         """A copy with the given `server:` keys replaced (those whose value is not None)."""
@@ -165,7 +169,9 @@ def load(path: str | Path | None) -> Config:
 
 def parse(data: Any) -> Config:
     """Validate a decoded configuration document."""
-    doc = _mapping(data, "(top level)", {"server", "receivers", "routes", "auth", "detection"})
+    doc = _mapping(
+        data, "(top level)", {"server", "receivers", "routes", "auth", "detection", "alerts"}
+    )
     server = _server(_mapping(doc.get("server", {}), "server", None), "server")
     receivers = parse_receivers(doc.get("receivers"), "receivers")
     routes = parse_routes(doc.get("routes"), [r.name for r in receivers], "routes")
@@ -175,8 +181,15 @@ def parse(data: Any) -> Config:
     )
     detection = _settings(DetectionSettings(), doc.get("detection", {}), "detection")
     _check_detection(detection)
+    alerts = _settings(AlertSettings(), doc.get("alerts", {}), "alerts")
+    _check_alerts(alerts)
     return Config(
-        server=server, receivers=receivers, routes=routes, tokens=tokens, detection=detection
+        server=server,
+        receivers=receivers,
+        routes=routes,
+        tokens=tokens,
+        detection=detection,
+        alerts=alerts,
     )
 
 
@@ -223,6 +236,19 @@ def _check_detection(d: DetectionSettings) -> None:
         )
     if d.consecutive_failures.critical < d.consecutive_failures.high:
         raise ConfigError("detection.consecutive_failures.critical", "must not be less than high")
+
+
+def _check_alerts(a: AlertSettings) -> None:
+    for key in ("resolve_after_runs", "history_size", "watch_queue_size"):
+        if getattr(a, key) < 1:
+            raise ConfigError(f"alerts.{key}", f"{getattr(a, key)} is less than 1")
+    b = a.blast_radius
+    for kind in ("pipelines", "teams"):
+        high, critical = getattr(b, f"high_{kind}"), getattr(b, f"critical_{kind}")
+        if high and critical and critical < high:
+            raise ConfigError(
+                f"alerts.blast_radius.critical_{kind}", f"{critical} is less than high_{kind}"
+            )
 
 
 def parse_hostport(value: str, key: str) -> tuple[str, int]:

@@ -12,7 +12,7 @@ from typing import Protocol
 
 from server.shards import PipelineState, ShardSet
 
-__all__ = ["AlertSink", "Anomaly", "Detector", "NullDetector", "NullSink"]
+__all__ = ["AlertSink", "Anomaly", "Detector", "FanoutSink", "NullDetector", "NullSink"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,3 +66,15 @@ class NullSink:
 
     def receive(self, pipeline: PipelineState, anomalies: Sequence[Anomaly], now: float) -> None:
         """Nothing to do."""
+
+
+class FanoutSink:
+    """Hands what it receives to several sinks, in order."""
+
+    def __init__(self, *sinks: AlertSink) -> None:
+        self.sinks = sinks
+
+    def receive(self, pipeline: PipelineState, anomalies: Sequence[Anomaly], now: float) -> None:
+        """Pass the verdict on to every sink."""
+        for sink in self.sinks:
+            sink.receive(pipeline, anomalies, now)

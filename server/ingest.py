@@ -76,6 +76,9 @@ class Ingestor:
         detection loop, a few times a second), so a pipeline that runs many times in a moment
         is evaluated once, and detection never slows the answer to an ingest request."""
         self.pending: dict[str, PipelineState] = {}
+        self.on_pending: Callable[[], None] | None = None
+        """Called when an ingest request leaves pipelines pending, so that the detection loop
+        can wake at once instead of polling."""
 
     def ingest(self, raw: bytes, request: service_pb2.IngestRequest) -> tuple[IngestOutcome, int]:
         """Apply one request; return its outcome and the log position to wait for."""
@@ -119,6 +122,8 @@ class Ingestor:
         if touched:
             if self.defer_detection:
                 self.pending.update(touched)
+                if self.on_pending is not None:
+                    self.on_pending()
             else:
                 self.evaluate(touched.values())
         return out, seq
@@ -215,11 +220,15 @@ class Ingestor:
         return verdicts, rejected
 
     def replay(self, payload: bytes) -> int:
-        """Apply one log record again (recovery); return how many events it applied."""
+        """Apply one log record again (recovery); return how many events it applied. Records
+        of other kinds than executions apply nothing here."""
         record = storage_pb2.LogRecord.FromString(payload)
         if record.WhichOneof("entry") != "executions":
             return 0
-        batch = record.executions
+        return self.replay_batch(record.executions)
+
+    def replay_batch(self, batch: storage_pb2.ExecutionBatch) -> int:
+        """Apply one logged batch of executions again; return how many events it applied."""
         request = service_pb2.IngestRequest.FromString(batch.request)
         verdicts, _ = self._process(
             request.executions,

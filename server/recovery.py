@@ -7,6 +7,8 @@ import logging
 import time
 from dataclasses import dataclass
 
+from pipewarden.storage.v1 import storage_pb2
+from server.alerting.manager import AlertManager
 from server.dedup import SeenExecutions
 from server.errors import CorruptLogError
 from server.eventlog import EventLog
@@ -41,8 +43,10 @@ async def recover(
     seen: SeenExecutions,
     *,
     repair: bool = False,
+    alerts: AlertManager | None = None,
 ) -> Recovered:
-    """Rebuild the state from disk. Raises CorruptLogError when entries are missing between the
+    """Rebuild the state from disk: executions through `ingestor`, and the alerting state
+    into `alerts` when given. Raises CorruptLogError when entries are missing between the
     snapshot and the log (unless `repair`), or when the log itself is corrupt."""
     began = time.perf_counter()
     loaded = await asyncio.to_thread(store.load_latest)
@@ -50,6 +54,8 @@ async def recover(
     if loaded is not None:
         shards.restore(loaded.shards)
         seen.restore(loaded.seen)
+        if alerts is not None and loaded.alerts is not None:
+            alerts.restore(loaded.alerts)
         after = loaded.seq
         log.info(
             "restored snapshot %s: %d pipelines, %d execution ids",
@@ -69,6 +75,10 @@ async def recover(
     event_log.start_after(after)
     entries = events = 0
     for _, payload in event_log.replay(after):
-        events += ingestor.replay(payload)
+        record = storage_pb2.LogRecord.FromString(payload)
+        if record.WhichOneof("entry") == "executions":
+            events += ingestor.replay_batch(record.executions)
+        elif alerts is not None:
+            alerts.replay(record)
         entries += 1
     return Recovered(after, entries, events, time.perf_counter() - began)

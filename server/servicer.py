@@ -19,10 +19,20 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from pipewarden.v1 import anomaly_pb2, health_pb2, service_pb2
+from pipewarden.v1 import alert_pb2, anomaly_pb2, health_pb2, service_pb2
+from server import metrics
+from server.alerting.convert import (
+    alert_message,
+    event_message,
+    silence_from_message,
+    silence_message,
+)
+from server.alerting.feed import FeedOverflow
+from server.alerting.manager import AlertManager
+from server.alerting.model import CRITICAL, HIGH, MEDIUM
 from server.anomalies import AnomalyStore, CurrentAnomaly
-from server.config import ServerConfig
-from server.errors import LogError
+from server.config import AlertSettings, ServerConfig
+from server.errors import LogError, RequestError
 from server.eventlog import EventLog
 from server.ingest import Ingestor, IngestOutcome
 from server.shards import PipelineState, ShardSet, TeamTotals
@@ -36,16 +46,7 @@ MAX_PAGE_SIZE = 1000
 M = TypeVar("M", bound=Message)
 Handler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
 
-# Methods that later parts of Pipewarden implement, and which part.
-_NOT_YET = {
-    "ListAlerts": "alerting",
-    "GetRoutedAlerts": "alerting",
-    "WatchAlerts": "alerting",
-    "AcknowledgeAlert": "alerting",
-    "CreateSilence": "alerting",
-    "ListSilences": "alerting",
-    "DeleteSilence": "alerting",
-}
+DEFAULT_HISTORY = 100
 
 
 def timestamp(t: float) -> Timestamp:
@@ -159,12 +160,14 @@ class PipelineMonitorService:
         config: ServerConfig,
         *,
         anomalies: AnomalyStore | None = None,
+        alerts: AlertManager | None = None,
     ) -> None:
         self.ingestor = ingestor
         self.shards = shards
         self.log = log
         self.config = config
         self.anomalies = anomalies if anomalies is not None else AnomalyStore()
+        self.alerts = alerts if alerts is not None else AlertManager(AlertSettings(), log)
 
     def handler(self) -> grpc.GenericRpcHandler[Any, Any]:
         """The method handlers, to add to a grpc.aio server."""
@@ -183,9 +186,23 @@ class PipelineMonitorService:
                 service_pb2.ListTeamMetricsRequest, self.list_team_metrics
             ),
             "ListAnomalies": self._unary(service_pb2.ListAnomaliesRequest, self.list_anomalies),
+            "ListAlerts": self._unary(service_pb2.ListAlertsRequest, self.list_alerts),
+            "GetRoutedAlerts": self._unary(
+                service_pb2.GetRoutedAlertsRequest, self.get_routed_alerts
+            ),
+            "WatchAlerts": grpc.unary_stream_rpc_method_handler(
+                self.watch_alerts, None, _serialize
+            ),
+            "AcknowledgeAlert": self._unary(
+                service_pb2.AcknowledgeAlertRequest, self.acknowledge_alert
+            ),
+            "CreateSilence": self._unary(service_pb2.CreateSilenceRequest, self.create_silence),
+            "ListSilences": self._unary(service_pb2.ListSilencesRequest, self.list_silences),
+            "DeleteSilence": self._unary(service_pb2.DeleteSilenceRequest, self.delete_silence),
+            "ListAlertHistory": self._unary(
+                service_pb2.ListAlertHistoryRequest, self.list_alert_history
+            ),
         }
-        for name, part in _NOT_YET.items():
-            methods[name] = _unimplemented(name, part, streaming=name == "WatchAlerts")
         return grpc.method_handlers_generic_handler(SERVICE_NAME, methods)
 
     @staticmethod
@@ -373,12 +390,147 @@ class PipelineMonitorService:
         )
         return service_pb2.ListAnomaliesResponse(anomalies=[anomaly(c) for c in found])
 
+    # -- alerts ------------------------------------------------------------------------------
+
+    async def list_alerts(
+        self, request: service_pb2.ListAlertsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> service_pb2.ListAlertsResponse:
+        """ListAlerts: open before resolved, most severe first."""
+        await _check_severity(request.min_severity, context)
+        if request.state not in alert_pb2.AlertState.values():
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"state {request.state} is not a known AlertState"
+            )
+        found = self.alerts.book.alerts(
+            team=request.team, min_severity=request.min_severity, state=request.state
+        )
+        return service_pb2.ListAlertsResponse(alerts=[alert_message(a) for a in found])
+
+    async def get_routed_alerts(
+        self,
+        request: service_pb2.GetRoutedAlertsRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> alert_pb2.RoutedAlerts:
+        """GetRoutedAlerts: open alerts by team, then severity."""
+        routed = alert_pb2.RoutedAlerts()
+        for team, by_severity in self.alerts.book.routed(request.team).items():
+            group = routed.teams[team]
+            for severity, field in ((CRITICAL, group.critical), (HIGH, group.high),
+                                    (MEDIUM, group.medium)):  # fmt: skip
+                field.extend(alert_message(a) for a in by_severity.get(severity, ()))
+        return routed
+
+    async def watch_alerts(
+        self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[alert_pb2.AlertEvent]:
+        """WatchAlerts: events as they happen (once durable), filtered. A watcher that falls
+        behind by watch_queue_size events is ended with RESOURCE_EXHAUSTED."""
+        request = await _parse(service_pb2.WatchAlertsRequest, raw, context)
+        await _check_severity(request.min_severity, context)
+        size = self.alerts.settings.watch_queue_size
+        subscription = self.alerts.feed.subscribe(request.team, request.min_severity, size)
+        metrics.ALERT_WATCHERS.inc()
+        try:
+            # Headers now, so that a client knows it is subscribed before the first event.
+            await context.send_initial_metadata(())
+            async for event in subscription:
+                yield event_message(event)
+        except FeedOverflow:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"this watcher fell more than {size} events behind and was dropped so that "
+                "it slows nobody: reconnect, and use ListAlerts to catch up",
+            )
+        finally:
+            subscription.close()
+            metrics.ALERT_WATCHERS.dec()
+
+    async def acknowledge_alert(
+        self,
+        request: service_pb2.AcknowledgeAlertRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> alert_pb2.Alert:
+        """AcknowledgeAlert: answered once the acknowledgement is durable."""
+        try:
+            alert, seq = self.alerts.acknowledge(request.alert_id, request.by)
+            await self.log.wait_durable(seq)
+        except RequestError as e:
+            await context.abort(grpc.StatusCode[e.code], str(e))
+        except LogError as e:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+        return alert_message(alert)
+
+    async def create_silence(
+        self,
+        request: service_pb2.CreateSilenceRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> alert_pb2.Silence:
+        """CreateSilence: answered once the silence is durable."""
+        if not request.HasField("silence"):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "silence is required")
+        if request.silence.silence_id:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "silence_id is assigned by the server: leave it empty",
+            )
+        wanted = silence_from_message(request.silence, self.alerts.clock())
+        try:
+            created, seq = self.alerts.create_silence(wanted)
+            await self.log.wait_durable(seq)
+        except RequestError as e:
+            await context.abort(grpc.StatusCode[e.code], str(e))
+        except LogError as e:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+        return silence_message(created)
+
+    async def list_silences(
+        self,
+        request: service_pb2.ListSilencesRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> service_pb2.ListSilencesResponse:
+        """ListSilences: those that have not ended, soonest ending first."""
+        found = self.alerts.current_silences(request.team)
+        return service_pb2.ListSilencesResponse(silences=[silence_message(s) for s in found])
+
+    async def delete_silence(
+        self,
+        request: service_pb2.DeleteSilenceRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> alert_pb2.Silence:
+        """DeleteSilence: ends it now; answered once that is durable."""
+        try:
+            ended, seq = self.alerts.delete_silence(request.silence_id, request.by)
+            await self.log.wait_durable(seq)
+        except RequestError as e:
+            await context.abort(grpc.StatusCode[e.code], str(e))
+        except LogError as e:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+        return silence_message(ended)
+
+    async def list_alert_history(
+        self,
+        request: service_pb2.ListAlertHistoryRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> service_pb2.ListAlertHistoryResponse:
+        """ListAlertHistory: the latest events, newest first."""
+        if request.limit < 0:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "limit must not be negative")
+        events = self.alerts.book.history(request.team, request.limit or DEFAULT_HISTORY)
+        return service_pb2.ListAlertHistoryResponse(events=[event_message(e) for e in events])
+
 
 _UNDECODABLE = "the request is not a valid protobuf message of the expected type"
 
 
 def _serialize(message: Message) -> bytes:
     return message.SerializeToString()
+
+
+async def _check_severity(value: int, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    if value not in anomaly_pb2.Severity.values():
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT, f"min_severity {value} is not a known Severity"
+        )
 
 
 async def _parse(
@@ -390,18 +542,3 @@ async def _parse(
     except DecodeError:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _UNDECODABLE)
     return request
-
-
-def _unimplemented(name: str, part: str, *, streaming: bool) -> grpc.RpcMethodHandler[Any, Any]:
-    message = f"{name} is not implemented yet: it arrives with {part}"
-
-    async def unary(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, message)
-
-    async def stream(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, message)
-        yield None  # pragma: no cover - makes this an async generator
-
-    if streaming:
-        return grpc.unary_stream_rpc_method_handler(stream, None, _serialize)
-    return grpc.unary_unary_rpc_method_handler(unary, None, _serialize)

@@ -3,8 +3,9 @@
 Layout under `<data-dir>/snapshots/`: `<seq>.snap`, named by the log sequence number it reflects
 (20 digits). A file is a 32-byte header (magic, format version, seq, CRC-32C of the header) and
 frames of `length u32 | crc u32 | kind u8 | protobuf`, where crc is the CRC-32C of kind and
-message: team totals, pipeline chunks, execution-id chunks, and last an END frame with the
-counts. A file without a whole END frame is not a snapshot.
+message: team totals, the alerting state (alerts, silences, alert history), pipeline chunks,
+execution-id chunks, and last an END frame with the counts. A file without a whole END frame is
+not a snapshot.
 
 Writing: to `<seq>.snap.tmp`, fsync, rename, fsync the directory; the two newest are kept, and
 log segments wholly covered by the oldest kept one are deleted. The pipelines are dumped a chunk
@@ -19,6 +20,7 @@ import logging
 import os
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +40,7 @@ MAGIC = b"PWSNAP\r\n"
 VERSION = 1
 HEADER = struct.Struct("<8sIIQI4x")  # magic, version, reserved, seq, crc, pad
 FRAME = struct.Struct("<IIB")  # length of the message, crc of kind + message, kind
-TEAMS, PIPELINES, SEEN, END = 1, 2, 3, 4
+TEAMS, PIPELINES, SEEN, END, ALERTS = 1, 2, 3, 4, 5
 CHUNK_PIPELINES = 500
 FLUSH_BYTES = 1 << 20
 
@@ -52,6 +54,8 @@ class LoadedSnapshot:
     shards: list[storage_pb2.ShardSnapshot]
     seen: list[tuple[list[str], float]]
     pipelines: int
+    alerts: storage_pb2.AlertsSnapshot | None = None
+    """The alerting state; None in a snapshot written before alerting existed."""
 
 
 def _header(seq: int) -> bytes:
@@ -109,6 +113,7 @@ class SnapshotStore:
         shards: dict[int, storage_pb2.ShardSnapshot] = {}
         seen: list[tuple[list[str], float]] = []
         pipelines = 0
+        alerts: storage_pb2.AlertsSnapshot | None = None
         offset = HEADER.size
         view = memoryview(data)
         end: storage_pb2.SnapshotEnd | None = None
@@ -136,6 +141,8 @@ class SnapshotStore:
                 else:
                     ids = list(chunk.execution_ids)
                 seen.append((ids, chunk.max_event_time))
+            elif kind == ALERTS:
+                alerts = storage_pb2.AlertsSnapshot.FromString(body)
             elif kind == END:
                 end = storage_pb2.SnapshotEnd.FromString(body)
                 offset = stop
@@ -151,17 +158,27 @@ class SnapshotStore:
             raise ValueError("end frame disagrees with the contents")
         if sum(len(ids) for ids, _ in seen) != end.execution_ids:
             raise ValueError("end frame disagrees with the execution ids")
+        if (len(alerts.alerts) if alerts is not None else 0) != end.alerts:
+            raise ValueError("end frame disagrees with the alerts")
         count = max(shards, default=-1) + 1
         ordered = [shards.get(i, storage_pb2.ShardSnapshot(index=i)) for i in range(count)]
-        return LoadedSnapshot(seq, path, ordered, seen, pipelines)
+        return LoadedSnapshot(seq, path, ordered, seen, pipelines, alerts)
 
     # -- writing ---------------------------------------------------------------------------------
 
-    async def write(self, shards: ShardSet, seen: SeenExecutions, event_log: EventLog) -> Path:
-        """Write a snapshot of the state as it is now, yielding to ingestion while it works."""
+    async def write(
+        self,
+        shards: ShardSet,
+        seen: SeenExecutions,
+        event_log: EventLog,
+        alerts: Callable[[], storage_pb2.AlertsSnapshot] | None = None,
+    ) -> Path:
+        """Write a snapshot of the state as it is now, yielding to ingestion while it works.
+        `alerts` dumps the alerting state; it is called at once, at the snapshot's position."""
         loop = asyncio.get_running_loop()
         began = time.perf_counter()
         seq = event_log.last_seq
+        alerting = alerts() if alerts is not None else None
         job = shards.begin_snapshot()
         try:
             seen_chunks = seen.chunks()
@@ -177,6 +194,8 @@ class SnapshotStore:
                 buffer = bytearray(_header(seq))
                 for team_part in job.teams:
                     buffer += _frame(TEAMS, team_part.SerializeToString())
+                if alerting is not None:
+                    buffer += _frame(ALERTS, alerting.SerializeToString())
                 pipelines = 0
                 for index, batch in job.chunks(CHUNK_PIPELINES):
                     part = storage_pb2.ShardSnapshot(index=index, pipelines=batch)
@@ -197,7 +216,11 @@ class SnapshotStore:
                         buffer.clear()
                         await asyncio.sleep(0)
                 end = storage_pb2.SnapshotEnd(
-                    seq=seq, pipelines=pipelines, execution_ids=ids, shards=len(shards.shards)
+                    seq=seq,
+                    pipelines=pipelines,
+                    execution_ids=ids,
+                    shards=len(shards.shards),
+                    alerts=len(alerting.alerts) if alerting is not None else 0,
                 )
                 buffer += _frame(END, end.SerializeToString())
                 await loop.run_in_executor(None, _write_all, fd, bytes(buffer))

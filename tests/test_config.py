@@ -90,6 +90,15 @@ BAD: list[tuple[Any, str]] = [
         "detection.profile.utc_offset_hours: -15 is less than -14",
     ),
     ({"detection": {"peer": {"duration": {"new_pipelines": 1}}}}, "expected true or false"),
+    ({"alerts": {"resolve_after_runs": 0}}, "alerts.resolve_after_runs: 0 is less than 1"),
+    ({"alerts": {"hold_seconds": -5}}, "alerts.hold_seconds: -5 is less than 0"),
+    ({"alerts": {"escalate_after": {"low": 60}}}, "alerts.escalate_after.low: unknown key"),
+    ({"alerts": {"escalate_after": {"high": "1h"}}}, "alerts.escalate_after.high: expected a"),
+    ({"alerts": {"repeat": 60}}, "alerts.repeat: unknown key"),
+    (
+        {"alerts": {"blast_radius": {"high_pipelines": 10, "critical_pipelines": 5}}},
+        "alerts.blast_radius.critical_pipelines: 5 is less than high_pipelines",
+    ),
 ]
 
 
@@ -119,3 +128,24 @@ def test_unreadable_and_invalid_yaml_files(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not valid YAML"):
         load(broken)
     assert yaml.safe_load(CONTRACT_EXAMPLE)
+
+
+def test_the_alerts_section_and_its_defaults() -> None:
+    defaults = Config().alerts
+    # CONTRACT.md: clear for 2 runs; MEDIUM escalates after 4 h, HIGH after 1 h; repeats 4-hourly.
+    assert defaults.resolve_after_runs == 2
+    assert (defaults.escalate_after.medium, defaults.escalate_after.high) == (14400, 3600)
+    assert defaults.repeat_interval_seconds == 14400
+    config = parse(
+        {
+            "alerts": {
+                "resolve_after_runs": 3,
+                "hold_seconds": 300,
+                "escalate_after": {"medium": 600},
+                "blast_radius": {"enabled": False},
+            }
+        }
+    )
+    assert config.alerts.resolve_after_runs == 3 and config.alerts.hold_seconds == 300.0
+    assert config.alerts.escalate_after.medium == 600 and config.alerts.escalate_after.high == 3600
+    assert not config.alerts.blast_radius.enabled

@@ -185,13 +185,6 @@ async def test_stream_with_undecodable_request_answers_the_earlier_ones_first(
     assert (await stub.Ingest(request(run("e1")))).duplicates == 1
 
 
-async def test_later_rpcs_answer_unimplemented_with_a_reason(stub: Stub) -> None:
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await stub.ListAlerts(service_pb2.ListAlertsRequest())
-    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "ListAlerts is not implemented yet" in (info.value.details() or "")
-
-
 async def test_health_service_and_reflection(app: App, channel: grpc.aio.Channel) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc

@@ -49,6 +49,16 @@ def test_generated_code_is_fresh(tmp_path: Path) -> None:
         "server.app",
         "server.validation",
         "server.dedup",
+        "server.alerting.book",
+        "server.alerting.convert",
+        "server.alerting.feed",
+        "server.alerting.lineage",
+        "server.alerting.manager",
+        "server.alerting.model",
+        "server.alerting.policy",
+        "server.alerting.settings",
+        "server.alerting.silences",
+        "server.alerting.storage",
     ],
 )
 def test_public_names_are_declared_and_exist(module: str) -> None:

@@ -65,6 +65,10 @@ class _AlertEventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AlertE
     """Somebody acknowledged the alert."""
     ALERT_EVENT_TYPE_RESOLVED: _AlertEventType.ValueType  # 4
     """The alert resolved."""
+    ALERT_EVENT_TYPE_REPEATED: _AlertEventType.ValueType  # 5
+    """The alert is still firing and unacknowledged: the repeat interval passed, so receivers are
+    reminded of it.
+    """
 
 class AlertEventType(_AlertEventType, metaclass=_AlertEventTypeEnumTypeWrapper):
     """AlertEventType says what happened to an alert."""
@@ -79,6 +83,10 @@ ALERT_EVENT_TYPE_ACKNOWLEDGED: AlertEventType.ValueType  # 3
 """Somebody acknowledged the alert."""
 ALERT_EVENT_TYPE_RESOLVED: AlertEventType.ValueType  # 4
 """The alert resolved."""
+ALERT_EVENT_TYPE_REPEATED: AlertEventType.ValueType  # 5
+"""The alert is still firing and unacknowledged: the repeat interval passed, so receivers are
+reminded of it.
+"""
 Global___AlertEventType: _TypeAlias = AlertEventType  # noqa: Y015
 
 @_typing.final
@@ -281,8 +289,20 @@ class AlertEvent(_message.Message):
     ALERT_FIELD_NUMBER: _builtins.int
     TYPE_FIELD_NUMBER: _builtins.int
     TIME_FIELD_NUMBER: _builtins.int
+    NOTIFY_FIELD_NUMBER: _builtins.int
+    PREVIOUS_SEVERITY_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
     type: Global___AlertEventType.ValueType
     """What happened."""
+    notify: _builtins.bool
+    """Whether receivers are to be told: false for an alert muted by a silence or explained by an
+    upstream root cause (caused_by), and for acknowledgements and resolutions of alerts nobody
+    was told about. A muted alert that is later unmuted fires again with notify set.
+    """
+    previous_severity: _anomaly_pb2.Severity.ValueType
+    """For ESCALATED: the severity before the change."""
+    reason: _builtins.str
+    """Why the event happened, in plain words (for example "unacknowledged for 4h")."""
     @_builtins.property
     def alert(self) -> Global___Alert:
         """The alert after the change."""
@@ -297,10 +317,13 @@ class AlertEvent(_message.Message):
         alert: Global___Alert | None = ...,
         type: Global___AlertEventType.ValueType = ...,
         time: _timestamp_pb2.Timestamp | None = ...,
+        notify: _builtins.bool = ...,
+        previous_severity: _anomaly_pb2.Severity.ValueType = ...,
+        reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["alert", b"alert", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert", b"alert", "time", b"time", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert", b"alert", "notify", b"notify", "previous_severity", b"previous_severity", "reason", b"reason", "time", b"time", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

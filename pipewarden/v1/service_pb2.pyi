@@ -532,3 +532,53 @@ class DeleteSilenceRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteSilenceRequest: _TypeAlias = DeleteSilenceRequest  # noqa: Y015
+
+@_typing.final
+class ListAlertHistoryRequest(_message.Message):
+    """ListAlertHistoryRequest filters the alert history."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEAM_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    team: _builtins.str
+    """Only this team's events; empty means every team."""
+    limit: _builtins.int
+    """At most this many events; 0 means 100."""
+    def __init__(
+        self,
+        *,
+        team: _builtins.str = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "team", b"team"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAlertHistoryRequest: _TypeAlias = ListAlertHistoryRequest  # noqa: Y015
+
+@_typing.final
+class ListAlertHistoryResponse(_message.Message):
+    """ListAlertHistoryResponse holds the latest alert events."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[_alert_pb2.AlertEvent]:
+        """The events, newest first."""
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[_alert_pb2.AlertEvent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAlertHistoryResponse: _TypeAlias = ListAlertHistoryResponse  # noqa: Y015

@@ -108,6 +108,11 @@ class PipelineMonitorStub:
                 request_serializer=pipewarden_dot_v1_dot_service__pb2.DeleteSilenceRequest.SerializeToString,
                 response_deserializer=pipewarden_dot_v1_dot_alert__pb2.Silence.FromString,
                 _registered_method=True)
+        self.ListAlertHistory = channel.unary_unary(
+                '/pipewarden.v1.PipelineMonitor/ListAlertHistory',
+                request_serializer=pipewarden_dot_v1_dot_service__pb2.ListAlertHistoryRequest.SerializeToString,
+                response_deserializer=pipewarden_dot_v1_dot_service__pb2.ListAlertHistoryResponse.FromString,
+                _registered_method=True)
 
 
 class PipelineMonitorServicer:
@@ -217,6 +222,14 @@ class PipelineMonitorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAlertHistory(self, request, context):
+        """ListAlertHistory returns the latest alert events (fired, escalated, repeated, acknowledged,
+        resolved), newest first, from a bounded history kept per team.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PipelineMonitorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -289,6 +302,11 @@ def add_PipelineMonitorServicer_to_server(servicer, server):
                     servicer.DeleteSilence,
                     request_deserializer=pipewarden_dot_v1_dot_service__pb2.DeleteSilenceRequest.FromString,
                     response_serializer=pipewarden_dot_v1_dot_alert__pb2.Silence.SerializeToString,
+            ),
+            'ListAlertHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAlertHistory,
+                    request_deserializer=pipewarden_dot_v1_dot_service__pb2.ListAlertHistoryRequest.FromString,
+                    response_serializer=pipewarden_dot_v1_dot_service__pb2.ListAlertHistoryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -671,6 +689,33 @@ class PipelineMonitor:
             '/pipewarden.v1.PipelineMonitor/DeleteSilence',
             pipewarden_dot_v1_dot_service__pb2.DeleteSilenceRequest.SerializeToString,
             pipewarden_dot_v1_dot_alert__pb2.Silence.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAlertHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pipewarden.v1.PipelineMonitor/ListAlertHistory',
+            pipewarden_dot_v1_dot_service__pb2.ListAlertHistoryRequest.SerializeToString,
+            pipewarden_dot_v1_dot_service__pb2.ListAlertHistoryResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -72,6 +72,10 @@ class PipelineMonitorStub:
     """ListSilences returns the silences that have not ended."""
     DeleteSilence: _grpc.UnaryUnaryMultiCallable[_service_pb2.DeleteSilenceRequest, _alert_pb2.Silence]
     """DeleteSilence ends a silence now and returns it."""
+    ListAlertHistory: _grpc.UnaryUnaryMultiCallable[_service_pb2.ListAlertHistoryRequest, _service_pb2.ListAlertHistoryResponse]
+    """ListAlertHistory returns the latest alert events (fired, escalated, repeated, acknowledged,
+    resolved), newest first, from a bounded history kept per team.
+    """
 
 @_typing.type_check_only
 class PipelineMonitorAsyncStub(PipelineMonitorStub):
@@ -115,6 +119,10 @@ class PipelineMonitorAsyncStub(PipelineMonitorStub):
     """ListSilences returns the silences that have not ended."""
     DeleteSilence: _aio.UnaryUnaryMultiCallable[_service_pb2.DeleteSilenceRequest, _alert_pb2.Silence]  # type: ignore[assignment]
     """DeleteSilence ends a silence now and returns it."""
+    ListAlertHistory: _aio.UnaryUnaryMultiCallable[_service_pb2.ListAlertHistoryRequest, _service_pb2.ListAlertHistoryResponse]  # type: ignore[assignment]
+    """ListAlertHistory returns the latest alert events (fired, escalated, repeated, acknowledged,
+    resolved), newest first, from a bounded history kept per team.
+    """
 
 class PipelineMonitorServicer(metaclass=_abc_1.ABCMeta):
     """PipelineMonitor receives pipeline execution events and answers questions about the health of
@@ -239,5 +247,15 @@ class PipelineMonitorServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_alert_pb2.Silence, _abc.Awaitable[_alert_pb2.Silence]]:
         """DeleteSilence ends a silence now and returns it."""
+
+    @_abc_1.abstractmethod
+    def ListAlertHistory(
+        self,
+        request: _service_pb2.ListAlertHistoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_service_pb2.ListAlertHistoryResponse, _abc.Awaitable[_service_pb2.ListAlertHistoryResponse]]:
+        """ListAlertHistory returns the latest alert events (fired, escalated, repeated, acknowledged,
+        resolved), newest first, from a bounded history kept per team.
+        """
 
 def add_PipelineMonitorServicer_to_server(servicer: PipelineMonitorServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

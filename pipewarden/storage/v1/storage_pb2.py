@@ -22,9 +22,10 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from pipewarden.v1 import alert_pb2 as pipewarden_dot_v1_dot_alert__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#pipewarden/storage/v1/storage.proto\x12\x15pipewarden.storage.v1\"Q\n\tLogRecord\x12;\n\nexecutions\x18\x01 \x01(\x0b\x32%.pipewarden.storage.v1.ExecutionBatchH\x00\x42\x07\n\x05\x65ntry\"O\n\x0e\x45xecutionBatch\x12\x1b\n\x13received_unix_nanos\x18\x01 \x01(\x03\x12\x0f\n\x07request\x18\x02 \x01(\x0c\x12\x0f\n\x07\x61pplied\x18\x03 \x01(\x0c\"~\n\x0cRingSnapshot\x12\x0c\n\x04size\x18\x01 \x01(\x05\x12\x10\n\x08position\x18\x02 \x01(\x05\x12\r\n\x05\x63ount\x18\x03 \x01(\x05\x12\x0e\n\x06status\x18\x04 \x01(\x0c\x12\x10\n\x08\x64uration\x18\x05 \x01(\x0c\x12\x0f\n\x07records\x18\x06 \x01(\x0c\x12\x0c\n\x04time\x18\x07 \x01(\x0c\"\xaa\x05\n\x10PipelineSnapshot\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x0c\n\x04team\x18\x02 \x01(\t\x12\x11\n\tsucceeded\x18\x03 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x04 \x01(\x03\x12\x11\n\tcancelled\x18\x05 \x01(\x03\x12\x14\n\x0c\x64uration_sum\x18\x06 \x01(\x01\x12\x16\n\x0e\x64uration_count\x18\x07 \x01(\x03\x12\x13\n\x0brecords_sum\x18\x08 \x01(\t\x12\x16\n\tlast_time\x18\t \x01(\x01H\x00\x88\x01\x01\x12\x13\n\x0blast_status\x18\n \x01(\x05\x12\x1c\n\x14\x63onsecutive_failures\x18\x0b \x01(\x03\x12\x12\n\nlast_error\x18\x0c \x01(\t\x12\x1e\n\x11last_success_time\x18\r \x01(\x01H\x01\x88\x01\x01\x12H\n\tin_flight\x18\x0e \x03(\x0b\x32\x35.pipewarden.storage.v1.PipelineSnapshot.InFlightEntry\x12\x10\n\x08upstream\x18\x0f \x03(\t\x12\x43\n\x06labels\x18\x10 \x03(\x0b\x32\x33.pipewarden.storage.v1.PipelineSnapshot.LabelsEntry\x12\x31\n\x04ring\x18\x11 \x01(\x0b\x32#.pipewarden.storage.v1.RingSnapshot\x12\x0f\n\x07profile\x18\x12 \x01(\x0c\x12\x12\n\nprofile_at\x18\x13 \x01(\x03\x1a/\n\rInFlightEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0c\n\n_last_timeB\x14\n\x12_last_success_time\"\xb9\x01\n\x0cTeamSnapshot\x12\x0c\n\x04team\x18\x01 \x01(\t\x12\x11\n\tpipelines\x18\x02 \x01(\x03\x12\x11\n\tsucceeded\x18\x03 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x04 \x01(\x03\x12\x11\n\tcancelled\x18\x05 \x01(\x03\x12\x14\n\x0c\x64uration_sum\x18\x06 \x01(\x01\x12\x16\n\x0e\x64uration_count\x18\x07 \x01(\x03\x12\x13\n\x0brecords_sum\x18\x08 \x01(\t\x12\x0f\n\x07\x66\x61iling\x18\t \x01(\x03\"\x8e\x01\n\rShardSnapshot\x12\r\n\x05index\x18\x01 \x01(\x05\x12:\n\tpipelines\x18\x02 \x03(\x0b\x32\'.pipewarden.storage.v1.PipelineSnapshot\x12\x32\n\x05teams\x18\x03 \x03(\x0b\x32#.pipewarden.storage.v1.TeamSnapshot\"N\n\tSeenChunk\x12\x15\n\rexecution_ids\x18\x01 \x03(\t\x12\x16\n\x0emax_event_time\x18\x02 \x01(\x01\x12\x12\n\njoined_ids\x18\x03 \x01(\x0c\"T\n\x0bSnapshotEnd\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x11\n\tpipelines\x18\x02 \x01(\x04\x12\x15\n\rexecution_ids\x18\x03 \x01(\x04\x12\x0e\n\x06shards\x18\x04 \x01(\rb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#pipewarden/storage/v1/storage.proto\x12\x15pipewarden.storage.v1\x1a\x19pipewarden/v1/alert.proto\"\xc1\x01\n\tLogRecord\x12;\n\nexecutions\x18\x01 \x01(\x0b\x32%.pipewarden.storage.v1.ExecutionBatchH\x00\x12\x35\n\x06\x61lerts\x18\n \x01(\x0b\x32#.pipewarden.storage.v1.AlertChangesH\x00\x12\x37\n\x07silence\x18\x0b \x01(\x0b\x32$.pipewarden.storage.v1.SilenceChangeH\x00\x42\x07\n\x05\x65ntry\"m\n\x0c\x41lertChanges\x12\x32\n\x06\x61lerts\x18\x01 \x03(\x0b\x32\".pipewarden.storage.v1.StoredAlert\x12)\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x19.pipewarden.v1.AlertEvent\"\xb5\x02\n\x0bStoredAlert\x12#\n\x05\x61lert\x18\x01 \x01(\x0b\x32\x14.pipewarden.v1.Alert\x12\x19\n\x11\x64\x65tected_severity\x18\x02 \x01(\x05\x12\x17\n\x0f\x61nomaly_present\x18\x03 \x01(\x08\x12\x19\n\x11runs_at_last_seen\x18\x04 \x01(\x03\x12\x12\n\nclear_runs\x18\x05 \x01(\x03\x12\x17\n\ncleared_at\x18\x06 \x01(\x01H\x00\x88\x01\x01\x12\x1c\n\x0funhandled_since\x18\x07 \x01(\x01H\x01\x88\x01\x01\x12\x1d\n\x10last_notified_at\x18\x08 \x01(\x01H\x02\x88\x01\x01\x12\x10\n\x08notified\x18\t \x01(\x08\x42\r\n\x0b_cleared_atB\x12\n\x10_unhandled_sinceB\x13\n\x11_last_notified_at\"J\n\rSilenceChange\x12\'\n\x07silence\x18\x01 \x01(\x0b\x32\x16.pipewarden.v1.Silence\x12\x10\n\x08\x65nded_by\x18\x02 \x01(\t\"\x9a\x01\n\x0e\x41lertsSnapshot\x12\x32\n\x06\x61lerts\x18\x01 \x03(\x0b\x32\".pipewarden.storage.v1.StoredAlert\x12(\n\x08silences\x18\x02 \x03(\x0b\x32\x16.pipewarden.v1.Silence\x12*\n\x07history\x18\x03 \x03(\x0b\x32\x19.pipewarden.v1.AlertEvent\"O\n\x0e\x45xecutionBatch\x12\x1b\n\x13received_unix_nanos\x18\x01 \x01(\x03\x12\x0f\n\x07request\x18\x02 \x01(\x0c\x12\x0f\n\x07\x61pplied\x18\x03 \x01(\x0c\"~\n\x0cRingSnapshot\x12\x0c\n\x04size\x18\x01 \x01(\x05\x12\x10\n\x08position\x18\x02 \x01(\x05\x12\r\n\x05\x63ount\x18\x03 \x01(\x05\x12\x0e\n\x06status\x18\x04 \x01(\x0c\x12\x10\n\x08\x64uration\x18\x05 \x01(\x0c\x12\x0f\n\x07records\x18\x06 \x01(\x0c\x12\x0c\n\x04time\x18\x07 \x01(\x0c\"\xaa\x05\n\x10PipelineSnapshot\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x0c\n\x04team\x18\x02 \x01(\t\x12\x11\n\tsucceeded\x18\x03 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x04 \x01(\x03\x12\x11\n\tcancelled\x18\x05 \x01(\x03\x12\x14\n\x0c\x64uration_sum\x18\x06 \x01(\x01\x12\x16\n\x0e\x64uration_count\x18\x07 \x01(\x03\x12\x13\n\x0brecords_sum\x18\x08 \x01(\t\x12\x16\n\tlast_time\x18\t \x01(\x01H\x00\x88\x01\x01\x12\x13\n\x0blast_status\x18\n \x01(\x05\x12\x1c\n\x14\x63onsecutive_failures\x18\x0b \x01(\x03\x12\x12\n\nlast_error\x18\x0c \x01(\t\x12\x1e\n\x11last_success_time\x18\r \x01(\x01H\x01\x88\x01\x01\x12H\n\tin_flight\x18\x0e \x03(\x0b\x32\x35.pipewarden.storage.v1.PipelineSnapshot.InFlightEntry\x12\x10\n\x08upstream\x18\x0f \x03(\t\x12\x43\n\x06labels\x18\x10 \x03(\x0b\x32\x33.pipewarden.storage.v1.PipelineSnapshot.LabelsEntry\x12\x31\n\x04ring\x18\x11 \x01(\x0b\x32#.pipewarden.storage.v1.RingSnapshot\x12\x0f\n\x07profile\x18\x12 \x01(\x0c\x12\x12\n\nprofile_at\x18\x13 \x01(\x03\x1a/\n\rInFlightEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0c\n\n_last_timeB\x14\n\x12_last_success_time\"\xb9\x01\n\x0cTeamSnapshot\x12\x0c\n\x04team\x18\x01 \x01(\t\x12\x11\n\tpipelines\x18\x02 \x01(\x03\x12\x11\n\tsucceeded\x18\x03 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x04 \x01(\x03\x12\x11\n\tcancelled\x18\x05 \x01(\x03\x12\x14\n\x0c\x64uration_sum\x18\x06 \x01(\x01\x12\x16\n\x0e\x64uration_count\x18\x07 \x01(\x03\x12\x13\n\x0brecords_sum\x18\x08 \x01(\t\x12\x0f\n\x07\x66\x61iling\x18\t \x01(\x03\"\x8e\x01\n\rShardSnapshot\x12\r\n\x05index\x18\x01 \x01(\x05\x12:\n\tpipelines\x18\x02 \x03(\x0b\x32\'.pipewarden.storage.v1.PipelineSnapshot\x12\x32\n\x05teams\x18\x03 \x03(\x0b\x32#.pipewarden.storage.v1.TeamSnapshot\"N\n\tSeenChunk\x12\x15\n\rexecution_ids\x18\x01 \x03(\t\x12\x16\n\x0emax_event_time\x18\x02 \x01(\x01\x12\x12\n\njoined_ids\x18\x03 \x01(\x0c\"d\n\x0bSnapshotEnd\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x11\n\tpipelines\x18\x02 \x01(\x04\x12\x15\n\rexecution_ids\x18\x03 \x01(\x04\x12\x0e\n\x06shards\x18\x04 \x01(\r\x12\x0e\n\x06\x61lerts\x18\x05 \x01(\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,24 +36,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PIPELINESNAPSHOT_INFLIGHTENTRY']._serialized_options = b'8\001'
   _globals['_PIPELINESNAPSHOT_LABELSENTRY']._loaded_options = None
   _globals['_PIPELINESNAPSHOT_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_LOGRECORD']._serialized_start=62
-  _globals['_LOGRECORD']._serialized_end=143
-  _globals['_EXECUTIONBATCH']._serialized_start=145
-  _globals['_EXECUTIONBATCH']._serialized_end=224
-  _globals['_RINGSNAPSHOT']._serialized_start=226
-  _globals['_RINGSNAPSHOT']._serialized_end=352
-  _globals['_PIPELINESNAPSHOT']._serialized_start=355
-  _globals['_PIPELINESNAPSHOT']._serialized_end=1037
-  _globals['_PIPELINESNAPSHOT_INFLIGHTENTRY']._serialized_start=907
-  _globals['_PIPELINESNAPSHOT_INFLIGHTENTRY']._serialized_end=954
-  _globals['_PIPELINESNAPSHOT_LABELSENTRY']._serialized_start=956
-  _globals['_PIPELINESNAPSHOT_LABELSENTRY']._serialized_end=1001
-  _globals['_TEAMSNAPSHOT']._serialized_start=1040
-  _globals['_TEAMSNAPSHOT']._serialized_end=1225
-  _globals['_SHARDSNAPSHOT']._serialized_start=1228
-  _globals['_SHARDSNAPSHOT']._serialized_end=1370
-  _globals['_SEENCHUNK']._serialized_start=1372
-  _globals['_SEENCHUNK']._serialized_end=1450
-  _globals['_SNAPSHOTEND']._serialized_start=1452
-  _globals['_SNAPSHOTEND']._serialized_end=1536
+  _globals['_LOGRECORD']._serialized_start=90
+  _globals['_LOGRECORD']._serialized_end=283
+  _globals['_ALERTCHANGES']._serialized_start=285
+  _globals['_ALERTCHANGES']._serialized_end=394
+  _globals['_STOREDALERT']._serialized_start=397
+  _globals['_STOREDALERT']._serialized_end=706
+  _globals['_SILENCECHANGE']._serialized_start=708
+  _globals['_SILENCECHANGE']._serialized_end=782
+  _globals['_ALERTSSNAPSHOT']._serialized_start=785
+  _globals['_ALERTSSNAPSHOT']._serialized_end=939
+  _globals['_EXECUTIONBATCH']._serialized_start=941
+  _globals['_EXECUTIONBATCH']._serialized_end=1020
+  _globals['_RINGSNAPSHOT']._serialized_start=1022
+  _globals['_RINGSNAPSHOT']._serialized_end=1148
+  _globals['_PIPELINESNAPSHOT']._serialized_start=1151
+  _globals['_PIPELINESNAPSHOT']._serialized_end=1833
+  _globals['_PIPELINESNAPSHOT_INFLIGHTENTRY']._serialized_start=1703
+  _globals['_PIPELINESNAPSHOT_INFLIGHTENTRY']._serialized_end=1750
+  _globals['_PIPELINESNAPSHOT_LABELSENTRY']._serialized_start=1752
+  _globals['_PIPELINESNAPSHOT_LABELSENTRY']._serialized_end=1797
+  _globals['_TEAMSNAPSHOT']._serialized_start=1836
+  _globals['_TEAMSNAPSHOT']._serialized_end=2021
+  _globals['_SHARDSNAPSHOT']._serialized_start=2024
+  _globals['_SHARDSNAPSHOT']._serialized_end=2166
+  _globals['_SEENCHUNK']._serialized_start=2168
+  _globals['_SEENCHUNK']._serialized_end=2246
+  _globals['_SNAPSHOTEND']._serialized_start=2248
+  _globals['_SNAPSHOTEND']._serialized_end=2348
 # @@protoc_insertion_point(module_scope)

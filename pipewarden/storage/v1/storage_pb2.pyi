@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from pipewarden.v1 import alert_pb2 as _alert_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -29,24 +30,202 @@ class LogRecord(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     EXECUTIONS_FIELD_NUMBER: _builtins.int
+    ALERTS_FIELD_NUMBER: _builtins.int
+    SILENCE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def executions(self) -> Global___ExecutionBatch:
         """Executions accepted by one ingest request."""
+
+    @_builtins.property
+    def alerts(self) -> Global___AlertChanges:
+        """Alerts changed by one detection pass, timer tick or acknowledgement."""
+
+    @_builtins.property
+    def silence(self) -> Global___SilenceChange:
+        """A silence created or ended."""
 
     def __init__(
         self,
         *,
         executions: Global___ExecutionBatch | None = ...,
+        alerts: Global___AlertChanges | None = ...,
+        silence: Global___SilenceChange | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry", "executions", b"executions"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["alerts", b"alerts", "entry", b"entry", "executions", b"executions", "silence", b"silence"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry", "executions", b"executions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alerts", b"alerts", "entry", b"entry", "executions", b"executions", "silence", b"silence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_entry: _TypeAlias = _typing.Literal["executions"]  # noqa: Y015
+    _WhichOneofReturnType_entry: _TypeAlias = _typing.Literal["executions", "alerts", "silence"]  # noqa: Y015
     _WhichOneofArgType_entry: _TypeAlias = _typing.Literal["entry", b"entry"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_entry) -> _WhichOneofReturnType_entry | None: ...
 
 Global___LogRecord: _TypeAlias = LogRecord  # noqa: Y015
+
+@_typing.final
+class AlertChanges(_message.Message):
+    """AlertChanges holds the whole state of each alert a change touched, after the change, and the
+    events it made. Replay puts each alert in place as it is here (the last record wins) and adds
+    the events to the history; nothing is decided again, so replay never notifies.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALERTS_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def alerts(self) -> _containers.RepeatedCompositeFieldContainer[Global___StoredAlert]:
+        """The alerts after the change."""
+
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[_alert_pb2.AlertEvent]:
+        """The events the change made, in order."""
+
+    def __init__(
+        self,
+        *,
+        alerts: _abc.Iterable[Global___StoredAlert] | None = ...,
+        events: _abc.Iterable[_alert_pb2.AlertEvent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alerts", b"alerts", "events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AlertChanges: _TypeAlias = AlertChanges  # noqa: Y015
+
+@_typing.final
+class StoredAlert(_message.Message):
+    """StoredAlert is an alert with the bookkeeping that decides its next transitions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALERT_FIELD_NUMBER: _builtins.int
+    DETECTED_SEVERITY_FIELD_NUMBER: _builtins.int
+    ANOMALY_PRESENT_FIELD_NUMBER: _builtins.int
+    RUNS_AT_LAST_SEEN_FIELD_NUMBER: _builtins.int
+    CLEAR_RUNS_FIELD_NUMBER: _builtins.int
+    CLEARED_AT_FIELD_NUMBER: _builtins.int
+    UNHANDLED_SINCE_FIELD_NUMBER: _builtins.int
+    LAST_NOTIFIED_AT_FIELD_NUMBER: _builtins.int
+    NOTIFIED_FIELD_NUMBER: _builtins.int
+    detected_severity: _builtins.int
+    """The severity the detector last gave."""
+    anomaly_present: _builtins.bool
+    """Whether the anomaly was present at the latest evaluation."""
+    runs_at_last_seen: _builtins.int
+    """The pipeline's counted runs when the anomaly was last present."""
+    clear_runs: _builtins.int
+    """Runs counted since then, while the anomaly was clear."""
+    cleared_at: _builtins.float
+    """When the anomaly was first found clear (Unix seconds); absent while present."""
+    unhandled_since: _builtins.float
+    """Since when the alert has been firing, unacknowledged, unmuted and unexplained, for
+    escalation (Unix seconds); absent when it is not.
+    """
+    last_notified_at: _builtins.float
+    """When receivers were last told about it (Unix seconds); absent when never."""
+    notified: _builtins.bool
+    """Whether receivers were told it fired, so that they are told when it resolves."""
+    @_builtins.property
+    def alert(self) -> _alert_pb2.Alert:
+        """The alert as the API shows it."""
+
+    def __init__(
+        self,
+        *,
+        alert: _alert_pb2.Alert | None = ...,
+        detected_severity: _builtins.int = ...,
+        anomaly_present: _builtins.bool = ...,
+        runs_at_last_seen: _builtins.int = ...,
+        clear_runs: _builtins.int = ...,
+        cleared_at: _builtins.float | None = ...,
+        unhandled_since: _builtins.float | None = ...,
+        last_notified_at: _builtins.float | None = ...,
+        notified: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cleared_at", b"_cleared_at", "_last_notified_at", b"_last_notified_at", "_unhandled_since", b"_unhandled_since", "alert", b"alert", "cleared_at", b"cleared_at", "last_notified_at", b"last_notified_at", "unhandled_since", b"unhandled_since"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cleared_at", b"_cleared_at", "_last_notified_at", b"_last_notified_at", "_unhandled_since", b"_unhandled_since", "alert", b"alert", "anomaly_present", b"anomaly_present", "clear_runs", b"clear_runs", "cleared_at", b"cleared_at", "detected_severity", b"detected_severity", "last_notified_at", b"last_notified_at", "notified", b"notified", "runs_at_last_seen", b"runs_at_last_seen", "unhandled_since", b"unhandled_since"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__cleared_at: _TypeAlias = _typing.Literal["cleared_at"]  # noqa: Y015
+    _WhichOneofArgType__cleared_at: _TypeAlias = _typing.Literal["_cleared_at", b"_cleared_at"]  # noqa: Y015
+    _WhichOneofReturnType__last_notified_at: _TypeAlias = _typing.Literal["last_notified_at"]  # noqa: Y015
+    _WhichOneofArgType__last_notified_at: _TypeAlias = _typing.Literal["_last_notified_at", b"_last_notified_at"]  # noqa: Y015
+    _WhichOneofReturnType__unhandled_since: _TypeAlias = _typing.Literal["unhandled_since"]  # noqa: Y015
+    _WhichOneofArgType__unhandled_since: _TypeAlias = _typing.Literal["_unhandled_since", b"_unhandled_since"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cleared_at) -> _WhichOneofReturnType__cleared_at | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__last_notified_at) -> _WhichOneofReturnType__last_notified_at | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__unhandled_since) -> _WhichOneofReturnType__unhandled_since | None: ...
+
+Global___StoredAlert: _TypeAlias = StoredAlert  # noqa: Y015
+
+@_typing.final
+class SilenceChange(_message.Message):
+    """SilenceChange is a silence as created, or as ended early (ends_at moved to the time it ended)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SILENCE_FIELD_NUMBER: _builtins.int
+    ENDED_BY_FIELD_NUMBER: _builtins.int
+    ended_by: _builtins.str
+    """Who ended it early; empty when it was created."""
+    @_builtins.property
+    def silence(self) -> _alert_pb2.Silence:
+        """The silence after the change."""
+
+    def __init__(
+        self,
+        *,
+        silence: _alert_pb2.Silence | None = ...,
+        ended_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["silence", b"silence"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ended_by", b"ended_by", "silence", b"silence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SilenceChange: _TypeAlias = SilenceChange  # noqa: Y015
+
+@_typing.final
+class AlertsSnapshot(_message.Message):
+    """AlertsSnapshot is the whole alerting state: alerts, silences and the bounded history."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALERTS_FIELD_NUMBER: _builtins.int
+    SILENCES_FIELD_NUMBER: _builtins.int
+    HISTORY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def alerts(self) -> _containers.RepeatedCompositeFieldContainer[Global___StoredAlert]:
+        """Every alert kept, open or resolved."""
+
+    @_builtins.property
+    def silences(self) -> _containers.RepeatedCompositeFieldContainer[_alert_pb2.Silence]:
+        """Every silence that has not ended."""
+
+    @_builtins.property
+    def history(self) -> _containers.RepeatedCompositeFieldContainer[_alert_pb2.AlertEvent]:
+        """The history, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        alerts: _abc.Iterable[Global___StoredAlert] | None = ...,
+        silences: _abc.Iterable[_alert_pb2.Silence] | None = ...,
+        history: _abc.Iterable[_alert_pb2.AlertEvent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alerts", b"alerts", "history", b"history", "silences", b"silences"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AlertsSnapshot: _TypeAlias = AlertsSnapshot  # noqa: Y015
 
 @_typing.final
 class ExecutionBatch(_message.Message):
@@ -418,6 +597,7 @@ class SnapshotEnd(_message.Message):
     PIPELINES_FIELD_NUMBER: _builtins.int
     EXECUTION_IDS_FIELD_NUMBER: _builtins.int
     SHARDS_FIELD_NUMBER: _builtins.int
+    ALERTS_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     """The log sequence number the snapshot reflects: every entry up to it, none after."""
     pipelines: _builtins.int
@@ -426,6 +606,8 @@ class SnapshotEnd(_message.Message):
     """Execution ids in the snapshot."""
     shards: _builtins.int
     """Shards of the node that wrote it."""
+    alerts: _builtins.int
+    """Alerts in the snapshot's alerting frame (0 when it has none)."""
     def __init__(
         self,
         *,
@@ -433,10 +615,11 @@ class SnapshotEnd(_message.Message):
         pipelines: _builtins.int = ...,
         execution_ids: _builtins.int = ...,
         shards: _builtins.int = ...,
+        alerts: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution_ids", b"execution_ids", "pipelines", b"pipelines", "seq", b"seq", "shards", b"shards"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alerts", b"alerts", "execution_ids", b"execution_ids", "pipelines", b"pipelines", "seq", b"seq", "shards", b"shards"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
