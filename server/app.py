@@ -24,6 +24,7 @@ from grpc_reflection.v1alpha import reflection
 
 from server import metrics
 from server.anomalies import AnomalyStore
+from server.collector import node_registry, queue_gauges
 from server.config import Config, parse_hostport
 from server.dedup import SeenExecutions
 from server.detection.engine import DetectionEngine
@@ -84,6 +85,9 @@ class App:
         self.service = PipelineMonitorService(
             self.ingestor, self.shards, self.log, sc, anomalies=self.anomalies
         )
+        self.registry = node_registry(self.shards, config.metrics)
+        """What this node's /metrics shows; parts with state to show register on it."""
+        self._add_queue_gauges()
         self.health = health_aio.HealthServicer()
         self.grpc_port = 0
         self.http: HttpServer | None = None
@@ -121,7 +125,12 @@ class App:
         self._server = server
         if sc.http_listen:
             host, port = parse_hostport(sc.http_listen, "server.http_listen")
-            self.http = HttpServer(host, port, lambda: self.ready)
+            self.http = HttpServer(
+                host,
+                port,
+                lambda: self.ready,
+                registry=self.registry,
+            )
             await self.http.start()
         await self._recover()
         # What recovery built lives as long as the process: keep the collector off it.
@@ -135,6 +144,27 @@ class App:
         self._tasks.append(asyncio.create_task(self._snapshot_loop(), name="snapshots"))
         if self.config.detection.enabled:
             self._tasks.append(asyncio.create_task(self._detection_loop(), name="detection"))
+
+    def _add_queue_gauges(self) -> None:
+        wal = self.log if isinstance(self.log, WriteAheadLog) else None
+        queue_gauges(
+            self.registry,
+            {
+                "pipewarden_log_unsynced_entries": (
+                    "Log entries appended but not yet durable (requests waiting on the log).",
+                    lambda: wal.last_seq - wal.durable_seq if wal else 0,
+                ),
+                "pipewarden_log_bytes": ("Bytes in the write-ahead log.", self.log.size_bytes),
+                "pipewarden_detection_pending_pipelines": (
+                    "Pipelines touched by ingestion and waiting for detection.",
+                    lambda: len(self.ingestor.pending),
+                ),
+                "pipewarden_ready": (
+                    "1 once recovery is done and the node serves, else 0.",
+                    lambda: 1 if self.ready else 0,
+                ),
+            },
+        )
 
     async def _recover(self) -> None:
         done = await recover(

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from server.collector import MetricsSettings
 from server.detection.settings import DetectionSettings
 from server.errors import ConfigError
 
@@ -159,6 +160,8 @@ class Config:
     """Bearer tokens; none means no authentication (loopback only)."""
     detection: DetectionSettings = field(default_factory=DetectionSettings)
     """Anomaly detectors and their thresholds."""
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    """What /metrics shows (the cap on per-pipeline series)."""
 
     def with_overrides(self, **server_keys: Any) -> Config:
         """A copy with the given `server:` keys replaced (those whose value is not None)."""
@@ -191,7 +194,11 @@ def load(path: str | Path | None) -> Config:
 
 def parse(data: Any) -> Config:
     """Validate a decoded configuration document."""
-    doc = _mapping(data, "(top level)", {"server", "receivers", "routes", "auth", "detection"})
+    doc = _mapping(
+        data,
+        "(top level)",
+        {"server", "receivers", "routes", "auth", "detection", "metrics"},
+    )
     server = _server(_mapping(doc.get("server", {}), "server", None), "server")
     receivers = tuple(
         _receiver(item, f"receivers[{i}]") for i, item in enumerate(_list(doc, "receivers"))
@@ -210,7 +217,12 @@ def parse(data: Any) -> Config:
     detection = _settings(DetectionSettings(), doc.get("detection", {}), "detection")
     _check_detection(detection)
     return Config(
-        server=server, receivers=receivers, routes=routes, tokens=tokens, detection=detection
+        server=server,
+        receivers=receivers,
+        routes=routes,
+        tokens=tokens,
+        detection=detection,
+        metrics=_settings(MetricsSettings(), doc.get("metrics", {}), "metrics"),
     )
 
 
