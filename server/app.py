@@ -32,6 +32,9 @@ from server.errors import CorruptLogError, LogError
 from server.eventlog import EventLog
 from server.http import HttpServer
 from server.ingest import Ingestor
+from server.openlineage.endpoint import LineageEndpoint
+from server.openlineage.mapping import Translator
+from server.openlineage.producers import DatasetProducers
 from server.recovery import recover
 from server.servicer import SERVICE_NAME, PipelineMonitorService
 from server.shards import PipelineState, ShardSet
@@ -85,6 +88,20 @@ class App:
         self.service = PipelineMonitorService(
             self.ingestor, self.shards, self.log, sc, anomalies=self.anomalies
         )
+        self.producers = DatasetProducers(data / "lineage")
+        self.lineage = LineageEndpoint(
+            self.ingestor,
+            self.log,
+            Translator(
+                config.openlineage,
+                self.shards,
+                self.producers,
+                max_upstreams=sc.limits.max_upstreams,
+            ),
+            self.producers,
+            ready=lambda: self.ready,
+            max_body_bytes=sc.limits.max_request_bytes,
+        )
         self.registry = node_registry(self.shards, config.metrics)
         """What this node's /metrics shows; parts with state to show register on it."""
         self._add_queue_gauges()
@@ -123,6 +140,7 @@ class App:
         except RuntimeError as e:
             raise OSError(f"cannot listen on {sc.listen} for gRPC: {e}") from e
         self._server = server
+        await asyncio.to_thread(self.producers.load)
         if sc.http_listen:
             host, port = parse_hostport(sc.http_listen, "server.http_listen")
             self.http = HttpServer(
@@ -130,6 +148,8 @@ class App:
                 port,
                 lambda: self.ready,
                 registry=self.registry,
+                routes=(self.lineage.add_to,),
+                max_body_bytes=sc.limits.max_request_bytes,
             )
             await self.http.start()
         await self._recover()
@@ -158,6 +178,10 @@ class App:
                 "pipewarden_detection_pending_pipelines": (
                     "Pipelines touched by ingestion and waiting for detection.",
                     lambda: len(self.ingestor.pending),
+                ),
+                "pipewarden_openlineage_datasets": (
+                    "Datasets whose producing pipelines are known from OpenLineage outputs.",
+                    lambda: len(self.producers),
                 ),
                 "pipewarden_ready": (
                     "1 once recovery is done and the node serves, else 0.",

@@ -20,6 +20,7 @@ import yaml
 from server.collector import MetricsSettings
 from server.detection.settings import DetectionSettings
 from server.errors import ConfigError
+from server.openlineage.settings import OpenLineageSettings, parse_settings
 
 __all__ = [
     "AuthToken",
@@ -162,6 +163,8 @@ class Config:
     """Anomaly detectors and their thresholds."""
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     """What /metrics shows (the cap on per-pipeline series)."""
+    openlineage: OpenLineageSettings = field(default_factory=OpenLineageSettings)
+    """How OpenLineage jobs get their team and upstream pipelines."""
 
     def with_overrides(self, **server_keys: Any) -> Config:
         """A copy with the given `server:` keys replaced (those whose value is not None)."""
@@ -197,7 +200,7 @@ def parse(data: Any) -> Config:
     doc = _mapping(
         data,
         "(top level)",
-        {"server", "receivers", "routes", "auth", "detection", "metrics"},
+        {"server", "receivers", "routes", "auth", "detection", "metrics", "openlineage"},
     )
     server = _server(_mapping(doc.get("server", {}), "server", None), "server")
     receivers = tuple(
@@ -223,6 +226,7 @@ def parse(data: Any) -> Config:
         tokens=tokens,
         detection=detection,
         metrics=_settings(MetricsSettings(), doc.get("metrics", {}), "metrics"),
+        openlineage=parse_settings(doc.get("openlineage"), "openlineage"),
     )
 
 
