@@ -4,6 +4,14 @@ from pipewarden.client import Client, execution
 with Client("127.0.0.1:50051") as pw:
     pw.ingest([execution("run-1", "payments.settle", "payments", "succeeded", duration=42.0)])
     print(pw.pipeline_health("payments.settle").success_rate)
+
+For pipeline runners, the buffered reporters and run tracking (see pipewarden.reporter):
+
+from pipewarden.client import Reporter, current_run
+reporter = Reporter("127.0.0.1:50051", team="payments")
+@reporter.track("payments.settle")
+def settle() -> None:
+    current_run().records = 42
 """
 
 from __future__ import annotations
@@ -16,6 +24,8 @@ import grpc
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from pipewarden.reporter import AsyncReporter, Reporter, ReporterStats
+from pipewarden.runs import Run, current_run
 from pipewarden.v1 import (
     alert_pb2,
     anomaly_pb2,
@@ -25,7 +35,15 @@ from pipewarden.v1 import (
     service_pb2_grpc,
 )
 
-__all__ = ["Client", "execution"]
+__all__ = [
+    "AsyncReporter",
+    "Client",
+    "Reporter",
+    "ReporterStats",
+    "Run",
+    "current_run",
+    "execution",
+]
 
 _STATUS = {
     "succeeded": execution_pb2.EXECUTION_STATUS_SUCCEEDED,

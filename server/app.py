@@ -28,6 +28,7 @@ from server import metrics
 from server.alerting.feed import AlertFeed
 from server.alerting.manager import AlertManager
 from server.anomalies import AnomalyStore
+from server.collector import AlertCollector, node_registry, queue_gauges
 from server.config import Config, parse_hostport
 from server.dedup import SeenExecutions
 from server.detect import FanoutSink
@@ -36,6 +37,9 @@ from server.errors import CorruptLogError, LogError
 from server.eventlog import EventLog
 from server.http import HttpServer
 from server.ingest import Ingestor
+from server.openlineage.endpoint import LineageEndpoint
+from server.openlineage.mapping import Translator
+from server.openlineage.producers import DatasetProducers
 from server.recovery import recover
 from server.servicer import SERVICE_NAME, PipelineMonitorService
 from server.shards import PipelineState, ShardSet
@@ -118,6 +122,26 @@ class App:
             anomalies=self.anomalies,
             alerts=self.alerts,
         )
+        self.producers = DatasetProducers(data / "lineage")
+        self.lineage = LineageEndpoint(
+            self.ingestor,
+            self.log,
+            Translator(
+                config.openlineage,
+                self.shards,
+                self.producers,
+                max_upstreams=sc.limits.max_upstreams,
+            ),
+            self.producers,
+            ready=lambda: self.ready,
+            max_body_bytes=sc.limits.max_request_bytes,
+        )
+        self.registry = node_registry(self.shards, config.metrics)
+        """What this node's /metrics shows; parts with state to show register on it."""
+        self.registry.register(
+            AlertCollector(lambda: ((a.team, a.severity) for a in self.alerts.book.open_alerts()))
+        )
+        self._add_queue_gauges()
         self.health = health_aio.HealthServicer()
         self.grpc_port = 0
         self.http: HttpServer | None = None
@@ -155,9 +179,17 @@ class App:
         except RuntimeError as e:
             raise OSError(f"cannot listen on {sc.listen} for gRPC: {e}") from e
         self._server = server
+        await asyncio.to_thread(self.producers.load)
         if sc.http_listen:
             host, port = parse_hostport(sc.http_listen, "server.http_listen")
-            self.http = HttpServer(host, port, lambda: self.ready)
+            self.http = HttpServer(
+                host,
+                port,
+                lambda: self.ready,
+                registry=self.registry,
+                routes=(self.lineage.add_to,),
+                max_body_bytes=sc.limits.max_request_bytes,
+            )
             await self.http.start()
         await self._recover()
         # What recovery built lives as long as the process: keep the collector off it.
@@ -173,6 +205,31 @@ class App:
         self._tasks.append(asyncio.create_task(self._alert_loop(), name="alert-timers"))
         if self.config.detection.enabled:
             self._tasks.append(asyncio.create_task(self._detection_loop(), name="detection"))
+
+    def _add_queue_gauges(self) -> None:
+        wal = self.log if isinstance(self.log, WriteAheadLog) else None
+        queue_gauges(
+            self.registry,
+            {
+                "pipewarden_log_unsynced_entries": (
+                    "Log entries appended but not yet durable (requests waiting on the log).",
+                    lambda: wal.last_seq - wal.durable_seq if wal else 0,
+                ),
+                "pipewarden_log_bytes": ("Bytes in the write-ahead log.", self.log.size_bytes),
+                "pipewarden_detection_pending_pipelines": (
+                    "Pipelines touched by ingestion and waiting for detection.",
+                    lambda: len(self.ingestor.pending),
+                ),
+                "pipewarden_openlineage_datasets": (
+                    "Datasets whose producing pipelines are known from OpenLineage outputs.",
+                    lambda: len(self.producers),
+                ),
+                "pipewarden_ready": (
+                    "1 once recovery is done and the node serves, else 0.",
+                    lambda: 1 if self.ready else 0,
+                ),
+            },
+        )
 
     async def _recover(self) -> None:
         done = await recover(

@@ -19,8 +19,10 @@ import yaml
 
 from notifiers.config import Receiver, Route, parse_receivers, parse_routes
 from server.alerting.settings import AlertSettings
+from server.collector import MetricsSettings
 from server.detection.settings import DetectionSettings
 from server.errors import ConfigError
+from server.openlineage.settings import OpenLineageSettings, parse_settings
 
 __all__ = [
     "AlertSettings",
@@ -138,6 +140,10 @@ class Config:
     """Anomaly detectors and their thresholds."""
     alerts: AlertSettings = field(default_factory=AlertSettings)
     """The alert lifecycle: resolution, escalation, repeats, history, blast radius."""
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    """What /metrics shows (the cap on per-pipeline series)."""
+    openlineage: OpenLineageSettings = field(default_factory=OpenLineageSettings)
+    """How OpenLineage jobs get their team and upstream pipelines."""
 
     def with_overrides(self, **server_keys: Any) -> Config:
         """A copy with the given `server:` keys replaced (those whose value is not None)."""
@@ -170,7 +176,9 @@ def load(path: str | Path | None) -> Config:
 def parse(data: Any) -> Config:
     """Validate a decoded configuration document."""
     doc = _mapping(
-        data, "(top level)", {"server", "receivers", "routes", "auth", "detection", "alerts"}
+        data,
+        "(top level)",
+        {"server", "receivers", "routes", "auth", "detection", "alerts", "metrics", "openlineage"},
     )
     server = _server(_mapping(doc.get("server", {}), "server", None), "server")
     receivers = parse_receivers(doc.get("receivers"), "receivers")
@@ -190,6 +198,8 @@ def parse(data: Any) -> Config:
         tokens=tokens,
         detection=detection,
         alerts=alerts,
+        metrics=_settings(MetricsSettings(), doc.get("metrics", {}), "metrics"),
+        openlineage=parse_settings(doc.get("openlineage"), "openlineage"),
     )
 
 

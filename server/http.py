@@ -1,11 +1,12 @@
-"""The HTTP port: /healthz, /readyz and /metrics (Prometheus text format)."""
+"""The HTTP port: /healthz, /readyz, /metrics (Prometheus text format), and the routes other
+parts add (POST /api/v1/lineage, see server/openlineage/endpoint.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
 __all__ = ["HttpServer"]
 
@@ -13,18 +14,33 @@ __all__ = ["HttpServer"]
 class HttpServer:
     """A small aiohttp server; `ready` says whether recovery has finished."""
 
-    def __init__(self, host: str, port: int, ready: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        ready: Callable[[], bool],
+        *,
+        registry: CollectorRegistry = REGISTRY,
+        routes: Sequence[Callable[[web.Application], None]] = (),
+        max_body_bytes: int = 1024**2,
+    ) -> None:
         self.host = host
         self.port = port
         self._ready = ready
+        self.registry = registry
+        """What /metrics shows: the node's registry (see server/collector.py)."""
+        self._routes = routes
+        self._max_body_bytes = max_body_bytes
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
         """Listen. After it, `port` is the bound port (useful when asked for port 0)."""
-        app = web.Application()
+        app = web.Application(client_max_size=self._max_body_bytes)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
+        for add_routes in self._routes:
+            add_routes(app)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
@@ -48,4 +64,5 @@ class HttpServer:
         return web.Response(status=503, text="recovering\n")
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        body = generate_latest(self.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -77,6 +77,7 @@ def pipeline_health(p: PipelineState) -> health_pb2.PipelineHealth:
         last_error_message=p.last_error,
         recent_success_rate=recent_rate,
         recent_executions=recent_runs,
+        upstream_pipeline_ids=p.upstream,
     )
     if p.last_time is not None:
         msg.last_execution_time.CopyFrom(timestamp(p.last_time))

@@ -27,7 +27,7 @@ from pathlib import Path
 import crc32c
 
 from pipewarden.storage.v1 import storage_pb2
-from server import failpoints
+from server import failpoints, metrics
 from server.dedup import SeenExecutions
 from server.eventlog import EventLog
 from server.shards import ShardSet
@@ -240,6 +240,7 @@ class SnapshotStore:
             _fsync_dir(self.directory)
 
         await loop.run_in_executor(None, commit)
+        metrics.SNAPSHOT_SECONDS.observe(time.perf_counter() - began)
         log.info(
             "snapshot %s: %d pipelines, %d execution ids, %.1f MiB, %.2fs",
             final.name,

@@ -26,8 +26,14 @@ def free_port() -> int:
 class ServerProcess:
     """`pipewarden serve` in a subprocess, with its output in a file."""
 
-    def __init__(self, data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
+    def __init__(
+        self,
+        data_dir: Path,
+        *extra: str,
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+    ) -> None:
+        self.port = port or free_port()
         self.target = f"127.0.0.1:{self.port}"
         self.data_dir = data_dir
         self.output = data_dir.parent / f"server-{self.port}.log"

@@ -59,6 +59,14 @@ def test_generated_code_is_fresh(tmp_path: Path) -> None:
         "server.alerting.settings",
         "server.alerting.silences",
         "server.alerting.storage",
+        "pipewarden.reporter",
+        "pipewarden.runs",
+        "server.collector",
+        "server.metrics",
+        "server.openlineage.endpoint",
+        "server.openlineage.mapping",
+        "server.openlineage.producers",
+        "server.openlineage.settings",
     ],
 )
 def test_public_names_are_declared_and_exist(module: str) -> None:

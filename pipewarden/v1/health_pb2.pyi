@@ -3,9 +3,11 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from pipewarden.v1 import execution_pb2 as _execution_pb2
 import builtins as _builtins
 import sys
@@ -41,6 +43,7 @@ class PipelineHealth(_message.Message):
     LAST_SUCCESS_TIME_FIELD_NUMBER: _builtins.int
     RECENT_SUCCESS_RATE_FIELD_NUMBER: _builtins.int
     RECENT_EXECUTIONS_FIELD_NUMBER: _builtins.int
+    UPSTREAM_PIPELINE_IDS_FIELD_NUMBER: _builtins.int
     pipeline_id: _builtins.str
     """The pipeline this health describes."""
     team: _builtins.str
@@ -79,6 +82,12 @@ class PipelineHealth(_message.Message):
     def last_success_time(self) -> _timestamp_pb2.Timestamp:
         """The latest finish time of a successful execution."""
 
+    @_builtins.property
+    def upstream_pipeline_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The upstream pipelines its executions last named (as the runner sent them, or for an
+        OpenLineage job: the producers of its inputs, its jobDependencies and parent jobs).
+        """
+
     def __init__(
         self,
         *,
@@ -99,10 +108,11 @@ class PipelineHealth(_message.Message):
         last_success_time: _timestamp_pb2.Timestamp | None = ...,
         recent_success_rate: _builtins.float = ...,
         recent_executions: _builtins.int = ...,
+        upstream_pipeline_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_execution_time", b"last_execution_time", "last_success_time", b"last_success_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["avg_duration_seconds", b"avg_duration_seconds", "avg_records_processed", b"avg_records_processed", "cancelled", b"cancelled", "consecutive_failures", b"consecutive_failures", "failed", b"failed", "in_flight", b"in_flight", "last_error_message", b"last_error_message", "last_execution_time", b"last_execution_time", "last_status", b"last_status", "last_success_time", b"last_success_time", "pipeline_id", b"pipeline_id", "recent_executions", b"recent_executions", "recent_success_rate", b"recent_success_rate", "succeeded", b"succeeded", "success_rate", b"success_rate", "team", b"team", "total_executions", b"total_executions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["avg_duration_seconds", b"avg_duration_seconds", "avg_records_processed", b"avg_records_processed", "cancelled", b"cancelled", "consecutive_failures", b"consecutive_failures", "failed", b"failed", "in_flight", b"in_flight", "last_error_message", b"last_error_message", "last_execution_time", b"last_execution_time", "last_status", b"last_status", "last_success_time", b"last_success_time", "pipeline_id", b"pipeline_id", "recent_executions", b"recent_executions", "recent_success_rate", b"recent_success_rate", "succeeded", b"succeeded", "success_rate", b"success_rate", "team", b"team", "total_executions", b"total_executions", "upstream_pipeline_ids", b"upstream_pipeline_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,375 @@
+"""OpenLineage ingest: the real openlineage-python client's HTTP transport against a real server;
+the mapping's table; refusals; and the start times and dataset producers across kill -9."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import gzip
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import grpc
+import pytest
+import requests
+
+from pipewarden.v1 import execution_pb2, service_pb2, service_pb2_grpc
+from server.app import App
+from server.config import parse
+from server.errors import ConfigError
+from server.openlineage.mapping import BadEventError, parse_event
+from server.openlineage.producers import DatasetProducers
+from server.openlineage.settings import OpenLineageSettings
+from tests.conftest import make_config
+from tests.helpers import T0
+from tests.lineage import at, event, lineage_client
+from tests.process import ServerProcess, free_port
+
+
+def rid() -> str:
+    return str(uuid.uuid4())
+
+
+async def health(stub: service_pb2_grpc.PipelineMonitorStub, pid: str) -> Any:
+    return await stub.GetPipelineHealth(service_pb2.GetPipelineHealthRequest(pipeline_id=pid))
+
+
+@pytest.fixture
+async def ol_app(tmp_path: Path) -> Any:
+    config = dataclasses.replace(
+        make_config(tmp_path),
+        openlineage=OpenLineageSettings(namespace_teams={"spark": "analytics"}),
+    )
+    node = App(config)
+    await node.start()
+    try:
+        yield node
+    finally:
+        await node.close()
+
+
+async def test_the_real_client_start_complete_fail_abort(ol_app: App) -> None:
+    assert ol_app.http is not None
+    port = ol_app.http.port
+    client = lineage_client(port)
+    zipped = lineage_client(port, gzip=True)
+    one, two, three, four = rid(), rid(), rid(), rid()
+    events = [
+        (client, event("START", one, "load", t=0, team="payments")),
+        (client, event("COMPLETE", one, "load", t=100, outputs={"orders": 40, "refunds": 2})),
+        (zipped, event("START", two, "load", t=200, team="payments")),
+        (zipped, event("RUNNING", two, "load", t=210)),  # keeps the START's time
+        (zipped, event("FAIL", two, "load", t=230, outputs={"orders": 3}, error="disk full")),
+        (client, event("START", three, "load", t=300)),
+        (client, event("ABORT", three, "load", t=310)),
+        # No START seen: counted, with no duration.
+        (client, event("COMPLETE", four, "load", t=400, outputs={"orders": None})),
+    ]
+    for c, e in events:
+        await asyncio.to_thread(c.emit, e)
+    # The same terminal event again (a client's retry) is a duplicate, still 201.
+    await asyncio.to_thread(client.emit, events[1][1])
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{ol_app.grpc_port}") as ch:
+        stub = service_pb2_grpc.PipelineMonitorStub(ch)
+        h = await health(stub, "airflow/load")
+        assert h.team == "payments"
+        assert (h.succeeded, h.failed, h.cancelled, h.total_executions) == (2, 1, 1, 4)
+        assert h.success_rate == pytest.approx(2 / 3)
+        # Durations: 100 s and 30 s; the COMPLETE without a START has none.
+        assert h.avg_duration_seconds == pytest.approx(65.0)
+        assert h.avg_records_processed == pytest.approx((42 + 3 + 0) / 3)
+        assert h.last_error_message == "disk full"
+        assert h.in_flight == 0
+        assert h.last_status == execution_pb2.EXECUTION_STATUS_SUCCEEDED
+        assert h.last_execution_time.seconds == int(T0) + 400
+    assert ol_app.producers.producers_of(("warehouse", "orders")) == ["airflow/load"]
+
+
+async def test_teams_and_upstream_pipelines(ol_app: App) -> None:
+    assert ol_app.http is not None
+    client = lineage_client(ol_app.http.port)
+    dag = rid()
+    runs = [
+        # Extract writes raw.orders; transform reads it and writes orders; report reads orders.
+        event("COMPLETE", rid(), "extract", namespace="spark", outputs={"raw.orders": 10}),
+        event("START", rid(), "transform", inputs=("raw.orders",), outputs={"orders": None}),
+        event(
+            "COMPLETE",
+            rid(),
+            "report",
+            namespace="dbt",
+            inputs=("orders", "unknown.table"),
+            parent=(dag, "airflow", "nightly"),
+        ),
+    ]
+    for e in runs:
+        await asyncio.to_thread(client.emit, e)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{ol_app.grpc_port}") as ch:
+        stub = service_pb2_grpc.PipelineMonitorStub(ch)
+        extract = await health(stub, "spark/extract")
+        assert extract.team == "analytics"  # namespace_teams
+        assert list(extract.upstream_pipeline_ids) == []
+        report = await health(stub, "dbt/report")
+        assert report.team == "unowned"  # the default team
+        # The producer of its input (learned from a START), then its parent's job.
+        assert list(report.upstream_pipeline_ids) == ["airflow/transform", "airflow/nightly"]
+        transform = await health(stub, "airflow/transform")
+        assert transform.in_flight == 1
+
+
+async def test_a_known_pipeline_keeps_its_team(ol_app: App) -> None:
+    assert ol_app.http is not None
+    client = lineage_client(ol_app.http.port)
+    run_id = rid()
+    await asyncio.to_thread(client.emit, event("START", run_id, "job", team="first"))
+    # The COMPLETE names no owner (many integrations send job facets on START only), and a
+    # later run names another team: both stay with the pipeline's team.
+    await asyncio.to_thread(client.emit, event("COMPLETE", run_id, "job", t=5))
+    await asyncio.to_thread(client.emit, event("COMPLETE", rid(), "job", t=9, team="second"))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{ol_app.grpc_port}") as ch:
+        h = await health(service_pb2_grpc.PipelineMonitorStub(ch), "airflow/job")
+    assert (h.team, h.succeeded) == ("first", 2)
+
+
+def body(**changes: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "eventType": "COMPLETE",
+        "eventTime": at(1),
+        "run": {"runId": rid()},
+        "job": {"namespace": "ns", "name": "raw"},
+        "producer": "curl",
+    }
+    doc.update(changes)
+    return {k: v for k, v in doc.items() if v is not None}
+
+
+@pytest.mark.parametrize(
+    ("doc", "reason"),
+    [
+        ("not json", "not JSON"),
+        ([1, 2], "JSON list"),
+        ({"eventType": "START"}, "no run, job or dataset"),
+        (body(run={"facets": {}}), "run.runId is required"),
+        (body(job={"name": "x"}), "job.namespace is required"),
+        (body(eventType="FINISHED"), "eventType 'FINISHED' is not one of"),
+        (body(eventTime="yesterday"), "not an ISO 8601"),
+        (body(eventTime=None), "eventTime is required"),
+        (
+            body(
+                outputs=[
+                    {
+                        "namespace": "w",
+                        "name": "t",
+                        "outputFacets": {"outputStatistics": {"rowCount": -5}},
+                    }
+                ]
+            ),
+            "rowCount is -5; it must not be negative",
+        ),
+        (body(job={"namespace": "ns", "name": "x" * 300}), "pipeline_id is 303 characters"),
+    ],
+)
+async def test_bad_events_are_400_with_the_reason_and_change_nothing(
+    app: App, doc: Any, reason: str
+) -> None:
+    assert app.http is not None
+    data = doc.encode() if isinstance(doc, str) else json.dumps(doc).encode()
+    url = f"http://127.0.0.1:{app.http.port}/api/v1/lineage"
+    async with aiohttp.ClientSession() as session, session.post(url, data=data) as r:
+        assert r.status == 400
+        answer = await r.json()
+    assert answer["code"] == 400
+    assert reason in answer["message"]
+    assert len(app.shards) == 0
+
+
+async def test_lenient_about_what_it_does_not_use(app: App) -> None:
+    """No schemaURL or producer, unknown facets, OTHER events, JobEvents and DatasetEvents, and
+    a body gzipped without saying so."""
+    assert app.http is not None
+    url = f"http://127.0.0.1:{app.http.port}/api/v1/lineage"
+    docs = [
+        body(run={"runId": "not-a-uuid", "facets": {"custom": {"x": 1}}}),
+        body(eventType="OTHER", outputs=[{"namespace": "w", "name": "t"}]),
+        {
+            "job": {"namespace": "ns", "name": "static"},
+            "outputs": [{"namespace": "w", "name": "u"}],
+            "eventTime": at(2),
+        },
+        {"dataset": {"namespace": "w", "name": "t"}, "eventTime": at(3)},
+    ]
+    async with aiohttp.ClientSession() as session:
+        for doc in docs:
+            async with session.post(url, json=doc) as r:
+                assert r.status == 201, await r.text()
+        async with session.post(url, data=gzip.compress(json.dumps(body()).encode())) as r:
+            assert r.status == 201
+            assert (await r.json())["outcome"] == "accepted"
+    state = app.shards.get("ns/raw")
+    assert state is not None and state.succeeded == 2
+    assert app.producers.producers_of(("w", "t")) == ["ns/raw"]
+    assert app.producers.producers_of(("w", "u")) == ["ns/static"]
+
+
+async def test_refused_while_recovering(app: App) -> None:
+    assert app.http is not None
+    app.ready = False
+    url = f"http://127.0.0.1:{app.http.port}/api/v1/lineage"
+    async with aiohttp.ClientSession() as session, session.post(url, json=body()) as r:
+        assert r.status == 503
+
+
+def test_parse_event_reads_the_facets() -> None:
+    e = parse_event(
+        {
+            "eventType": "fail",
+            "eventTime": "2026-05-28T00:00:00.123456789+02:00",
+            "run": {
+                "runId": "r",
+                "facets": {
+                    "errorMessage": {"message": "boom", "programmingLanguage": "JAVA"},
+                    "parent": {"run": {"runId": "p"}, "job": {"namespace": "a", "name": "dag"}},
+                    "jobDependencies": {
+                        "upstream": [{"job": {"namespace": "b", "name": "up"}}, {"job": {}}]
+                    },
+                },
+            },
+            "job": {
+                "namespace": "n",
+                "name": "j",
+                "facets": {
+                    "ownership": {"owners": [{"name": "team:"}, {"name": "team: core "}]},
+                    "jobType": {"integration": "SPARK", "jobType": "JOB", "processingType": "B"},
+                },
+            },
+            "outputs": [
+                {
+                    "namespace": "w",
+                    "name": "x",
+                    "outputFacets": {"outputStatistics": {"rowCount": 7.0}},
+                },
+                {"namespace": "w", "name": "y"},
+            ],
+        }
+    )
+    assert e.event_type == "FAIL"
+    assert e.event_time == pytest.approx(1_779_919_200.123457)
+    assert e.owner_team == "core"
+    assert e.records == 7
+    assert e.outputs == (("w", "x"), ("w", "y"))
+    assert e.error_message == "boom"
+    assert e.parent == ("a", "dag")
+    assert e.depends_on == (("b", "up"),)
+    assert e.labels == {"integration": "SPARK", "job_type": "JOB"}
+    with pytest.raises(BadEventError, match="rowCount is True"):
+        parse_event(
+            body(
+                outputs=[
+                    {
+                        "namespace": "w",
+                        "name": "t",
+                        "outputFacets": {"outputStatistics": {"rowCount": True}},
+                    }
+                ]
+            )
+        )
+
+
+def test_producers_file_survives_a_torn_append(tmp_path: Path) -> None:
+    producers = DatasetProducers(tmp_path / "lineage")
+    producers.load()
+    assert producers.record("p1", [("w", "a"), ("w", "b")])
+    assert not producers.record("p1", [("w", "a")])
+    assert producers.record("p2", [("w", "a")])
+    asyncio.run(producers.flush())
+    with producers.path.open("ab") as f:
+        f.write(b'{"namespace":"w","na')  # a crash in the middle of an append
+    again = DatasetProducers(tmp_path / "lineage")
+    again.load()
+    assert again.producers_of(("w", "a")) == ["p1", "p2"]
+    assert again.producers_of(("w", "b")) == ["p1"]
+    assert producers.path.read_bytes().endswith(b"\n")  # rewritten without the torn line
+    for i in range(20):
+        again.record(f"q{i}", [("w", "c")])
+    assert len(again.producers_of(("w", "c"))) == 8
+
+
+def test_start_times_and_producers_survive_kill_9(tmp_path: Path) -> None:
+    """A START is remembered through the log (kill -9) and through a snapshot (SIGTERM); so is
+    the dataset producer map, through its own file."""
+    data = tmp_path / "data"
+    http = free_port()
+    extra = ("--http-listen", f"127.0.0.1:{http}")
+    first, second = rid(), rid()
+
+    def serve() -> ServerProcess:
+        server = ServerProcess(data, *extra)
+        server.wait_serving()
+        return server
+
+    server = serve()
+    try:
+        client = lineage_client(http)
+        client.emit(event("START", first, "writer", t=0, team="core", outputs={"facts": None}))
+        client.emit(event("START", second, "writer", t=50))
+        server.kill()
+    finally:
+        server.kill()
+
+    server = serve()
+    try:
+        client.emit(event("COMPLETE", first, "writer", t=20, outputs={"facts": 5}))
+        # A reader of the dataset, after the restart: its upstream is the writer.
+        client.emit(event("COMPLETE", rid(), "reader", t=30, inputs=("facts",)))
+        assert server.stop() == 0  # a snapshot, then a clean start from it
+    finally:
+        server.kill()
+
+    server = serve()
+    try:
+        client.emit(event("COMPLETE", second, "writer", t=60))
+        with grpc.insecure_channel(server.target) as ch:
+            stub = service_pb2_grpc.PipelineMonitorStub(ch)
+            writer = stub.GetPipelineHealth(
+                service_pb2.GetPipelineHealthRequest(pipeline_id="airflow/writer")
+            )
+            reader = stub.GetPipelineHealth(
+                service_pb2.GetPipelineHealthRequest(pipeline_id="airflow/reader")
+            )
+        assert (writer.team, writer.succeeded, writer.in_flight) == ("core", 2, 0)
+        assert writer.avg_duration_seconds == pytest.approx((20 + 10) / 2)
+        assert list(reader.upstream_pipeline_ids) == ["airflow/writer"]
+        with pytest.raises(requests.HTTPError, match="400"):
+            client.emit(event("COMPLETE", rid(), "x" * 300))  # the real client sees a refusal
+    finally:
+        server.kill()
+    assert "Traceback" not in server.log()
+
+
+def test_configuration() -> None:
+    config = parse(
+        {
+            "openlineage": {
+                "namespace_teams": {"airflow-prod": "data-eng"},
+                "default_team": "platform",
+                "parent_as_upstream": False,
+            },
+        }
+    )
+    assert config.openlineage.namespace_teams == {"airflow-prod": "data-eng"}
+    assert config.openlineage.default_team == "platform"
+    assert not config.openlineage.parent_as_upstream
+    for bad, key in (
+        ({"openlineage": {"default_team": ""}}, "openlineage.default_team"),
+        ({"openlineage": {"namespace_teams": ["x"]}}, "openlineage.namespace_teams"),
+        ({"openlineage": {"namespace_teams": {"ns": 3}}}, "openlineage.namespace_teams.ns"),
+        ({"openlineage": {"parent_as_upstream": "no"}}, "openlineage.parent_as_upstream"),
+        ({"openlineage": {"teams": {}}}, "openlineage.teams"),
+    ):
+        with pytest.raises(ConfigError) as info:
+            parse(bad)
+        assert info.value.key == key, bad
