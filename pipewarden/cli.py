@@ -82,6 +82,12 @@ def _parser() -> argparse.ArgumentParser:
         help="cut a log that is corrupt before its newest segment at the corruption, "
         "losing what follows, instead of refusing to start",
     )
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a non-loopback address with no auth.tokens configured (anyone who can "
+        "reach it can read and write every team's data)",
+    )
     serve.set_defaults(run=_serve)
 
     dead = sub.add_parser(
@@ -248,7 +254,7 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as e:
         err.print(f"[red]error:[/] {e}")
         return 2
-    return app.run(config, repair=args.repair)
+    return app.run(config, repair=args.repair, insecure=args.insecure)
 
 
 # -- dead-letters --------------------------------------------------------------------------------

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from server.auth import Authenticator, http_middleware
 
 __all__ = ["HttpServer"]
 
@@ -13,21 +16,31 @@ __all__ = ["HttpServer"]
 class HttpServer:
     """A small aiohttp server; `ready` says whether recovery has finished."""
 
-    def __init__(self, host: str, port: int, ready: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        ready: Callable[[], bool],
+        *,
+        auth: Authenticator | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.host = host
         self.port = port
         self._ready = ready
+        self._auth = auth if auth is not None else Authenticator(())
+        self._ssl = ssl_context
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
         """Listen. After it, `port` is the bound port (useful when asked for port 0)."""
-        app = web.Application()
+        app = web.Application(middlewares=[http_middleware(self._auth)])
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
+        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self._ssl)
         await site.start()
         for address in self._runner.addresses:
             self.port = int(address[1])
