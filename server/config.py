@@ -131,7 +131,8 @@ class ServerConfig:
     """TLS for both ports; None serves plaintext."""
     rate_limit_per_second: float = 0.0
     """Requests each token (each caller, without auth) may make per second, on average; more
-    get RESOURCE_EXHAUSTED. 0 turns rate limiting off. A stream counts once, when opened."""
+    get RESOURCE_EXHAUSTED. 0 turns rate limiting off. Each request of a StreamIngest stream
+    counts too, and beyond the rate the stream is read more slowly rather than ended."""
     rate_limit_burst: int = 200
     """How many requests a token may make at once after being idle (its bucket's size)."""
     max_streams: int = 1000

@@ -275,6 +275,15 @@ class PipelineMonitorService:
 
         return handle
 
+    async def _throttle(self, key: str) -> None:
+        """Wait until `key`'s bucket allows a request (a bounded number of tries, since
+        other calls of the same token may take what was waited for)."""
+        for _ in range(1000):
+            wait = self.rates.take(key)
+            if not wait:
+                return
+            await asyncio.sleep(wait)
+
     async def _scope(self, team: str, who: Principal, context: Context) -> str:
         """The team filter a read runs with; another team's is refused."""
         scoped = who.scope(team)
@@ -328,7 +337,8 @@ class PipelineMonitorService:
         """StreamIngest: requests are applied as they arrive and answered in order, each once
         durable. At most max_in_flight_per_stream requests wait for their answer; until one
         is answered the stream is not read (a place is taken before reading), which pushes
-        back on the client."""
+        back on the client. The token's rate limit counts the stream's opening and each
+        further request, and holds the stream back rather than ending it."""
         await self._may_ingest(who, context)
         team = _own(who)
         # Unbounded queue, bounded by the semaphore: the reader never blocks on the queue, so
@@ -340,8 +350,14 @@ class PipelineMonitorService:
         async def read() -> None:
             try:
                 incoming = aiter(requests)
+                first = True
                 while True:
                     await slots.acquire()
+                    if not first:
+                        # Within a stream the rate limit throttles instead of refusing: the
+                        # stream is not read until the token's bucket allows the next request.
+                        await self._throttle(who.key)
+                    first = False
                     try:
                         raw = await anext(incoming)
                     except StopAsyncIteration:

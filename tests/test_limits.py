@@ -70,6 +70,22 @@ async def test_rate_limit_per_token(tmp_path: Path) -> None:
         await app.close()
 
 
+async def test_a_stream_beyond_its_rate_is_slowed_not_ended(tmp_path: Path) -> None:
+    app = App(make_config(tmp_path, rate_limit_per_second=20.0, rate_limit_burst=5))
+    channel, stub = await _serving(app)
+    try:
+        began = asyncio.get_running_loop().time()
+        requests = [request(run(f"e{i}", "p", "t")) for i in range(25)]
+        answers = [r async for r in stub.StreamIngest(iter(requests))]
+        took = asyncio.get_running_loop().time() - began
+        # 5 at once from the bucket (the opening takes one), then 20 a second.
+        assert sum(a.accepted for a in answers) == 25
+        assert took >= 0.9, took
+    finally:
+        await channel.close()
+        await app.close()
+
+
 async def test_open_streams_are_capped(tmp_path: Path) -> None:
     app = App(make_config(tmp_path, max_streams=2))
     channel, stub = await _serving(app)

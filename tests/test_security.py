@@ -214,6 +214,23 @@ def test_tokens_by_value_digest_or_environment(monkeypatch: pytest.MonkeyPatch) 
         assert key in str(e.value)
 
 
+def test_limit_keys_parse() -> None:
+    sc = parse(
+        {
+            "server": {
+                "rate_limit_per_second": 5,
+                "rate_limit_burst": 10,
+                "max_streams": 3,
+                "limits": {"max_pipelines_per_team": 7},
+            }
+        }
+    ).server
+    assert (sc.rate_limit_per_second, sc.rate_limit_burst, sc.max_streams) == (5, 10, 3)
+    assert sc.limits.max_pipelines_per_team == 7
+    with pytest.raises(ConfigError, match=r"server\.max_streams"):
+        parse({"server": {"max_streams": 0}})
+
+
 def test_tls_config_names_missing_files(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as e:
         parse({"server": {"tls": {"cert": str(tmp_path / "nope.pem"), "key": "k"}}})
