@@ -8,6 +8,7 @@ flags override the file (see `with_overrides`). Every error names the key and wh
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import ipaddress
 import math
 import os
@@ -130,9 +131,10 @@ class ServerConfig:
     tls: TLSConfig | None = None
     """TLS for both ports; None serves plaintext."""
     rate_limit_per_second: float = 0.0
-    """Requests each token (each caller, without auth) may make per second, on average; more
-    get RESOURCE_EXHAUSTED. 0 turns rate limiting off. Each request of a StreamIngest stream
-    counts too, and beyond the rate the stream is read more slowly rather than ended."""
+    """Requests each token may make per second, on average (without auth, all callers share
+    one bucket); more get RESOURCE_EXHAUSTED. 0 turns rate limiting off. Each request of a
+    StreamIngest stream counts too, and beyond the rate the stream is read more slowly rather
+    than ended."""
     rate_limit_burst: int = 200
     """How many requests a token may make at once after being idle (its bucket's size)."""
     max_streams: int = 1000
@@ -211,6 +213,7 @@ def parse(data: Any) -> Config:
     tokens = tuple(
         _token(item, f"auth.tokens[{i}]") for i, item in enumerate(_list(auth, "tokens"))
     )
+    _check_unique(tokens)
     detection = _settings(DetectionSettings(), doc.get("detection", {}), "detection")
     _check_detection(detection)
     alerts = _settings(AlertSettings(), doc.get("alerts", {}), "alerts")
@@ -338,6 +341,17 @@ def _server(raw: Mapping[str, Any], key: str) -> ServerConfig:
 def _limits(raw: Any, key: str) -> IngestLimits:
     doc = _mapping(raw, key, {f.name for f in dataclasses.fields(IngestLimits) if f.init})
     return IngestLimits(**{k: _int(v, f"{key}.{k}", minimum=1) for k, v in doc.items()})
+
+
+def _check_unique(tokens: Sequence[AuthToken]) -> None:
+    seen: dict[str, int] = {}
+    for i, t in enumerate(tokens):
+        digest = t.sha256 or hashlib.sha256(t.token.encode()).hexdigest()
+        if digest in seen:
+            raise ConfigError(
+                f"auth.tokens[{i}]", f"the same token as auth.tokens[{seen[digest]}]: one each"
+            )
+        seen[digest] = i
 
 
 def _tls(raw: Any, key: str) -> TLSConfig:

@@ -212,6 +212,17 @@ def test_tokens_by_value_digest_or_environment(monkeypatch: pytest.MonkeyPatch) 
         with pytest.raises(ConfigError) as e:
             parse({"auth": {"tokens": [bad]}})
         assert key in str(e.value)
+    with pytest.raises(ConfigError, match=r"auth\.tokens\[1\]: the same token as"):
+        parse(
+            {
+                "auth": {
+                    "tokens": [
+                        {"token": "by-digest", "role": "admin"},
+                        {"sha256": digest, "team": "a", "role": "reader"},
+                    ]
+                }
+            }
+        )
 
 
 def test_limit_keys_parse() -> None:
