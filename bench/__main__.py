@@ -23,11 +23,11 @@ from typing import Any
 
 from rich.console import Console
 
-from bench import alerts, fsync, ingest, latency, memory, notify, queries, recovery, report
+from bench import alerts, fsync, ingest, latency, load, memory, notify, queries, recovery, report
 from bench.common import Context, SectionResult
 
 SECTIONS: dict[str, ModuleType] = {
-    m.NAME: m for m in (ingest, latency, alerts, queries, memory, fsync, recovery, notify)
+    m.NAME: m for m in (ingest, latency, alerts, queries, memory, fsync, recovery, notify, load)
 }
 """Every section, by name, in the order a full run takes them."""
 

@@ -82,6 +82,12 @@ def _parser() -> argparse.ArgumentParser:
         help="cut a log that is corrupt before its newest segment at the corruption, "
         "losing what follows, instead of refusing to start",
     )
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a non-loopback address with no auth.tokens configured (anyone who can "
+        "reach it can read and write every team's data)",
+    )
     serve.set_defaults(run=_serve)
 
     dead = sub.add_parser(
@@ -203,8 +209,33 @@ def _client_options(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         default=os.environ.get("PIPEWARDEN_TOKEN"),
         help="bearer token (env PIPEWARDEN_TOKEN)",
     )
+    p.add_argument(
+        "--tls-ca",
+        default=os.environ.get("PIPEWARDEN_TLS_CA"),
+        help="connect with TLS, trusting this CA's PEM file (env PIPEWARDEN_TLS_CA)",
+    )
+    p.add_argument(
+        "--tls-cert",
+        default=os.environ.get("PIPEWARDEN_TLS_CERT"),
+        help="client certificate PEM file, for mutual TLS (env PIPEWARDEN_TLS_CERT)",
+    )
+    p.add_argument(
+        "--tls-key",
+        default=os.environ.get("PIPEWARDEN_TLS_KEY"),
+        help="the client certificate's key PEM file (env PIPEWARDEN_TLS_KEY)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return p
+
+
+def _credentials(args: argparse.Namespace) -> grpc.ChannelCredentials | None:
+    from pipewarden.client import tls_credentials
+
+    return tls_credentials(args.tls_ca, args.tls_cert, args.tls_key)
+
+
+def _client(args: argparse.Namespace) -> Client:
+    return Client(args.target, token=args.token, credentials=_credentials(args))
 
 
 def _whoami() -> str:
@@ -248,7 +279,7 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as e:
         err.print(f"[red]error:[/] {e}")
         return 2
-    return app.run(config, repair=args.repair)
+    return app.run(config, repair=args.repair, insecure=args.insecure)
 
 
 # -- dead-letters --------------------------------------------------------------------------------
@@ -336,7 +367,7 @@ def _send(args: argparse.Namespace) -> int:
         batches.append(batch)
     totals = {"accepted": 0, "duplicates": 0, "running": 0}
     offset = 0
-    with Client(args.target, token=args.token) as client:
+    with _client(args) as client:
         for request, response in zip(batches, client.stream_ingest(batches), strict=True):
             totals["accepted"] += response.accepted
             totals["duplicates"] += response.duplicates
@@ -385,7 +416,7 @@ def _health(args: argparse.Namespace) -> int:
     from rich import box
     from rich.table import Table
 
-    with Client(args.target, token=args.token) as client:
+    with _client(args) as client:
         if args.pipeline_id:
             p = client.pipeline_health(args.pipeline_id)
             if args.json:
@@ -462,7 +493,7 @@ def _teams(args: argparse.Namespace) -> int:
     from rich import box
     from rich.table import Table
 
-    with Client(args.target, token=args.token) as client:
+    with _client(args) as client:
         teams = [client.team_metrics(args.team)] if args.team else client.list_team_metrics()
     if args.json:
         print(json.dumps([_dict(t) for t in teams]))
@@ -505,7 +536,7 @@ def _anomalies(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     level = {"medium": 1, "high": 2, "critical": 3}[args.min_severity]
-    with Client(args.target, token=args.token) as client:
+    with _client(args) as client:
         found = client.anomalies(team=args.team, pipeline_id=args.pipeline, min_severity=level)
     if args.json:
         print(json.dumps([_dict(a) for a in found]))
@@ -584,7 +615,7 @@ def _alerts(args: argparse.Namespace) -> int:
     from rich import box
     from rich.table import Table
 
-    with Client(args.target, token=args.token) as client:
+    with _client(args) as client:
         if args.history:
             return _print_history(client.alert_history(args.team, args.limit), args)
         if args.routed:
@@ -679,7 +710,7 @@ def _watch(args: argparse.Namespace) -> int:
     def subscribed() -> None:
         err.print(f"watching alert events at {args.target} (Ctrl-C to stop)")
 
-    with Client(args.target, token=args.token) as client:
+    with _client(args) as client:
         events = client.watch_alerts(
             team=args.team, min_severity=_LEVEL[args.min_severity], subscribed=subscribed
         )
@@ -695,7 +726,7 @@ def _watch(args: argparse.Namespace) -> int:
 
 
 def _ack(args: argparse.Namespace) -> int:
-    with Client(args.target, token=args.token) as client:
+    with _client(args) as client:
         a = client.acknowledge(args.alert_id, args.by)
     if args.json:
         print(_json(a))
@@ -765,7 +796,7 @@ def _silence_create(args: argparse.Namespace) -> int:
             err.print(f"[red]error:[/] --until {args.until!r} is not an ISO 8601 time")
             return 2
         ends = until
-    with Client(args.target, token=args.token) as client:
+    with _client(args) as client:
         s = client.create_silence(
             team=args.team,
             pipeline_id=args.pipeline,
@@ -797,7 +828,7 @@ def _silence_list(args: argparse.Namespace) -> int:
     from rich import box
     from rich.table import Table
 
-    with Client(args.target, token=args.token) as client:
+    with _client(args) as client:
         found = client.silences(args.team)
     if args.json:
         print(json.dumps([_dict(s) for s in found]))
@@ -824,7 +855,7 @@ def _silence_list(args: argparse.Namespace) -> int:
 
 
 def _silence_delete(args: argparse.Namespace) -> int:
-    with Client(args.target, token=args.token) as client:
+    with _client(args) as client:
         s = client.delete_silence(args.silence_id, args.by)
     if args.json:
         print(_json(s))
@@ -854,6 +885,7 @@ def _simulate(args: argparse.Namespace) -> int:
             batch_size=args.batch,
             progress=not args.no_progress,
             metadata=_metadata(args),
+            credentials=_credentials(args),
         )
     )
     if args.json:

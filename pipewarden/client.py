@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
+from pathlib import Path
 from types import TracebackType
 
 import grpc
@@ -43,6 +44,7 @@ __all__ = [
     "Run",
     "current_run",
     "execution",
+    "tls_credentials",
 ]
 
 _STATUS = {
@@ -99,16 +101,45 @@ def execution(
     return msg
 
 
+def tls_credentials(
+    ca: str | None = None, cert: str | None = None, key: str | None = None
+) -> grpc.ChannelCredentials | None:
+    """Channel credentials from PEM files: `ca` to trust (None: the system's roots), and for
+    mutual TLS the client's `cert` and `key`. None when none is given (plaintext)."""
+    if not (ca or cert or key):
+        return None
+    if bool(cert) != bool(key):
+        raise ValueError("a client certificate needs its key, and a key its certificate")
+
+    def read(path: str | None) -> bytes | None:
+        return Path(path).read_bytes() if path else None
+
+    return grpc.ssl_channel_credentials(
+        root_certificates=read(ca), private_key=read(key), certificate_chain=read(cert)
+    )
+
+
 class Client:
     """A blocking client. Use it as a context manager, or call `close()`."""
 
-    def __init__(self, target: str, *, token: str | None = None, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        target: str,
+        *,
+        token: str | None = None,
+        timeout: float = 30.0,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
         self.target = target
         self.timeout = timeout
         self._metadata: tuple[tuple[str, str], ...] = (
             (("authorization", f"Bearer {token}"),) if token else ()
         )
-        self._channel = grpc.insecure_channel(target)
+        self._channel = (
+            grpc.secure_channel(target, credentials)
+            if credentials is not None
+            else grpc.insecure_channel(target)
+        )
         self.stub = service_pb2_grpc.PipelineMonitorStub(self._channel)
 
     def __enter__(self) -> Client:

@@ -617,12 +617,14 @@ async def run(
     progress: bool = True,
     metadata: Sequence[tuple[str, str]] = (),
     end: float | None = None,
+    credentials: grpc.ChannelCredentials | None = None,
 ) -> SimulationResult:
     """Stream the fleet's events to the server at `target` over one StreamIngest call.
 
     Requests are pipelined: up to 64 go out before their answers come back. With `progress`, a
     progress bar on stderr shows the events sent and acknowledged and their rate. `metadata`
-    goes with the call (e.g. an authorization token). A failed call raises grpc.aio.AioRpcError;
+    goes with the call (e.g. an authorization token); `credentials`, TLS ones, secure the
+    channel. A failed call raises grpc.aio.AioRpcError;
     the channel is closed in every case.
     """
     if batch_size < 1:
@@ -656,7 +658,12 @@ async def run(
 
     began = time.perf_counter()
     with bar:
-        async with grpc.aio.insecure_channel(target) as channel:
+        channel_cm = (
+            grpc.aio.secure_channel(target, credentials)
+            if credentials is not None
+            else grpc.aio.insecure_channel(target)
+        )
+        async with channel_cm as channel:
             stub = service_pb2_grpc.PipelineMonitorStub(channel)
             call = stub.StreamIngest(requests(), metadata=tuple(metadata))
             async for response in call:

@@ -24,10 +24,11 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from server import metrics
+from server import metrics, tls
 from server.alerting.feed import AlertFeed
 from server.alerting.manager import AlertManager
 from server.anomalies import AnomalyStore
+from server.auth import Authenticator, check_exposure
 from server.collector import AlertCollector, node_registry, queue_gauges
 from server.config import Config, parse_hostport
 from server.dedup import SeenExecutions
@@ -114,6 +115,7 @@ class App:
         )
         self._detection_wake = asyncio.Event()
         self.ingestor.on_pending = self._detection_wake.set
+        self.auth = Authenticator(config.tokens)
         self.service = PipelineMonitorService(
             self.ingestor,
             self.shards,
@@ -121,6 +123,7 @@ class App:
             sc,
             anomalies=self.anomalies,
             alerts=self.alerts,
+            auth=self.auth,
         )
         self.producers = DatasetProducers(data / "lineage")
         self.lineage = LineageEndpoint(
@@ -175,7 +178,10 @@ class App:
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
         parse_hostport(sc.listen, "server.listen")
         try:
-            self.grpc_port = server.add_insecure_port(sc.listen)
+            if sc.tls is not None:
+                self.grpc_port = server.add_secure_port(sc.listen, tls.grpc_credentials(sc.tls))
+            else:
+                self.grpc_port = server.add_insecure_port(sc.listen)
         except RuntimeError as e:
             raise OSError(f"cannot listen on {sc.listen} for gRPC: {e}") from e
         self._server = server
@@ -189,6 +195,8 @@ class App:
                 registry=self.registry,
                 routes=(self.lineage.add_to,),
                 max_body_bytes=sc.limits.max_request_bytes,
+                auth=self.auth,
+                ssl_context=tls.http_context(sc.tls) if sc.tls is not None else None,
             )
             await self.http.start()
         await self._recover()
@@ -384,8 +392,12 @@ class App:
                 await self.http.close()
 
 
-async def serve(config: Config, *, repair: bool = False) -> int:
+async def serve(config: Config, *, repair: bool = False, insecure: bool = False) -> int:
     """Run a node until SIGTERM or SIGINT; return the exit status."""
+    refusal = check_exposure(config, insecure)
+    if refusal is not None:
+        log.error("cannot start: %s", refusal)
+        return 1
     app = App(config, repair=repair)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -413,7 +425,7 @@ async def serve(config: Config, *, repair: bool = False) -> int:
     return 1 if app.failure is not None else 0
 
 
-def run(config: Config, *, repair: bool = False) -> int:
+def run(config: Config, *, repair: bool = False, insecure: bool = False) -> int:
     """Blocking entry point for `pipewarden serve`."""
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -423,4 +435,4 @@ def run(config: Config, *, repair: bool = False) -> int:
     # collector every 700 allocations and rescan the whole state often: measured, that costs
     # a tenth of ingest throughput.
     gc.set_threshold(50_000, 20, 100)
-    return asyncio.run(serve(config, repair=repair))
+    return asyncio.run(serve(config, repair=repair, insecure=insecure))

@@ -8,8 +8,11 @@ flags override the file (see `with_overrides`). Every error names the key and wh
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import ipaddress
 import math
+import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +35,7 @@ __all__ = [
     "Receiver",
     "Route",
     "ServerConfig",
+    "TLSConfig",
     "load",
     "parse",
     "parse_hostport",
@@ -58,6 +62,9 @@ class IngestLimits:
     """Most upstream pipeline ids on one execution."""
     max_error_message_length: int = 4096
     """Longer error messages are kept, cut to this length."""
+    max_pipelines_per_team: int = 100_000
+    """Distinct pipelines one team may have, so that one runaway producer cannot exhaust
+    memory; events of new pipelines beyond it are rejected (existing ones keep counting)."""
     small_message_bytes: int = field(init=False, repr=False, compare=False)
     """Derived: the size below which no per-string or per-entry limit can be exceeded (no string
     is longer than its message; a label costs at least 4 bytes, an upstream id 2)."""
@@ -70,6 +77,19 @@ class IngestLimits:
             2 * self.max_upstreams,
         )
         object.__setattr__(self, "small_message_bytes", small)
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    """TLS for the gRPC and HTTP ports (`server.tls`)."""
+
+    cert: str
+    """PEM file of the server's certificate chain."""
+    key: str
+    """PEM file of the server's private key."""
+    client_ca: str = ""
+    """PEM file of the CA that signs client certificates; set, clients must present one
+    (mutual TLS)."""
 
 
 @dataclass(frozen=True)
@@ -110,6 +130,18 @@ class ServerConfig:
     """How long a stop waits for open streams to finish."""
     limits: IngestLimits = field(default_factory=IngestLimits)
     """Request and row size limits."""
+    tls: TLSConfig | None = None
+    """TLS for both ports; None serves plaintext."""
+    rate_limit_per_second: float = 0.0
+    """Requests each token may make per second, on average (without auth, all callers share
+    one bucket); more get RESOURCE_EXHAUSTED. 0 turns rate limiting off. Each request of a
+    StreamIngest stream counts too, and beyond the rate the stream is read more slowly rather
+    than ended."""
+    rate_limit_burst: int = 200
+    """How many requests a token may make at once after being idle (its bucket's size)."""
+    max_streams: int = 1000
+    """Open StreamIngest and WatchAlerts streams, all callers together; more get
+    RESOURCE_EXHAUSTED."""
 
 
 @dataclass(frozen=True)
@@ -117,11 +149,13 @@ class AuthToken:
     """A bearer token and what it may do."""
 
     token: str
-    """The token itself."""
+    """The token itself ("" when only its digest is configured)."""
     team: str | None
     """The team it belongs to; None for an admin token of no team."""
     role: str
     """reader, writer or admin."""
+    sha256: str = ""
+    """The token's SHA-256 in hex, configured instead of the token (`sha256: …`)."""
 
 
 @dataclass(frozen=True)
@@ -187,6 +221,7 @@ def parse(data: Any) -> Config:
     tokens = tuple(
         _token(item, f"auth.tokens[{i}]") for i, item in enumerate(_list(auth, "tokens"))
     )
+    _check_unique(tokens)
     detection = _settings(DetectionSettings(), doc.get("detection", {}), "detection")
     _check_detection(detection)
     alerts = _settings(AlertSettings(), doc.get("alerts", {}), "alerts")
@@ -291,6 +326,8 @@ def _server(raw: Mapping[str, Any], key: str) -> ServerConfig:
         name = f"{key}.{f.name}"
         if f.name == "limits":
             value = value if isinstance(value, IngestLimits) else _limits(value, name)
+        elif f.name == "tls":
+            value = value if isinstance(value, TLSConfig) or value is None else _tls(value, name)
         elif isinstance(getattr(defaults, f.name), str):
             value = _str(value, name, allow_empty=f.name == "http_listen")
         elif isinstance(getattr(defaults, f.name), float):
@@ -316,15 +353,59 @@ def _limits(raw: Any, key: str) -> IngestLimits:
     return IngestLimits(**{k: _int(v, f"{key}.{k}", minimum=1) for k, v in doc.items()})
 
 
+def _check_unique(tokens: Sequence[AuthToken]) -> None:
+    seen: dict[str, int] = {}
+    for i, t in enumerate(tokens):
+        digest = t.sha256 or hashlib.sha256(t.token.encode()).hexdigest()
+        if digest in seen:
+            raise ConfigError(
+                f"auth.tokens[{i}]", f"the same token as auth.tokens[{seen[digest]}]: one each"
+            )
+        seen[digest] = i
+
+
+def _tls(raw: Any, key: str) -> TLSConfig:
+    doc = _mapping(raw, key, {"cert", "key", "client_ca"})
+    paths = {}
+    for k in ("cert", "key", "client_ca"):
+        if k not in doc and k != "client_ca":
+            raise ConfigError(f"{key}.{k}", "missing: TLS needs a certificate and its key")
+        if k in doc:
+            paths[k] = _str(doc[k], f"{key}.{k}")
+            if not Path(paths[k]).is_file():
+                raise ConfigError(f"{key}.{k}", f"no file {paths[k]!r}")
+    return TLSConfig(**paths)
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
 def _token(raw: Any, key: str) -> AuthToken:
-    doc = _mapping(raw, key, {"token", "team", "role"})
+    doc = _mapping(raw, key, {"token", "sha256", "token_env", "team", "role"})
+    given = [k for k in ("token", "sha256", "token_env") if k in doc]
+    if not given:
+        raise ConfigError(f"{key}.token", "missing (or give sha256: its digest, or token_env)")
+    if len(given) > 1:
+        raise ConfigError(key, f"give one of token, sha256 or token_env, not {' and '.join(given)}")
     role = _str(doc.get("role", "reader"), f"{key}.role")
     if role not in ROLES:
         raise ConfigError(f"{key}.role", f"{role!r} is not one of {', '.join(ROLES)}")
     team = _str(doc["team"], f"{key}.team") if "team" in doc else None
     if team is None and role != "admin":
         raise ConfigError(f"{key}.team", f"a {role} token needs a team")
-    return AuthToken(token=_str(doc.get("token"), f"{key}.token"), team=team, role=role)
+    if "sha256" in doc:
+        digest = _str(doc["sha256"], f"{key}.sha256").lower()
+        if not _SHA256.fullmatch(digest):
+            raise ConfigError(f"{key}.sha256", "expected 64 hexadecimal digits")
+        return AuthToken(token="", team=team, role=role, sha256=digest)
+    if "token_env" in doc:
+        name = _str(doc["token_env"], f"{key}.token_env")
+        token = os.environ.get(name, "")
+        if not token:
+            raise ConfigError(f"{key}.token_env", f"the environment variable {name} is not set")
+    else:
+        token = _str(doc.get("token"), f"{key}.token")
+    return AuthToken(token=token, team=team, role=role)
 
 
 def _mapping(value: Any, key: str, allowed: set[str] | None) -> Mapping[str, Any]:

@@ -3,10 +3,13 @@ parts add (POST /api/v1/lineage, see server/openlineage/endpoint.py)."""
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable, Sequence
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+
+from server.auth import Authenticator, http_middleware
 
 __all__ = ["HttpServer"]
 
@@ -23,6 +26,8 @@ class HttpServer:
         registry: CollectorRegistry = REGISTRY,
         routes: Sequence[Callable[[web.Application], None]] = (),
         max_body_bytes: int = 1024**2,
+        auth: Authenticator | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -31,11 +36,15 @@ class HttpServer:
         """What /metrics shows: the node's registry (see server/collector.py)."""
         self._routes = routes
         self._max_body_bytes = max_body_bytes
+        self._auth = auth if auth is not None else Authenticator(())
+        self._ssl = ssl_context
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
         """Listen. After it, `port` is the bound port (useful when asked for port 0)."""
-        app = web.Application(client_max_size=self._max_body_bytes)
+        app = web.Application(
+            client_max_size=self._max_body_bytes, middlewares=[http_middleware(self._auth)]
+        )
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
@@ -43,7 +52,7 @@ class HttpServer:
             add_routes(app)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
+        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self._ssl)
         await site.start()
         for address in self._runner.addresses:
             self.port = int(address[1])

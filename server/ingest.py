@@ -80,13 +80,18 @@ class Ingestor:
         """Called when an ingest request leaves pipelines pending, so that the detection loop
         can wake at once instead of polling."""
 
-    def ingest(self, raw: bytes, request: service_pb2.IngestRequest) -> tuple[IngestOutcome, int]:
-        """Apply one request; return its outcome and the log position to wait for."""
+    def ingest(
+        self, raw: bytes, request: service_pb2.IngestRequest, team: str | None = None
+    ) -> tuple[IngestOutcome, int]:
+        """Apply one request; return its outcome and the log position to wait for. With
+        `team`, the events of other teams are rejected (a team's token ingests its own)."""
         received_ns = int(self.clock() * 1e9)
         received = received_ns / 1e9
         executions = request.executions
         touched: dict[str, PipelineState] | None = {} if self._detect else None
-        verdicts, rejected = self._process(executions, received, touched, replaying=False)
+        verdicts, rejected = self._process(
+            executions, received, touched, replaying=False, team=team
+        )
         accepted = verdicts.count(_ACCEPTED)
         running = verdicts.count(_RUNNING)
         out = IngestOutcome(
@@ -152,6 +157,7 @@ class Ingestor:
         *,
         replaying: bool,
         mask: bytes = b"",
+        team: str | None = None,
     ) -> tuple[bytearray, list[tuple[int, str, str]]]:
         """Decide and apply each event; return a verdict per event (0 for rejected, or _ACCEPTED,
         _DUPLICATE, _RUNNING, _LATE_RUNNING) and the rejections.
@@ -187,6 +193,9 @@ class Ingestor:
                 else:
                     rejected.append((i, msg.execution_id, e))
                 continue
+            if team is not None and e.team != team:
+                rejected.append((i, msg.execution_id, _other_team(e, team)))
+                continue
             status = e.status
             execution_id = e.execution_id
             if check and (execution_id in seen_ids or execution_id in new_set):
@@ -194,6 +203,9 @@ class Ingestor:
                 continue
             state = index.get(e.pipeline_id)
             if state is None:
+                if check and shards.team_pipeline_count(e.team) >= limits.max_pipelines_per_team:
+                    rejected.append((i, msg.execution_id, _too_many(e, limits)))
+                    continue
                 state = shards.create(e.pipeline_id, e.team)
             else:
                 if check and state.team != e.team:
@@ -244,4 +256,15 @@ def _team_mismatch(state: PipelineState, e: Execution) -> str:
     return (
         f"pipeline {e.pipeline_id!r} belongs to team {state.team!r}, not {e.team!r}; "
         "a pipeline keeps the team of its first event"
+    )
+
+
+def _other_team(e: Execution, team: str) -> str:
+    return f"team {e.team!r} is not this token's team {team!r}: a team ingests only its own"
+
+
+def _too_many(e: Execution, limits: IngestLimits) -> str:
+    return (
+        f"team {e.team!r} already has {limits.max_pipelines_per_team} pipelines, its limit "
+        f"(server.limits.max_pipelines_per_team): new pipeline {e.pipeline_id!r} not counted"
     )

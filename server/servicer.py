@@ -31,10 +31,12 @@ from server.alerting.feed import FeedOverflow
 from server.alerting.manager import AlertManager
 from server.alerting.model import CRITICAL, HIGH, MEDIUM
 from server.anomalies import AnomalyStore, CurrentAnomaly
+from server.auth import ANONYMOUS, Authenticator, Principal, audit
 from server.config import AlertSettings, ServerConfig
 from server.errors import LogError, RequestError
 from server.eventlog import EventLog
 from server.ingest import Ingestor, IngestOutcome
+from server.limits import RateLimiter, StreamGate
 from server.shards import PipelineState, ShardSet, TeamTotals
 
 __all__ = ["SERVICE_NAME", "PipelineMonitorService"]
@@ -44,7 +46,9 @@ DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 
 M = TypeVar("M", bound=Message)
-Handler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
+Context = grpc.aio.ServicerContext[Any, Any]
+Unary = Callable[[bytes, Context, Principal], Awaitable[Any]]
+Streaming = Callable[[Any, Context, Principal], AsyncIterator[Any]]
 
 DEFAULT_HISTORY = 100
 
@@ -162,7 +166,11 @@ class PipelineMonitorService:
         *,
         anomalies: AnomalyStore | None = None,
         alerts: AlertManager | None = None,
+        auth: Authenticator | None = None,
     ) -> None:
+        self.auth = auth if auth is not None else Authenticator(())
+        self.rates = RateLimiter(config.rate_limit_per_second, config.rate_limit_burst)
+        self.streams = StreamGate(config.max_streams)
         self.ingestor = ingestor
         self.shards = shards
         self.log = log
@@ -174,8 +182,12 @@ class PipelineMonitorService:
         """The method handlers, to add to a grpc.aio server."""
         ser = _serialize
         methods: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
-            "Ingest": grpc.unary_unary_rpc_method_handler(self.ingest, None, ser),
-            "StreamIngest": grpc.stream_stream_rpc_method_handler(self.stream_ingest, None, ser),
+            "Ingest": grpc.unary_unary_rpc_method_handler(
+                self._guard(self.ingest, "Ingest"), None, ser
+            ),
+            "StreamIngest": grpc.stream_stream_rpc_method_handler(
+                self._guard_stream(self.stream_ingest, "StreamIngest"), None, ser
+            ),
             "GetPipelineHealth": self._unary(
                 service_pb2.GetPipelineHealthRequest, self.get_pipeline_health
             ),
@@ -192,7 +204,7 @@ class PipelineMonitorService:
                 service_pb2.GetRoutedAlertsRequest, self.get_routed_alerts
             ),
             "WatchAlerts": grpc.unary_stream_rpc_method_handler(
-                self.watch_alerts, None, _serialize
+                self._guard_stream(self.watch_alerts, "WatchAlerts"), None, _serialize
             ),
             "AcknowledgeAlert": self._unary(
                 service_pb2.AcknowledgeAlertRequest, self.acknowledge_alert
@@ -206,14 +218,88 @@ class PipelineMonitorService:
         }
         return grpc.method_handlers_generic_handler(SERVICE_NAME, methods)
 
-    @staticmethod
     def _unary(
-        request_type: type[M], fn: Callable[[M, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
+        self, request_type: type[M], fn: Callable[[M, Context, Principal], Awaitable[Any]]
     ) -> grpc.RpcMethodHandler[Any, Any]:
-        async def handle(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            return await fn(await _parse(request_type, raw, context), context)
+        async def handle(raw: bytes, context: Context, who: Principal) -> Any:
+            return await fn(await _parse(request_type, raw, context), context, who)
 
-        return grpc.unary_unary_rpc_method_handler(handle, None, _serialize)
+        name = request_type.DESCRIPTOR.name.removesuffix("Request")
+        return grpc.unary_unary_rpc_method_handler(self._guard(handle, name), None, _serialize)
+
+    # -- admission: authentication, rate limits, the stream cap ------------------------------
+
+    async def _admit(self, context: Context, method: str) -> Principal:
+        """The caller, once authenticated and within its rate; otherwise the call is ended."""
+        if not self.auth.enabled and not self.rates.enabled:
+            return ANONYMOUS
+        who = self.auth.from_metadata(context.invocation_metadata())
+        if isinstance(who, str):
+            audit.warning(
+                "authentication refused: %s; peer=%s method=%s",
+                who,
+                context.peer(),
+                method,
+            )
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, who)
+        assert isinstance(who, Principal)
+        wait = self.rates.take(who.key)
+        if wait:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"rate limit of {self.rates.rate:g} requests a second exceeded for this token: "
+                f"retry in {wait:.2f}s",
+            )
+        return who
+
+    def _guard(self, fn: Unary, method: str) -> Callable[[bytes, Context], Awaitable[Any]]:
+        async def handle(raw: bytes, context: Context) -> Any:
+            return await fn(raw, context, await self._admit(context, method))
+
+        return handle
+
+    def _guard_stream(
+        self, fn: Streaming, method: str
+    ) -> Callable[[Any, Context], AsyncIterator[Any]]:
+        async def handle(request: Any, context: Context) -> AsyncIterator[Any]:
+            who = await self._admit(context, method)
+            if not self.streams.enter():
+                await context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"the server has {self.streams.limit} streams open, its limit: retry later",
+                )
+            try:
+                async for item in fn(request, context, who):
+                    yield item
+            finally:
+                self.streams.leave()
+
+        return handle
+
+    async def _throttle(self, key: str) -> None:
+        """Wait until `key`'s bucket allows a request (a bounded number of tries, since
+        other calls of the same token may take what was waited for)."""
+        for _ in range(1000):
+            wait = self.rates.take(key)
+            if not wait:
+                return
+            await asyncio.sleep(wait)
+
+    async def _scope(self, team: str, who: Principal, context: Context) -> str:
+        """The team filter a read runs with; another team's is refused."""
+        scoped = who.scope(team)
+        if scoped is None:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"this token reads team {who.team!r} only, not {team!r}",
+            )
+        return scoped or ""
+
+    async def _may_ingest(self, who: Principal, context: Context) -> None:
+        if who.role == "reader":
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, "a reader token cannot ingest: use a writer's"
+            )
 
     # -- ingestion ---------------------------------------------------------------------------
 
@@ -231,23 +317,31 @@ class PipelineMonitorService:
         return request
 
     async def ingest(
-        self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]
+        self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any], who: Principal
     ) -> service_pb2.IngestResponse:
         """Ingest: apply, wait until durable, answer."""
+        await self._may_ingest(who, context)
         request = await self._decode_ingest(raw, context)
         try:
-            outcome, seq = self.ingestor.ingest(raw, request)
+            outcome, seq = self.ingestor.ingest(raw, request, _own(who))
             await self.log.wait_durable(seq)
         except LogError as e:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
         return ingest_response(outcome)
 
     async def stream_ingest(
-        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
+        self,
+        requests: AsyncIterator[bytes],
+        context: grpc.aio.ServicerContext[Any, Any],
+        who: Principal,
     ) -> AsyncIterator[service_pb2.IngestResponse]:
         """StreamIngest: requests are applied as they arrive and answered in order, each once
-        durable. At most max_in_flight_per_stream requests wait for their answer; beyond that
-        the stream is not read, which pushes back on the client."""
+        durable. At most max_in_flight_per_stream requests wait for their answer; until one
+        is answered the stream is not read (a place is taken before reading), which pushes
+        back on the client. The token's rate limit counts the stream's opening and each
+        further request, and holds the stream back rather than ending it."""
+        await self._may_ingest(who, context)
+        team = _own(who)
         # Unbounded queue, bounded by the semaphore: the reader never blocks on the queue, so
         # it can always post its end-of-stream marker.
         pending: asyncio.Queue[tuple[IngestOutcome, int] | None] = asyncio.Queue()
@@ -256,7 +350,19 @@ class PipelineMonitorService:
 
         async def read() -> None:
             try:
-                async for raw in requests:
+                incoming = aiter(requests)
+                first = True
+                while True:
+                    await slots.acquire()
+                    if not first:
+                        # Within a stream the rate limit throttles instead of refusing: the
+                        # stream is not read until the token's bucket allows the next request.
+                        await self._throttle(who.key)
+                    first = False
+                    try:
+                        raw = await anext(incoming)
+                    except StopAsyncIteration:
+                        return
                     request = service_pb2.IngestRequest()
                     try:
                         request.ParseFromString(raw)
@@ -273,9 +379,8 @@ class PipelineMonitorService:
                             )
                         )
                         return
-                    await slots.acquire()
                     try:
-                        pending.put_nowait(self.ingestor.ingest(raw, request))
+                        pending.put_nowait(self.ingestor.ingest(raw, request, team))
                     except LogError as e:
                         refusal.append((grpc.StatusCode.UNAVAILABLE, str(e)))
                         return
@@ -307,6 +412,7 @@ class PipelineMonitorService:
         self,
         request: service_pb2.GetPipelineHealthRequest,
         context: grpc.aio.ServicerContext[Any, Any],
+        who: Principal,
     ) -> health_pb2.PipelineHealth:
         """GetPipelineHealth."""
         if not request.pipeline_id:
@@ -317,21 +423,28 @@ class PipelineMonitorService:
                 grpc.StatusCode.NOT_FOUND,
                 f"no pipeline {request.pipeline_id!r}: no event has named it",
             )
+        if not who.can_read(state.team):
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"pipeline {request.pipeline_id!r} is not of this token's team {who.team!r}",
+            )
         return pipeline_health(state)
 
     async def list_pipeline_health(
         self,
         request: service_pb2.ListPipelineHealthRequest,
         context: grpc.aio.ServicerContext[Any, Any],
+        who: Principal,
     ) -> service_pb2.ListPipelineHealthResponse:
         """ListPipelineHealth: pages in pipeline_id order; the token names the last id sent, so
         pipelines added while paging do not shift the pages."""
         if request.page_size < 0:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "page_size must not be negative")
         size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        team = await self._scope(request.team, who, context)
         after = ""
         if request.page_token:
-            decoded = _decode_token(request.page_token, request.team)
+            decoded = _decode_token(request.page_token, team)
             if decoded is None:
                 await context.abort(
                     grpc.StatusCode.INVALID_ARGUMENT,
@@ -339,22 +452,24 @@ class PipelineMonitorService:
                     "start again without it",
                 )
             after = decoded or ""
-        states, more = self.shards.page(request.team, after, size)
+        states, more = self.shards.page(team, after, size)
         response = service_pb2.ListPipelineHealthResponse(
             pipelines=[pipeline_health(p) for p in states]
         )
         if more and states:
-            response.next_page_token = _encode_token(request.team, states[-1].pipeline_id)
+            response.next_page_token = _encode_token(team, states[-1].pipeline_id)
         return response
 
     async def get_team_metrics(
         self,
         request: service_pb2.GetTeamMetricsRequest,
         context: grpc.aio.ServicerContext[Any, Any],
+        who: Principal,
     ) -> health_pb2.TeamMetrics:
         """GetTeamMetrics."""
         if not request.team:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "team is required")
+        await self._scope(request.team, who, context)
         totals = self.shards.team_totals(request.team)
         if totals is None:
             await context.abort(
@@ -366,10 +481,13 @@ class PipelineMonitorService:
         self,
         request: service_pb2.ListTeamMetricsRequest,
         context: grpc.aio.ServicerContext[Any, Any],
+        who: Principal,
     ) -> service_pb2.ListTeamMetricsResponse:
         """ListTeamMetrics."""
         teams = []
         for team in self.shards.teams():
+            if not who.can_read(team):
+                continue
             totals = self.shards.team_totals(team)
             if totals is not None:
                 teams.append(team_metrics(team, totals))
@@ -379,6 +497,7 @@ class PipelineMonitorService:
         self,
         request: service_pb2.ListAnomaliesRequest,
         context: grpc.aio.ServicerContext[Any, Any],
+        who: Principal,
     ) -> service_pb2.ListAnomaliesResponse:
         """ListAnomalies: the current anomalies, most severe first."""
         if request.min_severity not in anomaly_pb2.Severity.values():
@@ -386,15 +505,19 @@ class PipelineMonitorService:
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"min_severity {request.min_severity} is not a known Severity",
             )
+        team = await self._scope(request.team, who, context)
         found = self.anomalies.list(
-            team=request.team, pipeline_id=request.pipeline_id, min_severity=request.min_severity
+            team=team, pipeline_id=request.pipeline_id, min_severity=request.min_severity
         )
         return service_pb2.ListAnomaliesResponse(anomalies=[anomaly(c) for c in found])
 
     # -- alerts ------------------------------------------------------------------------------
 
     async def list_alerts(
-        self, request: service_pb2.ListAlertsRequest, context: grpc.aio.ServicerContext[Any, Any]
+        self,
+        request: service_pb2.ListAlertsRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+        who: Principal,
     ) -> service_pb2.ListAlertsResponse:
         """ListAlerts: open before resolved, most severe first."""
         await _check_severity(request.min_severity, context)
@@ -402,8 +525,9 @@ class PipelineMonitorService:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, f"state {request.state} is not a known AlertState"
             )
+        team = await self._scope(request.team, who, context)
         found = self.alerts.book.alerts(
-            team=request.team, min_severity=request.min_severity, state=request.state
+            team=team, min_severity=request.min_severity, state=request.state
         )
         return service_pb2.ListAlertsResponse(alerts=[alert_message(a) for a in found])
 
@@ -411,10 +535,12 @@ class PipelineMonitorService:
         self,
         request: service_pb2.GetRoutedAlertsRequest,
         context: grpc.aio.ServicerContext[Any, Any],
+        who: Principal,
     ) -> alert_pb2.RoutedAlerts:
         """GetRoutedAlerts: open alerts by team, then severity."""
         routed = alert_pb2.RoutedAlerts()
-        for team, by_severity in self.alerts.book.routed(request.team).items():
+        scope = await self._scope(request.team, who, context)
+        for team, by_severity in self.alerts.book.routed(scope).items():
             group = routed.teams[team]
             for severity, field in ((CRITICAL, group.critical), (HIGH, group.high),
                                     (MEDIUM, group.medium)):  # fmt: skip
@@ -422,14 +548,18 @@ class PipelineMonitorService:
         return routed
 
     async def watch_alerts(
-        self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]
+        self,
+        raw: bytes,
+        context: grpc.aio.ServicerContext[Any, Any],
+        who: Principal,
     ) -> AsyncIterator[alert_pb2.AlertEvent]:
         """WatchAlerts: events as they happen (once durable), filtered. A watcher that falls
         behind by watch_queue_size events is ended with RESOURCE_EXHAUSTED."""
         request = await _parse(service_pb2.WatchAlertsRequest, raw, context)
         await _check_severity(request.min_severity, context)
         size = self.alerts.settings.watch_queue_size
-        subscription = self.alerts.feed.subscribe(request.team, request.min_severity, size)
+        team = await self._scope(request.team, who, context)
+        subscription = self.alerts.feed.subscribe(team, request.min_severity, size)
         metrics.ALERT_WATCHERS.inc()
         try:
             # Headers now, so that a client knows it is subscribed before the first event.
@@ -450,8 +580,17 @@ class PipelineMonitorService:
         self,
         request: service_pb2.AcknowledgeAlertRequest,
         context: grpc.aio.ServicerContext[Any, Any],
+        who: Principal,
     ) -> alert_pb2.Alert:
-        """AcknowledgeAlert: answered once the acknowledgement is durable."""
+        """AcknowledgeAlert: answered once the acknowledgement is durable. An admin, or a
+        writer of the alert's team, may."""
+        found = self.alerts.book.get(request.alert_id)
+        if found is not None and not who.can_write(found.team):
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"alert {request.alert_id} is team {found.team!r}'s: acknowledging it takes an "
+                "admin token or a writer token of that team",
+            )
         try:
             alert, seq = self.alerts.acknowledge(request.alert_id, request.by)
             await self.log.wait_durable(seq)
@@ -459,12 +598,20 @@ class PipelineMonitorService:
             await context.abort(grpc.StatusCode[e.code], str(e))
         except LogError as e:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+        audit.info(
+            "alert acknowledged: alert=%s team=%s by=%r token=%s",
+            alert.alert_id,
+            alert.team,
+            request.by,
+            who.describe(),
+        )
         return alert_message(alert)
 
     async def create_silence(
         self,
         request: service_pb2.CreateSilenceRequest,
         context: grpc.aio.ServicerContext[Any, Any],
+        who: Principal,
     ) -> alert_pb2.Silence:
         """CreateSilence: answered once the silence is durable."""
         if not request.HasField("silence"):
@@ -475,6 +622,12 @@ class PipelineMonitorService:
                 "silence_id is assigned by the server: leave it empty",
             )
         wanted = silence_from_message(request.silence, self.alerts.clock())
+        if not who.can_write(wanted.team):
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "a silence takes an admin token, or a writer token of the silence's team "
+                "(a silence without a team mutes every team's alerts: admin only)",
+            )
         try:
             created, seq = self.alerts.create_silence(wanted)
             await self.log.wait_durable(seq)
@@ -482,23 +635,41 @@ class PipelineMonitorService:
             await context.abort(grpc.StatusCode[e.code], str(e))
         except LogError as e:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+        audit.info(
+            "silence created: silence=%s team=%s pipeline=%s by=%r token=%s",
+            created.silence_id,
+            created.team or "*",
+            created.pipeline_id or "*",
+            created.created_by,
+            who.describe(),
+        )
         return silence_message(created)
 
     async def list_silences(
         self,
         request: service_pb2.ListSilencesRequest,
         context: grpc.aio.ServicerContext[Any, Any],
+        who: Principal,
     ) -> service_pb2.ListSilencesResponse:
         """ListSilences: those that have not ended, soonest ending first."""
-        found = self.alerts.current_silences(request.team)
+        team = await self._scope(request.team, who, context)
+        found = self.alerts.current_silences(team)
         return service_pb2.ListSilencesResponse(silences=[silence_message(s) for s in found])
 
     async def delete_silence(
         self,
         request: service_pb2.DeleteSilenceRequest,
         context: grpc.aio.ServicerContext[Any, Any],
+        who: Principal,
     ) -> alert_pb2.Silence:
         """DeleteSilence: ends it now; answered once that is durable."""
+        existing = self.alerts.silences.get(request.silence_id)
+        if existing is not None and not who.can_write(existing.team):
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"silence {request.silence_id} is not of this token's team: ending it takes an "
+                "admin token or a writer token of its team",
+            )
         try:
             ended, seq = self.alerts.delete_silence(request.silence_id, request.by)
             await self.log.wait_durable(seq)
@@ -506,21 +677,35 @@ class PipelineMonitorService:
             await context.abort(grpc.StatusCode[e.code], str(e))
         except LogError as e:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+        audit.info(
+            "silence ended: silence=%s team=%s by=%r token=%s",
+            ended.silence_id,
+            ended.team or "*",
+            request.by,
+            who.describe(),
+        )
         return silence_message(ended)
 
     async def list_alert_history(
         self,
         request: service_pb2.ListAlertHistoryRequest,
         context: grpc.aio.ServicerContext[Any, Any],
+        who: Principal,
     ) -> service_pb2.ListAlertHistoryResponse:
         """ListAlertHistory: the latest events, newest first."""
         if request.limit < 0:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "limit must not be negative")
-        events = self.alerts.book.history(request.team, request.limit or DEFAULT_HISTORY)
+        team = await self._scope(request.team, who, context)
+        events = self.alerts.book.history(team, request.limit or DEFAULT_HISTORY)
         return service_pb2.ListAlertHistoryResponse(events=[event_message(e) for e in events])
 
 
 _UNDECODABLE = "the request is not a valid protobuf message of the expected type"
+
+
+def _own(who: Principal) -> str | None:
+    """The only team a principal may ingest for, or None for any."""
+    return None if who.admin else who.team
 
 
 def _serialize(message: Message) -> bytes:

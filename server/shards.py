@@ -546,6 +546,10 @@ class ShardSet:
             states.append(state)
         return states, more
 
+    def team_pipeline_count(self, team: str) -> int:
+        """How many pipelines `team` has."""
+        return len(self._sorted_by_team.get(team, ()))
+
     def teams(self) -> list[str]:
         """Every team, sorted."""
         return sorted(self._sorted_by_team)

@@ -111,9 +111,16 @@ async def send(stub: Stub, *executions: Any) -> None:
 class Watcher:
     """A WatchAlerts stream read in the background."""
 
-    def __init__(self, stub: Stub, team: str = "", min_severity: int = 0) -> None:
+    def __init__(
+        self,
+        stub: Stub,
+        team: str = "",
+        min_severity: int = 0,
+        metadata: tuple[tuple[str, str], ...] = (),
+    ) -> None:
         self.call = stub.WatchAlerts(
-            service_pb2.WatchAlertsRequest(team=team, min_severity=min_severity)  # type: ignore[arg-type]
+            service_pb2.WatchAlertsRequest(team=team, min_severity=min_severity),  # type: ignore[arg-type]
+            metadata=metadata,
         )
         self.events: list[alert_pb2.AlertEvent] = []
         self.error: grpc.aio.AioRpcError | None = None

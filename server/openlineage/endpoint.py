@@ -19,6 +19,7 @@ from aiohttp import web
 
 from pipewarden.v1 import service_pb2
 from server import metrics
+from server.auth import ANONYMOUS, PRINCIPAL, Principal
 from server.errors import LogError
 from server.eventlog import EventLog
 from server.ingest import Ingestor
@@ -77,15 +78,19 @@ class LineageEndpoint:
         app.router.add_post(PATH, self.handle)
 
     async def handle(self, request: web.Request) -> web.Response:
-        """One event: 201 once durable, 400 with the reason, 401, 413 or 503."""
+        """One event: 201 once durable, 400 with the reason, 401, 403 (a reader's token, or a
+        writer's for another team's pipeline), 413 or 503."""
         if not self.ready():
             return _error(503, "recovering: try again shortly")
         refusal = self.authorize(request)
         if refusal is not None:
             return _error(401, refusal)
+        who = request.get(PRINCIPAL, ANONYMOUS)
+        if who.role == "reader":
+            return _error(403, "a reader token may not report runs")
         try:
             doc = _decode(await request.read(), self.max_body_bytes)
-            return await self._apply(parse_event(doc))
+            return await self._apply(parse_event(doc), who)
         except BadEventError as e:
             metrics.OPENLINEAGE_EVENTS.labels("UNKNOWN", "rejected").inc()
             return _error(400, str(e))
@@ -94,7 +99,7 @@ class LineageEndpoint:
         except LogError as e:
             return _error(503, str(e))
 
-    async def _apply(self, event: LineageEvent) -> web.Response:
+    async def _apply(self, event: LineageEvent, who: Principal) -> web.Response:
         kind = (event.event_type or "OTHER") if event.kind == "run" else event.kind.upper()
         body: dict[str, Any] = {}
         seq = 0
@@ -102,6 +107,11 @@ class LineageEndpoint:
         if event.kind in ("run", "job"):
             body["pipeline_id"] = pipeline_id(event.namespace, event.name)
         execution = self.translator.to_execution(event)
+        if execution is not None and not who.can_write(execution.team):
+            metrics.OPENLINEAGE_EVENTS.labels(kind, "rejected").inc()
+            return _error(
+                403, f"a token of team {who.team!r} may not report runs of team {execution.team!r}"
+            )
         if execution is not None:
             body["execution_id"] = execution.execution_id
             request = service_pb2.IngestRequest(executions=[execution])
