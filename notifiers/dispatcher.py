@@ -190,7 +190,7 @@ class Dispatcher:
             names = tuple(n for n in self.nflog.told(alert.alert_id) if n in known)
         else:
             names = self.router.route(alert.team, alert.severity)
-            if not names:
+            if not names and not catch_up:
                 metrics.UNROUTED.inc()
         if not names:
             return []
@@ -203,7 +203,8 @@ class Dispatcher:
             delivery = self.router.receivers[name].delivery
             repeat = math.inf if catch_up else delivery.repeat_interval_seconds
             if not self.nflog.due(alert.alert_id, name, alert.severity, state, now, repeat):
-                metrics.DEDUPLICATED.labels(name).inc()
+                if not catch_up:  # a restatement is not a duplicate sent again
+                    metrics.DEDUPLICATED.labels(name).inc()
                 continue
             n = self.outbox.add(os.urandom(16).hex(), name, copy, now)
             self.nflog.record(alert.alert_id, name, alert.severity, state, now)
@@ -213,8 +214,14 @@ class Dispatcher:
         return queued
 
     def unresolved(self) -> set[str]:
-        """The alerts some receiver was told of and has not been told resolved."""
-        return {a for a, _, entry in self.nflog.entries() if entry.state != RESOLVED_STATE}
+        """The alerts some receiver still configured was told of and has not been told
+        resolved."""
+        known = self.router.receivers
+        return {
+            alert_id
+            for alert_id, name, entry in self.nflog.entries()
+            if entry.state != RESOLVED_STATE and name in known
+        }
 
     async def drain(self, within: float) -> bool:
         """Wait until every queued notification is settled (delivered or dead), at most

@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from notifiers import metrics
+from notifiers.config import parse_receivers, parse_routes
 from notifiers.dispatcher import Dispatcher
 from server.alerting.feed import AlertFeed
 from server.alerting.model import (
@@ -123,8 +125,11 @@ async def test_a_catch_up_never_tells_again_what_a_receiver_was_told(tmp_path: P
         assert len(d.submit(alert_event("a1", "critical"))) == 1
         assert d.unresolved() == {"a1"}
         clock.advance(5 * 3600)  # past the repeat interval (4 h)
-        # Restated: the console was told this severity and state, however long ago.
+        # Restated: the console was told this severity and state, however long ago; and that is
+        # not counted as a duplicate.
+        deduplicated = metrics.DEDUPLICATED.labels("console")._value.get()
         assert d.submit(alert_event("a1", "critical"), catch_up=True) == []
+        assert metrics.DEDUPLICATED.labels("console")._value.get() == deduplicated
         # Changed, or never told: told.
         assert len(d.submit(alert_event("a1", "critical", "acknowledged"), catch_up=True)) == 1
         assert len(d.submit(alert_event("a2", "high"), catch_up=True)) == 1
@@ -139,3 +144,13 @@ async def test_a_catch_up_never_tells_again_what_a_receiver_was_told(tmp_path: P
     finally:
         await d.close()
     assert len(out.getvalue().splitlines()) == 5
+    # Restarted with another receiver in place of the console: nothing is left to tell the
+    # console, and the new receiver was told nothing.
+    receivers = parse_receivers([{"name": "hook", "type": "webhook", "url": "http://127.0.0.1:9"}])
+    again = Dispatcher(receivers, parse_routes([], ["hook"]), data_dir=tmp_path / "data")
+    await again.start()
+    try:
+        assert again.nflog.told("a2") == ("console",)
+        assert again.unresolved() == set()
+    finally:
+        await again.close()
