@@ -12,11 +12,12 @@ and hands it to the receiver's worker, all without waiting. `notify=False` (a si
 one explained by an upstream root cause) sends nothing; a resolution submitted so lets the
 receivers' memory of the alert age out.
 
-Wiring into the server (`server/app.py`, once the alert manager emits events): build it in
-`App.__init__` from `config.receivers` and `config.routes`, with `data_dir=server.data_dir` and
-`fsync=server.fsync`; `await start()` after recovery and before serving, so that pages pending
-from before a crash go out first; call `submit(event, notify=...)` from the event loop for every
-AlertEvent the alert manager emits (it is cheap: tens of microseconds); `await close(grace)`
+The server wires it through `server/notifier.py` (AlertNotifier): built in `App.__init__` from
+`config.receivers` and `config.routes`, with `data_dir=server.data_dir` and
+`fsync=server.fsync`; `start()` after recovery and before serving, so that pages pending from
+before a crash go out first; `submit(event, notify=...)` from the event loop for every
+AlertEvent of the alert feed (it is cheap: tens of microseconds), and `submit(...,
+catch_up=True)` for where each alert stands when events may have been missed; `close(grace)`
 after the gRPC server has stopped. A start that finds the outbox locked raises LogError.
 """
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import random
 import time
@@ -71,6 +73,7 @@ __all__ = ["Dispatcher"]
 
 log = logging.getLogger(__name__)
 
+RESOLVED_STATE = alert_pb2.ALERT_STATE_RESOLVED
 RESOLVED_RETENTION_SECONDS = 24 * 3600.0
 """How long the notification log remembers that a receiver was told an alert resolved."""
 MAINTENANCE_SECONDS = 1.0
@@ -155,10 +158,16 @@ class Dispatcher:
         metrics.OUTBOX_PENDING.set(self.outbox.pending_count)
         self._maintenance = asyncio.create_task(self._maintain(), name="notify-maintenance")
 
-    def submit(self, event: alert_pb2.AlertEvent, notify: bool = True) -> list[Notification]:
+    def submit(
+        self, event: alert_pb2.AlertEvent, notify: bool = True, *, catch_up: bool = False
+    ) -> list[Notification]:
         """Notify the receivers that should hear of this alert event. Never waits: what it
         returns (the notifications queued, none when routing or dedup sent nothing) is written
-        to the outbox and on its way. `notify=False` sends nothing."""
+        to the outbox and on its way. `notify=False` sends nothing.
+
+        `catch_up=True` says the event restates where an alert stands (after a restart, or when
+        the events that brought it there were missed): a receiver already told that severity and
+        state is not told again, however long ago that was; the others are."""
         if not self._started or self._closed:
             raise RuntimeError("Dispatcher.submit before start() or after close()")
         alert = event.alert
@@ -181,7 +190,7 @@ class Dispatcher:
             names = tuple(n for n in self.nflog.told(alert.alert_id) if n in known)
         else:
             names = self.router.route(alert.team, alert.severity)
-            if not names:
+            if not names and not catch_up:
                 metrics.UNROUTED.inc()
         if not names:
             return []
@@ -192,10 +201,10 @@ class Dispatcher:
         queued: list[Notification] = []
         for name in names:
             delivery = self.router.receivers[name].delivery
-            if not self.nflog.due(
-                alert.alert_id, name, alert.severity, state, now, delivery.repeat_interval_seconds
-            ):
-                metrics.DEDUPLICATED.labels(name).inc()
+            repeat = math.inf if catch_up else delivery.repeat_interval_seconds
+            if not self.nflog.due(alert.alert_id, name, alert.severity, state, now, repeat):
+                if not catch_up:  # a restatement is not a duplicate sent again
+                    metrics.DEDUPLICATED.labels(name).inc()
                 continue
             n = self.outbox.add(os.urandom(16).hex(), name, copy, now)
             self.nflog.record(alert.alert_id, name, alert.severity, state, now)
@@ -203,6 +212,16 @@ class Dispatcher:
             queued.append(n)
         metrics.OUTBOX_PENDING.set(self.outbox.pending_count)
         return queued
+
+    def unresolved(self) -> set[str]:
+        """The alerts some receiver still configured was told of and has not been told
+        resolved."""
+        known = self.router.receivers
+        return {
+            alert_id
+            for alert_id, name, entry in self.nflog.entries()
+            if entry.state != RESOLVED_STATE and name in known
+        }
 
     async def drain(self, within: float) -> bool:
         """Wait until every queued notification is settled (delivered or dead), at most

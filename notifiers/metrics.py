@@ -7,6 +7,8 @@ from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
     "ATTEMPTS_FAILED",
+    "CATCH_UPS",
+    "CAUGHT_UP",
     "DEAD_LETTERS",
     "DEDUPLICATED",
     "DELIVERY_SECONDS",
@@ -50,4 +52,15 @@ DELIVERY_SECONDS = Histogram(
     "From submit to the receiver's acceptance.",
     ["receiver"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+CATCH_UPS = Counter(
+    "pipewarden_notification_catch_ups",
+    "Times the server caught the notifiers up with the alerts' state: at start, at stop, and "
+    "when their alert feed fell behind (overflow).",
+    ["reason"],
+)
+CAUGHT_UP = Counter(
+    "pipewarden_notifications_caught_up",
+    "Notifications queued by catching up: what receivers would otherwise have missed.",
+    ["reason"],
 )

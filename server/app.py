@@ -1,10 +1,12 @@
 """Wiring: builds every part from the configuration, starts them in order, stops them in reverse.
 
-Start: restore the newest snapshot, replay the log after it, listen for gRPC and HTTP, then
-report SERVING (gRPC health and /readyz say NOT_SERVING until recovery is done). Stop (SIGTERM or
-SIGINT): report NOT_SERVING, end the WatchAlerts streams, let other open streams finish within
-the grace period, write a snapshot, make the log durable, stop HTTP. A log that cannot write
-stops the server with exit status 1.
+Start: restore the newest snapshot, replay the log after it, start the notifiers (what their
+outbox held is sent again, and what the alerts' state says receivers missed is sent), listen for
+gRPC and HTTP, then report SERVING (gRPC health and /readyz say NOT_SERVING until recovery is
+done). Stop (SIGTERM or SIGINT): report NOT_SERVING, end the WatchAlerts streams, let other open
+streams finish within the grace period, let the notifiers catch up and drain within the grace
+period, write a snapshot, make the log durable, stop HTTP. A log that cannot write stops the
+server with exit status 1.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from notifiers.dispatcher import Dispatcher
 from server import metrics, tls
 from server.alerting.feed import AlertFeed
 from server.alerting.manager import AlertManager
@@ -34,10 +37,11 @@ from server.config import Config, parse_hostport
 from server.dedup import SeenExecutions
 from server.detect import FanoutSink
 from server.detection.engine import DetectionEngine
-from server.errors import CorruptLogError, LogError
+from server.errors import LogError
 from server.eventlog import EventLog
 from server.http import HttpServer
 from server.ingest import Ingestor
+from server.notifier import AlertNotifier
 from server.openlineage.endpoint import LineageEndpoint
 from server.openlineage.mapping import Translator
 from server.openlineage.producers import DatasetProducers
@@ -102,6 +106,20 @@ class App:
         self.anomalies = AnomalyStore()
         self.alert_feed = AlertFeed(self.log)
         self.alerts = AlertManager(config.alerts, self.log, self.alert_feed, clock=clock)
+        self.notifier = AlertNotifier(
+            Dispatcher(
+                config.receivers,
+                config.routes,
+                data_dir=data,
+                fsync=sc.fsync,
+                clock=clock,
+            ),
+            self.alert_feed,
+            self.alerts,
+            self.log,
+            clock=clock,
+        )
+        """Alert events to the receivers (notifiers/), caught up after a restart."""
         self.engine = DetectionEngine(config.detection)
         self.ingestor = Ingestor(
             self.shards,
@@ -200,6 +218,8 @@ class App:
             )
             await self.http.start()
         await self._recover()
+        # Pages pending from before a restart go out before anything new happens.
+        await self.notifier.start()
         # What recovery built lives as long as the process: keep the collector off it.
         gc.freeze()
         # Requests are served only once recovery is complete.
@@ -384,6 +404,10 @@ class App:
             await self._server.stop(self.config.server.shutdown_grace_seconds)
         await self.alert_feed.close()
         try:
+            await self.notifier.close(self.config.server.shutdown_grace_seconds)
+        except Exception as e:  # the snapshot and the log's flush must still happen
+            log.error("notifiers did not stop cleanly: %s", e)
+        try:
             if self.failure is None and self._tasks:
                 await self.snapshot()
         finally:
@@ -404,7 +428,7 @@ async def serve(config: Config, *, repair: bool = False, insecure: bool = False)
         loop.add_signal_handler(sig, app.stop_requested.set)
     try:
         await app.start()
-    except (OSError, CorruptLogError) as e:
+    except (OSError, LogError) as e:  # a corrupt log, the outbox used by another process
         log.error("cannot start: %s", e)
         await app.close()
         return 1

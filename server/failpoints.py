@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import signal
 
-__all__ = ["NAMES", "hit"]
+__all__ = ["NAMES", "NOTIFY_NAMES", "hit"]
 
 NAMES = (
     "wal-before-write",
@@ -21,15 +21,18 @@ NAMES = (
     "snapshot-mid-write",
     "snapshot-before-rename",
 )
-"""Every failpoint the server has, in the order a request and a snapshot meet them."""
+"""Every failpoint of ingestion and snapshots, in the order a request and a snapshot meet them."""
+NOTIFY_NAMES = ("notify-before-submit",)
+"""The notifiers' failpoint: an alert event durable in the log and not yet in their outbox."""
 
 
 def _parse(spec: str) -> dict[str, int]:
     points: dict[str, int] = {}
     for item in filter(None, (s.strip() for s in spec.split(","))):
         name, _, count = item.partition("@")
-        if name not in NAMES:
-            raise ValueError(f"PIPEWARDEN_FAILPOINTS: unknown failpoint {name!r} ({NAMES})")
+        known = NAMES + NOTIFY_NAMES
+        if name not in known:
+            raise ValueError(f"PIPEWARDEN_FAILPOINTS: unknown failpoint {name!r} ({known})")
         points[name] = int(count) if count else 1
     return points
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from pipewarden.client import execution
@@ -40,3 +42,12 @@ def run(
 def request(*executions: execution_pb2.PipelineExecution) -> service_pb2.IngestRequest:
     """An IngestRequest of these executions."""
     return service_pb2.IngestRequest(executions=list(executions))
+
+
+async def until(predicate: Callable[[], bool], within: float = 5.0) -> None:
+    """Wait until `predicate()` holds, checking every 10 ms; TimeoutError after `within` s."""
+    async with asyncio.timeout(within):
+        while True:
+            if predicate():
+                return
+            await asyncio.sleep(0.01)

@@ -12,6 +12,11 @@ nothing is emitted that a crash could take back.
 
 A subscriber never slows anyone else: its queue is bounded (maxsize=0 makes it unbounded, for
 in-process consumers that must see everything and keep up), and one that overflows is ended.
+
+A subscriber that catches up from the current alerts (after an overflow, say) subscribes with
+`after=log.last_seq`, taken at the same moment as the alerts it reads: events of older records
+still waiting to be durable are then left out of its queue, so none of them arrives after the
+newer state it caught up with.
 """
 
 from __future__ import annotations
@@ -40,13 +45,17 @@ class FeedOverflow(PipewardenError):
 class Subscription:
     """One subscriber's filtered, bounded queue of events. Iterate it asynchronously."""
 
-    def __init__(self, feed: AlertFeed, team: str, min_severity: int, maxsize: int) -> None:
+    def __init__(
+        self, feed: AlertFeed, team: str, min_severity: int, maxsize: int, after: int = 0
+    ) -> None:
         self.team = team
         """Only this team's alerts; empty for every team."""
         self.min_severity = min_severity
         """Only alerts at least this severe."""
         self.maxsize = maxsize
         """Events it may fall behind by; 0 for no bound."""
+        self.after = after
+        """Only the events of log records after this one."""
         self.overflowed = False
         """Whether it was ended for falling behind."""
         self.closed = False
@@ -113,9 +122,12 @@ class AlertFeed:
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
-    def subscribe(self, team: str = "", min_severity: int = 0, maxsize: int = 1000) -> Subscription:
-        """A new subscription to the events from now on, filtered by team and severity."""
-        sub = Subscription(self, team, min_severity, maxsize)
+    def subscribe(
+        self, team: str = "", min_severity: int = 0, maxsize: int = 1000, after: int = 0
+    ) -> Subscription:
+        """A new subscription to the events from now on, filtered by team and severity; with
+        `after`, only to those of log records after that one (see the module docstring)."""
+        sub = Subscription(self, team, min_severity, maxsize, after)
         if self._closed:
             sub.close()
         else:
@@ -152,7 +164,8 @@ class AlertFeed:
                     return
                 for event in events:
                     for sub in list(self._subscribers):
-                        sub.offer(event)
+                        if seq > sub.after:
+                            sub.offer(event)
 
     def close_subscriptions(self) -> None:
         """End every subscription (their streams finish) and refuse new ones."""
