@@ -41,6 +41,7 @@ from server.errors import LogError
 from server.eventlog import EventLog
 from server.http import HttpServer
 from server.ingest import Ingestor
+from server.model import FAILED
 from server.notifier import AlertNotifier
 from server.openlineage.endpoint import LineageEndpoint
 from server.openlineage.mapping import Translator
@@ -350,15 +351,29 @@ class App:
         """Evaluate in slices, so that no request waits behind more than one. When the process
         is busy, each slice is followed by a pause four times as long, so that detection takes
         at most about a fifth of it; when it is not, passes end sooner and alerts go out sooner.
-        After the last slice, the alerts the pass changed are logged and announced (inside the
-        same budget)."""
-        for start in range(0, len(pipelines), DETECTION_SLICE):
-            began = time.perf_counter()
-            self.ingestor.evaluate(pipelines[start : start + DETECTION_SLICE])
-            if start + DETECTION_SLICE >= len(pipelines):
-                self.alerts.flush(self.clock())
-            took = time.perf_counter() - began
-            await asyncio.sleep(4 * took if self._busy() else 0)
+        After the last slice of each group (failed runs first, then the rest), the alerts it
+        changed are logged and announced (inside the same budget)."""
+        # Pipelines whose latest run failed first, and their alerts announced before the rest
+        # are judged: they are the ones that page, and a long pass under load must not hold
+        # them back. Within each group, alerts go out together, so that a root cause and the
+        # failures it explains are judged side by side.
+        failed = [p for p in pipelines if p.last_status == FAILED]
+        rest = [p for p in pipelines if p.last_status != FAILED] if failed else pipelines
+        if failed and rest:
+            self.engine.observe(rest)
+        for group in (failed, rest):
+            for start in range(0, len(group), DETECTION_SLICE):
+                began = time.perf_counter()
+                self.ingestor.evaluate(group[start : start + DETECTION_SLICE])
+                if start + DETECTION_SLICE >= len(group):
+                    self.alerts.flush(self.clock())
+                # Failures that arrived during the pass are judged now, not after it.
+                urgent = self.ingestor.take_failed()
+                if urgent:
+                    self.ingestor.evaluate(urgent)
+                    self.alerts.flush(self.clock())
+                took = time.perf_counter() - began
+                await asyncio.sleep(4 * took if self._busy() else 0)
 
     def _busy(self) -> bool:
         """Whether the process used more than BUSY_CPU_SHARE of a core lately (over the last

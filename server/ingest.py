@@ -24,7 +24,7 @@ from server.config import IngestLimits
 from server.dedup import SeenExecutions
 from server.detect import AlertSink, Detector, NullDetector, NullSink
 from server.eventlog import EventLog
-from server.model import RUNNING, Execution
+from server.model import FAILED, RUNNING, Execution
 from server.shards import PipelineState, Shard, ShardSet
 from server.validation import convert
 
@@ -76,6 +76,9 @@ class Ingestor:
         detection loop, a few times a second), so a pipeline that runs many times in a moment
         is evaluated once, and detection never slows the answer to an ingest request."""
         self.pending: dict[str, PipelineState] = {}
+        self.pending_failed: dict[str, PipelineState] = {}
+        """The pending pipelines whose latest run failed: they may page, so detection judges
+        them ahead of the rest (see `take_failed`)."""
         self.on_pending: Callable[[], None] | None = None
         """Called when an ingest request leaves pipelines pending, so that the detection loop
         can wake at once instead of polling."""
@@ -127,6 +130,9 @@ class Ingestor:
         if touched:
             if self.defer_detection:
                 self.pending.update(touched)
+                self.pending_failed.update(
+                    (k, v) for k, v in touched.items() if v.last_status == FAILED
+                )
                 if self.on_pending is not None:
                     self.on_pending()
             else:
@@ -147,7 +153,18 @@ class Ingestor:
         if not self.pending:
             return []
         pending, self.pending = self.pending, {}
+        self.pending_failed = {}
         return list(pending.values())
+
+    def take_failed(self) -> list[PipelineState]:
+        """The pending pipelines whose latest run failed, taken out of `pending`: for
+        detection to judge between the slices of a long pass."""
+        if not self.pending_failed:
+            return []
+        failed, self.pending_failed = self.pending_failed, {}
+        for pid in failed:
+            self.pending.pop(pid, None)
+        return list(failed.values())
 
     def _process(
         self,
