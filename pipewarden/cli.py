@@ -630,6 +630,21 @@ def _alerts(args: argparse.Namespace) -> int:
     if not found:
         console.print("No alerts." if args.state != "open" else "No open alerts.")
         return 0
+    if console.width < 140:
+        # Too narrow for the message beside the rest: each alert on two lines.
+        from rich.markup import escape
+
+        console.print(f"[bold]Alerts ({len(found)})[/]\n")
+        for a in found:
+            notes = _alert_notes(a)
+            since = _ago(a.first_seen.ToSeconds()).removesuffix(" ago")
+            console.print(
+                f"{_severity(a.severity)}  [bold]{escape(a.pipeline_id)}[/] ({escape(a.team)})  "
+                f"{_kind(a.kind)}, {_state(a)} {since}, {a.occurrences}x"
+            )
+            text = f"{a.alert_id}: {a.message}" + (f" ({notes})" if notes else "")
+            console.print(f"    {escape(text)}\n", highlight=False)
+        return 0
     table = Table(title=f"Alerts ({len(found)})", box=box.SIMPLE_HEAD)
     table.add_column("id", no_wrap=True)
     table.add_column("severity", no_wrap=True)
