@@ -20,6 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from server.confparse import mapping as _mapping
+from server.confparse import number
+from server.confparse import string as _str
+from server.confparse import whole as _int
 from server.errors import ConfigError
 
 __all__ = [
@@ -471,32 +475,11 @@ def _port(value: Any, key: str) -> int:
     return port
 
 
-def _mapping(value: Any, key: str, allowed: set[str] | None) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise ConfigError(key, f"expected a mapping, got {type(value).__name__}")
-    for k in value:
-        if not isinstance(k, str):
-            raise ConfigError(key, f"key {k!r} is not a string")
-        if allowed is not None and k not in allowed:
-            raise ConfigError(f"{key}.{k}", f"unknown key (known: {', '.join(sorted(allowed))})")
-    return value
-
-
 def _list(value: Any, key: str) -> Sequence[Any]:
     if value is None:
         return []
     if not isinstance(value, list | tuple):
         raise ConfigError(key, f"expected a list, got {type(value).__name__}")
-    return value
-
-
-def _str(value: Any, key: str, *, allow_empty: bool = False) -> str:
-    if value is None:
-        raise ConfigError(key, "missing")
-    if not isinstance(value, str):
-        raise ConfigError(key, f"expected a string, got {type(value).__name__}")
-    if not value and not allow_empty:
-        raise ConfigError(key, "must not be empty")
     return value
 
 
@@ -506,17 +489,5 @@ def _bool(value: Any, key: str) -> bool:
     return value
 
 
-def _int(value: Any, key: str, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(key, f"expected a whole number, got {value!r}")
-    if value < minimum:
-        raise ConfigError(key, f"{value} is less than {minimum}")
-    return value
-
-
 def _number(value: Any, key: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(key, f"expected a number, got {value!r}")
-    if value < 0:
-        raise ConfigError(key, f"{value} is less than 0")
-    return float(value)
+    return number(value, key, minimum=0)

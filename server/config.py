@@ -23,6 +23,10 @@ import yaml
 from notifiers.config import Receiver, Route, parse_receivers, parse_routes
 from server.alerting.settings import AlertSettings
 from server.collector import MetricsSettings
+from server.confparse import mapping as _mapping
+from server.confparse import number as _number
+from server.confparse import string as _str
+from server.confparse import whole as _int
 from server.detection.settings import DetectionSettings
 from server.errors import ConfigError
 from server.openlineage.settings import OpenLineageSettings, parse_settings
@@ -408,18 +412,6 @@ def _token(raw: Any, key: str) -> AuthToken:
     return AuthToken(token=token, team=team, role=role)
 
 
-def _mapping(value: Any, key: str, allowed: set[str] | None) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise ConfigError(key, f"expected a mapping, got {type(value).__name__}")
-    for k in value:
-        if not isinstance(k, str):
-            raise ConfigError(key, f"key {k!r} is not a string")
-        if allowed is not None and k not in allowed:
-            where = f"{key}.{k}" if key != "(top level)" else k
-            raise ConfigError(where, f"unknown key (known: {', '.join(sorted(allowed))})")
-    return value
-
-
 def _list(doc: Mapping[str, Any], key: str) -> Sequence[Any]:
     value = doc.get(key, [])
     if value is None:
@@ -427,29 +419,3 @@ def _list(doc: Mapping[str, Any], key: str) -> Sequence[Any]:
     if not isinstance(value, list):
         raise ConfigError(key, f"expected a list, got {type(value).__name__}")
     return value
-
-
-def _str(value: Any, key: str, *, allow_empty: bool = False) -> str:
-    if value is None:
-        raise ConfigError(key, "missing")
-    if not isinstance(value, str):
-        raise ConfigError(key, f"expected a string, got {type(value).__name__}")
-    if not value and not allow_empty:
-        raise ConfigError(key, "must not be empty")
-    return value
-
-
-def _int(value: Any, key: str, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(key, f"expected a whole number, got {value!r}")
-    if value < minimum:
-        raise ConfigError(key, f"{value} is less than {minimum}")
-    return value
-
-
-def _number(value: Any, key: str, *, minimum: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(key, f"expected a number, got {value!r}")
-    if value < minimum:
-        raise ConfigError(key, f"{value} is less than {minimum}")
-    return float(value)
