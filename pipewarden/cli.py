@@ -531,6 +531,22 @@ def _teams(args: argparse.Namespace) -> int:
 _SEVERITY_STYLE = {3: "bold red", 2: "red", 1: "yellow"}
 
 
+NARROW = 140
+"""Terminals narrower than this get anomalies and alerts on two lines each: in a table, the
+message column would be squeezed to nothing."""
+
+
+def _print_two_lines(title: str, items: Sequence[tuple[str, str, str, str, str]]) -> None:
+    """(severity markup, pipeline, team, what, message) as a heading line and the message
+    indented under it."""
+    from rich.markup import escape
+
+    console.print(f"[bold]{title}[/]\n")
+    for shown, pipeline, team, what, message in items:
+        console.print(f"{shown}  [bold]{escape(pipeline)}[/] ({escape(team)})  {what}")
+        console.print(f"    {escape(message)}\n", highlight=False)
+
+
 def _anomalies(args: argparse.Namespace) -> int:
     from rich import box
     from rich.table import Table
@@ -552,14 +568,12 @@ def _anomalies(args: argparse.Namespace) -> int:
         since = _ago(a.detected_at.ToSeconds()).removesuffix(" ago")
         shown = f"[{style}]{severity}[/]" if style else severity
         rows.append((shown, a.pipeline_id, a.team, kind.replace("_", " "), since, a.message))
-    if console.width < 140:
-        # Too narrow for the message beside the rest: each anomaly on two lines.
-        from rich.markup import escape
-
-        console.print(f"[bold]Anomalies ({len(found)})[/]\n")
-        for shown, pipeline, team, kind, since, message in rows:
-            console.print(f"{shown}  [bold]{escape(pipeline)}[/] ({escape(team)})  {kind}, {since}")
-            console.print(f"    {escape(message)}\n", highlight=False)
+    if console.width < NARROW:
+        _print_two_lines(
+            f"Anomalies ({len(found)})",
+            [(shown, pipeline, team, f"{kind}, {since}", message)
+             for shown, pipeline, team, kind, since, message in rows],
+        )  # fmt: skip
         return 0
     table = Table(title=f"Anomalies ({len(found)})", box=box.SIMPLE_HEAD)
     table.add_column("severity", no_wrap=True)
@@ -630,20 +644,15 @@ def _alerts(args: argparse.Namespace) -> int:
     if not found:
         console.print("No alerts." if args.state != "open" else "No open alerts.")
         return 0
-    if console.width < 140:
-        # Too narrow for the message beside the rest: each alert on two lines.
-        from rich.markup import escape
-
-        console.print(f"[bold]Alerts ({len(found)})[/]\n")
+    if console.width < NARROW:
+        items = []
         for a in found:
             notes = _alert_notes(a)
             since = _ago(a.first_seen.ToSeconds()).removesuffix(" ago")
-            console.print(
-                f"{_severity(a.severity)}  [bold]{escape(a.pipeline_id)}[/] ({escape(a.team)})  "
-                f"{_kind(a.kind)}, {_state(a)} {since}, {a.occurrences}x"
-            )
+            what = f"{_kind(a.kind)}, {_state(a)} {since}, {a.occurrences}x"
             text = f"{a.alert_id}: {a.message}" + (f" ({notes})" if notes else "")
-            console.print(f"    {escape(text)}\n", highlight=False)
+            items.append((_severity(a.severity), a.pipeline_id, a.team, what, text))
+        _print_two_lines(f"Alerts ({len(found)})", items)
         return 0
     table = Table(title=f"Alerts ({len(found)})", box=box.SIMPLE_HEAD)
     table.add_column("id", no_wrap=True)
