@@ -133,7 +133,10 @@ def run(ctx: Context) -> SectionResult:
                 )
             _report(res, size, runs, ratios, detection_ratios)
             if ctx.profile:
-                _profile(ctx, res, worker, full, size, events[size], max_seconds)
+                for label in ("pipewarden", "detecting"):
+                    _profile(
+                        ctx, res, worker, servers[label], label, size, events[size], max_seconds
+                    )
         res.details["pipewarden_data_dir_bytes"] = ctx.data_dir_bytes("ingest-pipewarden")
     return res
 
@@ -187,20 +190,24 @@ def _profile(
     res: SectionResult,
     worker: Worker,
     server: ServerProcess,
+    label: str,
     size: int,
     events: int,
     max_seconds: float,
 ) -> None:
-    """One more, unmeasured run of the full path under py-spy, long enough for a few thousand
-    samples; keep the hottest functions."""
-    rate = res.details["sizes"][str(size)]["pipewarden"]["median"]
+    """One more, unmeasured run of `server` (detection off or on, by `label`) under py-spy,
+    long enough for a few thousand samples; keep the hottest functions."""
+    rate = res.details["sizes"][str(size)][label]["median"]
     events = max(events, int(rate * PROFILE_SECONDS) // size * size)
     worker.call(build, size, events, size * 1000 + 999)
-    out = ctx.logdir / f"ingest-profile-{size}.txt"
+    out = ctx.logdir / f"ingest-profile-{label}-{size}.txt"
     with server.profiled(out):
         measure(worker, server, "requests", max(max_seconds, 2 * PROFILE_SECONDS))
     top = summarize(out)
-    res.details["sizes"][str(size)]["profile"] = {"file": str(out), "top": top}
-    ctx.log(f"ingest x{size} profile of pipewarden in {out}")
+    res.details["sizes"][str(size)].setdefault("profiles", {})[label] = {
+        "file": str(out),
+        "top": top,
+    }
+    ctx.log(f"ingest x{size} profile of {label} in {out}")
     for row in top[:12]:
         ctx.log(f"  {row['self']:6.1%} self {row['total']:6.1%} total  {row['function']}")

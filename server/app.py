@@ -41,7 +41,6 @@ from server.errors import LogError
 from server.eventlog import EventLog
 from server.http import HttpServer
 from server.ingest import Ingestor
-from server.model import FAILED
 from server.notifier import AlertNotifier
 from server.openlineage.endpoint import LineageEndpoint
 from server.openlineage.mapping import Translator
@@ -66,8 +65,12 @@ DETECTION_COALESCE_SECONDS = 0.005
 next pass; what arrives later wakes detection at once."""
 DETECTION_SLICE = 50
 BUSY_CPU_SHARE = 0.5
-"""Above this much of a core used by the process, detection pauses after each slice four
-times as long as the slice took (see _evaluate_in_slices); below it there is room to spare."""
+"""Above this much of a core used by the process, detection pauses after each slice
+DETECTION_PAUSE times as long as the slice took (see _evaluate_in_slices); below it there is
+room to spare."""
+DETECTION_PAUSE = 4
+"""So that, when busy, detection passes take at most a fifth of the process. Failure streaks
+that page are judged at once, outside the passes (see _judge_now)."""
 ALERT_TICK_SECONDS = 1.0
 """How often alert timers (escalation, repeats, holds, silences) are checked, and root causes
 judged again for every open alert."""
@@ -134,6 +137,7 @@ class App:
         )
         self._detection_wake = asyncio.Event()
         self.ingestor.on_pending = self._detection_wake.set
+        self.ingestor.on_urgent = self._judge_now
         self.auth = Authenticator(config.tokens)
         self.service = PipelineMonitorService(
             self.ingestor,
@@ -347,33 +351,27 @@ class App:
         except LogError as e:
             log.error("alert timers stopped: the log failed: %s", e)
 
+    def _judge_now(self, pipelines: list[PipelineState]) -> None:
+        """Judge, in the ingest request that made them, the failure streaks that just reached
+        their alerting length, and announce their alerts: a page does not wait for a detection
+        pass, which under load takes a while. Pipelines failing together in one request are
+        judged side by side, so that a root cause explains the failures downstream of it."""
+        self.ingestor.evaluate(pipelines)
+        self.alerts.flush(self.clock())
+
     async def _evaluate_in_slices(self, pipelines: list[PipelineState]) -> None:
         """Evaluate in slices, so that no request waits behind more than one. When the process
-        is busy, each slice is followed by a pause four times as long, so that detection takes
-        at most about a fifth of it; when it is not, passes end sooner and alerts go out sooner.
-        After the last slice of each group (failed runs first, then the rest), the alerts it
-        changed are logged and announced (inside the same budget)."""
-        # Pipelines whose latest run failed first, and their alerts announced before the rest
-        # are judged: they are the ones that page, and a long pass under load must not hold
-        # them back. Within each group, alerts go out together, so that a root cause and the
-        # failures it explains are judged side by side.
-        failed = [p for p in pipelines if p.last_status == FAILED]
-        rest = [p for p in pipelines if p.last_status != FAILED] if failed else pipelines
-        if failed and rest:
-            self.engine.observe(rest)
-        for group in (failed, rest):
-            for start in range(0, len(group), DETECTION_SLICE):
-                began = time.perf_counter()
-                self.ingestor.evaluate(group[start : start + DETECTION_SLICE])
-                if start + DETECTION_SLICE >= len(group):
-                    self.alerts.flush(self.clock())
-                # Failures that arrived during the pass are judged now, not after it.
-                urgent = self.ingestor.take_failed()
-                if urgent:
-                    self.ingestor.evaluate(urgent)
-                    self.alerts.flush(self.clock())
-                took = time.perf_counter() - began
-                await asyncio.sleep(4 * took if self._busy() else 0)
+        is busy, each slice is followed by a pause DETECTION_PAUSE times as long, so that
+        detection takes a small share of it; when it is not, passes end sooner and alerts go
+        out sooner. After the last slice, the alerts the pass changed are logged and announced
+        together, so that a root cause and the failures it explains are judged side by side."""
+        for start in range(0, len(pipelines), DETECTION_SLICE):
+            began = time.perf_counter()
+            self.ingestor.evaluate(pipelines[start : start + DETECTION_SLICE])
+            if start + DETECTION_SLICE >= len(pipelines):
+                self.alerts.flush(self.clock())
+            took = time.perf_counter() - began
+            await asyncio.sleep(DETECTION_PAUSE * took if self._busy() else 0)
 
     def _busy(self) -> bool:
         """Whether the process used more than BUSY_CPU_SHARE of a core lately (over the last

@@ -44,6 +44,12 @@ class Detector(Protocol):
         """The pipeline's current anomalies (empty when it is healthy)."""
         ...
 
+    def urgent(self, pipeline: PipelineState) -> bool:
+        """Whether the run just applied may page (a failure streak reaching a threshold): the
+        pipeline is judged at once, not in the next detection pass. Cheap: asked of every
+        pipeline an ingest request leaves failing."""
+        ...
+
 
 class AlertSink(Protocol):
     """Receives each evaluated pipeline's current anomalies."""
@@ -59,6 +65,10 @@ class NullDetector:
     def evaluate(self, pipeline: PipelineState, fleet: ShardSet, now: float) -> Sequence[Anomaly]:
         """No anomalies."""
         return ()
+
+    def urgent(self, pipeline: PipelineState) -> bool:
+        """Never."""
+        return False
 
 
 class NullSink:

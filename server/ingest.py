@@ -76,12 +76,13 @@ class Ingestor:
         detection loop, a few times a second), so a pipeline that runs many times in a moment
         is evaluated once, and detection never slows the answer to an ingest request."""
         self.pending: dict[str, PipelineState] = {}
-        self.pending_failed: dict[str, PipelineState] = {}
-        """The pending pipelines whose latest run failed: they may page, so detection judges
-        them ahead of the rest (see `take_failed`)."""
         self.on_pending: Callable[[], None] | None = None
         """Called when an ingest request leaves pipelines pending, so that the detection loop
         can wake at once instead of polling."""
+        self.on_urgent: Callable[[list[PipelineState]], None] | None = None
+        """Called, in the request, with the pipelines the detector finds `urgent` (a failure
+        streak that just reached its alerting length): they are judged at once, not in the
+        next pass, and are no longer pending."""
 
     def ingest(
         self, raw: bytes, request: service_pb2.IngestRequest, team: str | None = None
@@ -130,10 +131,13 @@ class Ingestor:
         if touched:
             if self.defer_detection:
                 self.pending.update(touched)
-                self.pending_failed.update(
-                    (k, v) for k, v in touched.items() if v.last_status == FAILED
-                )
-                if self.on_pending is not None:
+                urgent = self.detector.urgent
+                judge = [v for v in touched.values() if v.last_status == FAILED and urgent(v)]
+                if judge and self.on_urgent is not None:
+                    for state in judge:
+                        del self.pending[state.pipeline_id]
+                    self.on_urgent(judge)
+                if self.on_pending is not None and self.pending:
                     self.on_pending()
             else:
                 self.evaluate(touched.values())
@@ -153,18 +157,7 @@ class Ingestor:
         if not self.pending:
             return []
         pending, self.pending = self.pending, {}
-        self.pending_failed = {}
         return list(pending.values())
-
-    def take_failed(self) -> list[PipelineState]:
-        """The pending pipelines whose latest run failed, taken out of `pending`: for
-        detection to judge between the slices of a long pass."""
-        if not self.pending_failed:
-            return []
-        failed, self.pending_failed = self.pending_failed, {}
-        for pid in failed:
-            self.pending.pop(pid, None)
-        return list(failed.values())
 
     def _process(
         self,
@@ -230,6 +223,7 @@ class Ingestor:
                     continue
                 if job is not None:
                     job.preserve(state.shard, state)
+            state.last_received = received
             if status == RUNNING:
                 Shard.apply_running(state, e)
                 verdicts[i] = _RUNNING

@@ -99,6 +99,7 @@ class PipelineState:
         "in_flight",
         "labels",
         "last_error",
+        "last_received",
         "last_status",
         "last_success_time",
         "last_time",
@@ -130,6 +131,10 @@ class PipelineState:
         self.duration_count = 0
         self.records_sum = 0
         self.last_time: float | None = None
+        self.last_received: float | None = None
+        """When the server received its latest event (Unix seconds, server clock): a pipeline
+        whose runs keep arriving is not stale, even if their event times are old (a backfill,
+        an import of history)."""
         self.last_status = 0
         self.consecutive_failures = 0
         self.last_error = ""
@@ -370,6 +375,7 @@ class Shard:
             p.duration_count = msg.duration_count
             p.records_sum = int(msg.records_sum or "0")
             p.last_time = msg.last_time if msg.HasField("last_time") else None
+            p.last_received = msg.last_received if msg.HasField("last_received") else None
             p.last_status = msg.last_status
             p.consecutive_failures = msg.consecutive_failures
             p.last_error = msg.last_error
@@ -415,6 +421,8 @@ def dump_pipeline(p: PipelineState) -> storage_pb2.PipelineSnapshot:
     )
     if p.last_time is not None:
         msg.last_time = p.last_time
+    if p.last_received is not None:
+        msg.last_received = p.last_received
     if p.last_success_time is not None:
         msg.last_success_time = p.last_success_time
     if p.in_flight:

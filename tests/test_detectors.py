@@ -4,6 +4,7 @@ ListAnomalies end to end."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from dataclasses import replace
 
@@ -11,8 +12,12 @@ import grpc
 import pytest
 
 from pipewarden.v1 import anomaly_pb2, service_pb2, service_pb2_grpc
+from server.config import IngestLimits
+from server.dedup import SeenExecutions
 from server.detection.engine import DetectionEngine
 from server.detection.settings import DetectionSettings
+from server.eventlog import MemoryLog
+from server.ingest import Ingestor
 from server.model import FAILED, RUNNING, SUCCEEDED, Execution
 from server.shards import PipelineState, ShardSet
 from tests.helpers import T0, request, run
@@ -161,6 +166,52 @@ def test_a_flaky_pipeline_needs_a_longer_streak() -> None:
         assert kinds(engine, shards, p, T0).get(STREAK) == severity, fails
 
 
+def test_a_streak_is_urgent_exactly_when_it_reaches_an_alerting_length() -> None:
+    """urgent() is asked of every pipeline a request leaves failing: true at 3 and 5 (HIGH and
+    CRITICAL), and at 5 and 7 for a pipeline that fails 1 run in 10."""
+    engine = own("consecutive_failures")
+    steady = [(SUCCEEDED, 10.0, 100)] * 30
+    flaky = [(FAILED if i % 10 == 0 else SUCCEEDED, 10.0, 100) for i in range(100)]
+    for past, lengths in [(steady, {3, 5}), (flaky, {5, 7})]:
+        for fails in range(1, 10):
+            _, p = history(past + [(FAILED, 10.0, 100)] * fails)
+            assert engine.urgent(p) is (fails in lengths), (len(past), fails)
+    _, p = history(steady + [(FAILED, 10.0, 100)] * 3)
+    assert not own("volume_drop").urgent(p)
+
+
+def test_ingest_judges_an_urgent_streak_in_the_request_and_leaves_the_rest_pending() -> None:
+    """With detection deferred to passes, the request whose failure makes a streak of 3 hands
+    that pipeline to on_urgent (judged at once) instead of leaving it pending."""
+    shards = ShardSet(2, window=64)
+    ingestor = Ingestor(
+        shards,
+        SeenExecutions(1000),
+        MemoryLog(),
+        IngestLimits(),
+        detector=own("consecutive_failures"),
+        defer_detection=True,
+    )
+    judged: list[list[str]] = []
+    ingestor.on_urgent = lambda ps: judged.append([p.pipeline_id for p in ps])
+
+    minutes = itertools.count()
+
+    def send(*runs: tuple[str, str]) -> None:
+        raw = request(
+            *(run(f"{pid}-{m}", pid, status=status, start=T0 + 60 * m)
+              for (pid, status), m in zip(runs, minutes, strict=False))
+        )  # fmt: skip
+        ingestor.ingest(raw.SerializeToString(), raw)
+
+    send(("a", "failed"), ("a", "failed"), ("b", "succeeded"))
+    assert judged == []
+    assert sorted(p.pipeline_id for p in ingestor.take_pending()) == ["a", "b"]
+    send(("a", "failed"), ("b", "failed"))
+    assert judged == [["a"]]
+    assert [p.pipeline_id for p in ingestor.take_pending()] == ["b"]
+
+
 def test_staleness_deadline_and_clearing() -> None:
     engine = own("staleness")
     shards, p = history(_steady(12), cadence=HOUR)
@@ -190,6 +241,20 @@ def test_staleness_deadline_and_clearing() -> None:
     )
     shards.shard_for("p").apply_terminal(p, e)
     assert kinds(engine, shards, p, last + 13 * HOUR + 1) == {}
+
+
+def test_old_runs_still_arriving_are_not_stale_until_they_stop() -> None:
+    """A backfill: runs of hours ago, received now. Stale only once nothing has arrived for
+    settle_seconds (60 by default), then by the runs' own times."""
+    engine = own("staleness")
+    shards, p = history(_steady(12), cadence=HOUR)
+    last = p.last_time
+    assert last is not None
+    received = p.last_received = last + 5 * HOUR
+    assert kinds(engine, shards, p, received + 1) == {}
+    assert engine.due(received + 59) == []
+    assert engine.due(received + 61) == ["p"]
+    assert kinds(engine, shards, p, received + 61) == {STALE: 1}
 
 
 def test_stuck_run() -> None:

@@ -31,10 +31,12 @@ from tests.process import ServerProcess
 
 MINUTE, HOUR = 60.0, 3600.0
 FAST = {"rate_per_second": 0, "retry_initial_seconds": 0.05, "retry_max_seconds": 0.2}
-ONLY_STREAKS_AND_STALENESS = {
+ONLY_STREAKS_AND_STALENESS: dict[str, Any] = {
     name: {"enabled": False}
     for name in ("peer", "success_rate", "duration_regression", "volume_drop", "stuck_run")
 }
+# Old runs sent now are judged stale once nothing more has arrived for a second.
+ONLY_STREAKS_AND_STALENESS["staleness"] = {"settle_seconds": 1}
 
 
 @pytest.fixture(autouse=True)

@@ -27,6 +27,7 @@ from server.detection.history import (
 from server.detection.peer import HIGH_DURATION, LOW_RECORDS, LOW_SUCCESS_RATE, PeerDetector
 from server.detection.profile import fold
 from server.detection.settings import DetectionSettings, MetricRule
+from server.model import FAILED
 from server.shards import PipelineState, ShardSet
 
 __all__ = ["DETECTORS", "DetectionEngine"]
@@ -112,6 +113,14 @@ class DetectionEngine:
                 next_check = min(next_check, when)
         self._schedule(p.pipeline_id, next_check)
         return out
+
+    def urgent(self, pipeline: PipelineState) -> bool:
+        """Whether the pipeline's failure streak has just reached its HIGH or CRITICAL length:
+        it pages (or chats) now, not after the detection pass under way."""
+        n = pipeline.consecutive_failures
+        if n < self.settings.consecutive_failures.high or pipeline.last_status != FAILED:
+            return False
+        return "consecutive_failures" in self.enabled and n in self.streak.thresholds(pipeline)
 
     def _peer_verdicts(self, p: PipelineState, fleet: ShardSet, now: float) -> list[Anomaly]:
         """The peer rule's verdicts that stand: with the own-history detector of a metric on, a
@@ -215,16 +224,21 @@ class DetectionEngine:
         s = self.settings.staleness
         if rhythm.cadence is None or p.last_time is None:
             return None, float("inf")
+        last = p.last_time
+        # Not while its events are still arriving: old runs sent now (a backfill, an import of
+        # history) are not a pipeline that stopped.
+        received = p.last_received
+        settled_at = -math.inf if received is None else received + s.settle_seconds
         cadence = rhythm.cadence
         steps = [
             (max(s.factor * cadence, s.min_seconds), MEDIUM),
             (max(s.high_factor * cadence, s.min_seconds), HIGH),
             (max(s.critical_factor * cadence, s.min_seconds), CRITICAL),
         ]
-        quiet = now - p.last_time
+        quiet = now - last
         found: Anomaly | None = None
         for after, severity in steps:
-            if quiet > after:
+            if quiet > after and now >= settled_at:
                 found = Anomaly(
                     p.pipeline_id,
                     p.team,
@@ -237,7 +251,7 @@ class DetectionEngine:
                     "seconds",
                 )
             else:
-                return found, p.last_time + after
+                return found, max(last + after, settled_at)
         return found, float("inf")
 
     def _stuck(self, p: PipelineState, rhythm: _Rhythm, now: float) -> tuple[Anomaly | None, float]:

@@ -182,6 +182,9 @@ class StaleSettings:
     """...CRITICAL after this many."""
     min_seconds: float = 300.0
     """Never stale sooner than this after the last run."""
+    settle_seconds: float = 60.0
+    """Nor while its events still arrive: only once none has for this long (old runs being
+    sent now, a backfill or an import of history, are not a pipeline that stopped)."""
 
 
 @dataclass(frozen=True)

@@ -375,6 +375,7 @@ class PipelineSnapshot(_message.Message):
     RING_FIELD_NUMBER: _builtins.int
     PROFILE_FIELD_NUMBER: _builtins.int
     PROFILE_AT_FIELD_NUMBER: _builtins.int
+    LAST_RECEIVED_FIELD_NUMBER: _builtins.int
     pipeline_id: _builtins.str
     """The pipeline."""
     team: _builtins.str
@@ -409,6 +410,8 @@ class PipelineSnapshot(_message.Message):
     """
     profile_at: _builtins.int
     """How many of the pipeline's runs the profile has seen."""
+    last_received: _builtins.float
+    """When the server received its latest event, Unix seconds (server clock); absent when never."""
     @_builtins.property
     def in_flight(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
         """Executions in flight: execution_id to start time in Unix seconds."""
@@ -447,15 +450,20 @@ class PipelineSnapshot(_message.Message):
         ring: Global___RingSnapshot | None = ...,
         profile: _builtins.bytes = ...,
         profile_at: _builtins.int = ...,
+        last_received: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_last_success_time", b"_last_success_time", "_last_time", b"_last_time", "last_success_time", b"last_success_time", "last_time", b"last_time", "ring", b"ring"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_last_received", b"_last_received", "_last_success_time", b"_last_success_time", "_last_time", b"_last_time", "last_received", b"last_received", "last_success_time", b"last_success_time", "last_time", b"last_time", "ring", b"ring"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_last_success_time", b"_last_success_time", "_last_time", b"_last_time", "cancelled", b"cancelled", "consecutive_failures", b"consecutive_failures", "duration_count", b"duration_count", "duration_sum", b"duration_sum", "failed", b"failed", "in_flight", b"in_flight", "labels", b"labels", "last_error", b"last_error", "last_status", b"last_status", "last_success_time", b"last_success_time", "last_time", b"last_time", "pipeline_id", b"pipeline_id", "profile", b"profile", "profile_at", b"profile_at", "records_sum", b"records_sum", "ring", b"ring", "succeeded", b"succeeded", "team", b"team", "upstream", b"upstream"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_last_received", b"_last_received", "_last_success_time", b"_last_success_time", "_last_time", b"_last_time", "cancelled", b"cancelled", "consecutive_failures", b"consecutive_failures", "duration_count", b"duration_count", "duration_sum", b"duration_sum", "failed", b"failed", "in_flight", b"in_flight", "labels", b"labels", "last_error", b"last_error", "last_received", b"last_received", "last_status", b"last_status", "last_success_time", b"last_success_time", "last_time", b"last_time", "pipeline_id", b"pipeline_id", "profile", b"profile", "profile_at", b"profile_at", "records_sum", b"records_sum", "ring", b"ring", "succeeded", b"succeeded", "team", b"team", "upstream", b"upstream"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__last_received: _TypeAlias = _typing.Literal["last_received"]  # noqa: Y015
+    _WhichOneofArgType__last_received: _TypeAlias = _typing.Literal["_last_received", b"_last_received"]  # noqa: Y015
     _WhichOneofReturnType__last_success_time: _TypeAlias = _typing.Literal["last_success_time"]  # noqa: Y015
     _WhichOneofArgType__last_success_time: _TypeAlias = _typing.Literal["_last_success_time", b"_last_success_time"]  # noqa: Y015
     _WhichOneofReturnType__last_time: _TypeAlias = _typing.Literal["last_time"]  # noqa: Y015
     _WhichOneofArgType__last_time: _TypeAlias = _typing.Literal["_last_time", b"_last_time"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__last_received) -> _WhichOneofReturnType__last_received | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__last_success_time) -> _WhichOneofReturnType__last_success_time | None: ...
     @_typing.overload
