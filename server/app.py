@@ -68,8 +68,8 @@ BUSY_CPU_SHARE = 0.5
 """Above this much of a core used by the process, detection pauses after each slice
 DETECTION_PAUSE times as long as the slice took (see _evaluate_in_slices); below it there is
 room to spare."""
-DETECTION_PAUSE = 4
-"""So that, when busy, detection passes take at most a fifth of the process. Failure streaks
+DETECTION_PAUSE = 8
+"""So that, when busy, detection passes take at most a ninth of the process. Failure streaks
 that page are judged at once, outside the passes (see _judge_now)."""
 ALERT_TICK_SECONDS = 1.0
 """How often alert timers (escalation, repeats, holds, silences) are checked, and root causes

@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 
 from server.detect import Anomaly
-from server.detection.profile import offset, started
+from server.detection.profile import offsets, started
 from server.detection.settings import (
     DropSettings,
     ProfileSettings,
@@ -249,8 +249,8 @@ class _OwnHistory:
         """log(1 + value) of each run, net of its seasonal offset."""
         if not self.profile.enabled or p.profile is None:
             return [math.log1p(max(v, 0.0)) for _, v in runs]
-        durations, settings = self.durations, self.profile
-        return [math.log1p(max(v, 0.0)) - offset(p, t, durations, settings) for t, v in runs]
+        shifts = offsets(p, [t for t, _ in runs], self.durations, self.profile)
+        return [math.log1p(max(v, 0.0)) - s for (_, v), s in zip(runs, shifts, strict=True)]
 
     def split(self, p: PipelineState) -> Recent | None:
         """The baseline (cached) and the latest runs against it; None without enough

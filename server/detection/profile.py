@@ -24,7 +24,7 @@ from server.detection.settings import ProfileSettings
 from server.model import SUCCEEDED
 from server.shards import PipelineState
 
-__all__ = ["SIZE", "fold", "offset", "started"]
+__all__ = ["SIZE", "fold", "offset", "offsets", "started"]
 
 HOURS = 48  # 24 weekday hours, then 24 weekend hours
 DAYS = 2  # weekday, weekend
@@ -95,24 +95,36 @@ def offset(p: PipelineState, t: float, durations: bool, settings: ProfileSetting
     """How much higher than usual (in log(1 + value)) a run started at `t` usually is: its
     hour's mean minus the week's mean; its kind of day's while its hour has fewer than
     `settings.min_samples`; 0 while that has too few too."""
+    return offsets(p, [t], durations, settings)[0]
+
+
+def offsets(
+    p: PipelineState, times: list[float], durations: bool, settings: ProfileSettings
+) -> list[float]:
+    """`offset` of runs started at each of `times` (the week's mean is worked out once)."""
     prof = p.profile
     if prof is None:
-        return 0.0
+        return [0.0] * len(times)
     base = _DURATIONS if durations else _RECORDS
     counts = base + SLOTS
     enough = settings.min_samples
     weekday, weekend = prof[counts + _WEEKDAY] >= enough, prof[counts + _WEEKEND] >= enough
     if not (weekday or weekend):
-        return 0.0
+        return [0.0] * len(times)
     # The mean over a whole week: five weekdays and two weekend days (one kind alone until the
     # other has been seen), so that it does not sink every weekend.
     if weekday and weekend:
         overall = (5 * prof[base + _WEEKDAY] + 2 * prof[base + _WEEKEND]) / 7
     else:
         overall = prof[base + (_WEEKDAY if weekday else _WEEKEND)]
-    hour, day = _slots(t, settings.utc_offset_hours * 3600.0)
-    if prof[counts + hour] >= enough:
-        return prof[base + hour] - overall
-    if prof[counts + day] >= enough:
-        return prof[base + day] - overall
-    return 0.0
+    shift = settings.utc_offset_hours * 3600.0
+    out: list[float] = []
+    for t in times:
+        hour, day = _slots(t, shift)
+        if prof[counts + hour] >= enough:
+            out.append(prof[base + hour] - overall)
+        elif prof[counts + day] >= enough:
+            out.append(prof[base + day] - overall)
+        else:
+            out.append(0.0)
+    return out
