@@ -83,7 +83,15 @@ PHASES: tuple[tuple[str, tuple[str, ...]], ...] = (
         ("ShardSet.restore (shards.py)", "SeenExecutions.restore (dedup.py)"),
     ),
     ("log: open (scan)", ("WriteAheadLog._recover (wal.py)",)),
-    ("log: replay", ("Ingestor.replay (ingest.py)", "WriteAheadLog.replay (wal.py)")),
+    (
+        "log: replay",
+        (
+            "Ingestor.replay (ingest.py)",
+            "Ingestor.replay_batch (ingest.py)",
+            "WriteAheadLog.replay (wal.py)",
+            "AlertManager.replay (manager.py)",
+        ),
+    ),
     ("recovery: other", ("recover (recovery.py)",)),
     ("start: other", ("App.start (app.py)",)),
     ("imports", ("_find_and_load (<frozen importlib._bootstrap>)",)),
