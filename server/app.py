@@ -63,7 +63,9 @@ arrives."""
 DETECTION_COALESCE_SECONDS = 0.005
 """The pause after each pass: a pipeline's runs that arrive meanwhile are judged once, in the
 next pass; what arrives later wakes detection at once."""
-DETECTION_SLICE = 50
+DETECTION_SLICE_SECONDS = 0.002
+"""How long detection evaluates before it lets requests in: a request waits behind at most one
+slice (a pipeline's evaluation takes 20-200 µs)."""
 BUSY_CPU_SHARE = 0.5
 """Above this much of a core used by the process, detection pauses after each slice
 DETECTION_PAUSE times as long as the slice took (see _evaluate_in_slices); below it there is
@@ -365,10 +367,16 @@ class App:
         detection takes a small share of it; when it is not, passes end sooner and alerts go
         out sooner. After the last slice, the alerts the pass changed are logged and announced
         together, so that a root cause and the failures it explains are judged side by side."""
-        for start in range(0, len(pipelines), DETECTION_SLICE):
+        start, count = 0, len(pipelines)
+        while start < count:
             began = time.perf_counter()
-            self.ingestor.evaluate(pipelines[start : start + DETECTION_SLICE])
-            if start + DETECTION_SLICE >= len(pipelines):
+            end = began + DETECTION_SLICE_SECONDS
+            while start < count:
+                self.ingestor.evaluate(pipelines[start : start + 4])
+                start += 4
+                if time.perf_counter() >= end:
+                    break
+            if start >= count:
                 self.alerts.flush(self.clock())
             took = time.perf_counter() - began
             await asyncio.sleep(DETECTION_PAUSE * took if self._busy() else 0)
