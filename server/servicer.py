@@ -46,6 +46,7 @@ DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 
 M = TypeVar("M", bound=Message)
+_T = TypeVar("_T")
 Context = grpc.aio.ServicerContext[Any, Any]
 Unary = Callable[[bytes, Context, Principal], Awaitable[Any]]
 Streaming = Callable[[Any, Context, Principal], AsyncIterator[Any]]
@@ -576,6 +577,22 @@ class PipelineMonitorService:
             subscription.close()
             metrics.ALERT_WATCHERS.dec()
 
+    async def _durably(
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        change: Callable[[], tuple[_T, int]],
+    ) -> _T:
+        """Make an alerting change and wait until its record is durable. A refusal ends the call
+        with its status; a failed log, with UNAVAILABLE."""
+        try:
+            result, seq = change()
+            await self.log.wait_durable(seq)
+        except RequestError as e:
+            await context.abort(grpc.StatusCode[e.code], str(e))
+        except LogError as e:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+        return result
+
     async def acknowledge_alert(
         self,
         request: service_pb2.AcknowledgeAlertRequest,
@@ -591,13 +608,9 @@ class PipelineMonitorService:
                 f"alert {request.alert_id} is team {found.team!r}'s: acknowledging it takes an "
                 "admin token or a writer token of that team",
             )
-        try:
-            alert, seq = self.alerts.acknowledge(request.alert_id, request.by)
-            await self.log.wait_durable(seq)
-        except RequestError as e:
-            await context.abort(grpc.StatusCode[e.code], str(e))
-        except LogError as e:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+        alert = await self._durably(
+            context, lambda: self.alerts.acknowledge(request.alert_id, request.by)
+        )
         audit.info(
             "alert acknowledged: alert=%s team=%s by=%r token=%s",
             alert.alert_id,
@@ -628,13 +641,7 @@ class PipelineMonitorService:
                 "a silence takes an admin token, or a writer token of the silence's team "
                 "(a silence without a team mutes every team's alerts: admin only)",
             )
-        try:
-            created, seq = self.alerts.create_silence(wanted)
-            await self.log.wait_durable(seq)
-        except RequestError as e:
-            await context.abort(grpc.StatusCode[e.code], str(e))
-        except LogError as e:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+        created = await self._durably(context, lambda: self.alerts.create_silence(wanted))
         audit.info(
             "silence created: silence=%s team=%s pipeline=%s by=%r token=%s",
             created.silence_id,
@@ -670,13 +677,9 @@ class PipelineMonitorService:
                 f"silence {request.silence_id} is not of this token's team: ending it takes an "
                 "admin token or a writer token of its team",
             )
-        try:
-            ended, seq = self.alerts.delete_silence(request.silence_id, request.by)
-            await self.log.wait_durable(seq)
-        except RequestError as e:
-            await context.abort(grpc.StatusCode[e.code], str(e))
-        except LogError as e:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+        ended = await self._durably(
+            context, lambda: self.alerts.delete_silence(request.silence_id, request.by)
+        )
         audit.info(
             "silence ended: silence=%s team=%s by=%r token=%s",
             ended.silence_id,
