@@ -27,8 +27,9 @@ import grpc
 
 from bench import loadgen
 from bench.common import STORE, Context, SectionResult, Target, summarize_ms
+from bench.probes import pipeline as probe_pipeline
+from bench.probes import prepare as prepare_probes
 from bench.workload import Fleet
-from pipewarden.client import execution
 from pipewarden.v1 import alert_pb2, service_pb2
 
 __all__ = ["NAME", "TITLE", "run"]
@@ -57,40 +58,15 @@ def _plan(quick: bool) -> tuple[int, float]:
 
 
 def _probe_pipeline(label: str, i: int) -> str:
-    return f"alert-probe.{label}.{i:05d}"
-
-
-def _failure(label: str, i: int, k: int) -> Any:
-    t = time.time() - 3600 + k
-    return execution(
-        f"{label}-{i}-{k}",
-        _probe_pipeline(label, i),
-        "probes",
-        "failed",
-        started_at=t - 5,
-        finished_at=t,
-        error_message="probe",
-    )
+    return probe_pipeline("alert-probe", label, i)
 
 
 def _setup(target: str, probes: int, labels: list[str]) -> dict[str, Any]:
-    """Warm the fleet up (every pipeline twice) and give every probe pipeline two failures; keep
-    the probes' third failures and the background load as bytes in STORE."""
-    fleet = STORE["fleet"] = Fleet(PIPELINES)
-    warm = fleet.requests([p for _ in range(2) for p in range(PIPELINES)], LOAD_SIZE)
-    loadgen.blast(target, warm, streams=4, max_seconds=60)
-    first_two = [
-        service_pb2.IngestRequest(executions=[_failure(label, i, k) for k in range(2)])
-        for label in labels
-        for i in range(probes)
-    ]
-    loadgen.blast(target, [r.SerializeToString() for r in first_two], streams=4, max_seconds=60)
-    for label in labels:
-        STORE[f"probes-{label}"] = [
-            service_pb2.IngestRequest(executions=[_failure(label, i, 2)]).SerializeToString()
-            for i in range(probes)
-        ]
-    return {"warmup_requests": len(warm), "probe_pipelines": len(first_two)}
+    """Warm the fleet up and give every probe pipeline two failures; keep the probes' third
+    failures and the background load as bytes in STORE."""
+    return prepare_probes(
+        target, "alert-probe", labels, probes, 2, pipelines=PIPELINES, load_size=LOAD_SIZE
+    )
 
 
 def _measure(target: str, label: str, seconds: float, rate: float) -> dict[str, Any]:

@@ -51,8 +51,9 @@ from bench.common import (
     percentile,
     summarize_ms,
 )
+from bench.probes import pipeline as probe_pipeline
+from bench.probes import prepare as prepare_probes
 from bench.workload import Fleet
-from pipewarden.client import execution
 from pipewarden.v1 import alert_pb2, service_pb2
 
 __all__ = ["NAME", "TITLE", "run"]
@@ -98,41 +99,22 @@ def _calibration(quick: bool) -> int:
 
 
 def _probe_pipeline(label: str, i: int) -> str:
-    return f"notify-probe.{label}.{i:05d}"
-
-
-def _failure(label: str, i: int, k: int) -> Any:
-    t = time.time() - 3600 + k
-    return execution(
-        f"notify-probe-{label}-{i}-{k}",
-        _probe_pipeline(label, i),
-        "probes",
-        "failed",
-        started_at=t - 5,
-        finished_at=t,
-        error_message="probe",
-    )
+    return probe_pipeline("notify-probe", label, i)
 
 
 def _setup(target: str, probes: int, labels: list[str], calibration: int) -> dict[str, Any]:
     """Warm the fleet up, give every probe pipeline of each run four failures in a row (their
     fifth is kept in STORE), then find the rate the server sustains flat out."""
-    fleet = STORE["fleet"] = Fleet(PIPELINES)
-    warm = fleet.requests([p for _ in range(2) for p in range(PIPELINES)], LOAD_SIZE)
-    loadgen.blast(target, warm, streams=4, max_seconds=60)
-    first_two = [
-        service_pb2.IngestRequest(executions=[_failure(label, i, k) for k in range(SETUP_FAILURES)])
-        for label in labels
-        for i in range(probes)
-    ]
-    loadgen.blast(target, [r.SerializeToString() for r in first_two], streams=4, max_seconds=60)
-    for label in labels:
-        STORE[f"probes-{label}"] = [
-            service_pb2.IngestRequest(
-                executions=[_failure(label, i, SETUP_FAILURES)]
-            ).SerializeToString()
-            for i in range(probes)
-        ]
+    prepare_probes(
+        target,
+        "notify-probe",
+        labels,
+        probes,
+        SETUP_FAILURES,
+        pipelines=PIPELINES,
+        load_size=LOAD_SIZE,
+    )
+    fleet: Fleet = STORE["fleet"]
     batch = fleet.requests(fleet.random_order(calibration * LOAD_SIZE, 7), LOAD_SIZE)
     return loadgen.blast(target, batch, streams=8, max_seconds=30)
 
