@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import time
 from dataclasses import replace
 
@@ -15,6 +16,7 @@ from pipewarden.v1 import anomaly_pb2, service_pb2, service_pb2_grpc
 from server.config import IngestLimits
 from server.dedup import SeenExecutions
 from server.detection.engine import DetectionEngine
+from server.detection.history import median, spread
 from server.detection.settings import DetectionSettings
 from server.eventlog import MemoryLog
 from server.ingest import Ingestor
@@ -83,6 +85,40 @@ def test_one_slow_run_is_not_a_regression_but_three_are() -> None:
     assert kinds(engine, shards, p, T0) == {REGRESSION: 1}  # 1.7x: MEDIUM
     shards, p = history([*_steady(), *[(SUCCEEDED, 140.0, 10_000)] * 3])
     assert kinds(engine, shards, p, T0) == {}  # 1.4x is within the ratio of 1.5
+
+
+def _bimodal(n: int = 28) -> list[tuple[int, float, int]]:
+    # Noisy: most runs within 4% of 100 s (a warm cache), the rest 18-25% off either way. The
+    # MAD sees only the tight runs (1.4826·MAD of the logs 0.06); the real spread is ~0.14.
+    tight = [1.0, 1.03, 0.97, 1.04, 0.96, 1.02, 0.98]
+    wide = [1.25, 0.8, 1.2, 0.82, 1.18]
+    return [
+        (
+            SUCCEEDED,
+            100.0 * (tight[(i // 2) % 7] if i % 12 in (0, 1, 3, 4, 6, 7, 9) else wide[i % 5]),
+            10_000,
+        )
+        for i in range(n)
+    ]
+
+
+def test_a_noisy_pipeline_needs_more_than_its_mad_suggests() -> None:
+    engine = own("duration_regression")
+    shards, p = history([*_bimodal(), *[(SUCCEEDED, 160.0, 10_000)] * 3])
+    assert kinds(engine, shards, p, T0) == {}  # 1.6x: within this pipeline's noise
+    shards, p = history([*_bimodal(), *[(SUCCEEDED, 200.0, 10_000)] * 3])
+    assert REGRESSION in kinds(engine, shards, p, T0)  # 2x still is a regression
+
+
+def test_the_spread_is_robust_and_efficient() -> None:
+    logs = [math.log1p(d) for _, d, _ in _bimodal()]
+    mid = median(logs)
+    mad = 1.4826 * median([abs(v - mid) for v in logs])
+    sd = math.sqrt(sum((v - mid) ** 2 for v in logs) / (len(logs) - 1))
+    assert mad < 0.5 * sd and spread(logs, mid) > 0.9 * sd  # sees the wide runs the MAD misses
+    wild = [*logs, math.log1p(5000.0)]  # one run 50x as long
+    assert spread(wild, median(wild)) == pytest.approx(spread(logs, mid), rel=0.1)
+    assert spread([2.0] * 10, 2.0) == 0.0
 
 
 def test_volume_drop_needs_the_recent_median_to_fall() -> None:

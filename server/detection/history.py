@@ -1,12 +1,12 @@
 """A pipeline against its own history: failures in a row, slower runs, fewer records.
 
-Baselines are medians of the ring buffer of recent runs, with the median absolute deviation as
-their spread, so one odd run moves neither the baseline nor the verdict (a regression needs the
-median of the latest runs to move). Durations and records are judged on a log scale: their noise
-is proportional to their size (a two-hour job varies by minutes, a ten-second one by a second),
-so a spread measured in seconds would understate a skewed distribution. Baseline statistics are
-cached per pipeline and refreshed every few runs: they move slowly, and sorting on every run
-would cost more than all the rest.
+Baselines are medians of the ring buffer of recent runs, with a robust spread (Tukey's biweight
+midvariance, see `spread`), so one odd run moves neither the baseline nor the verdict (a
+regression needs the median of the latest runs to move). Durations and records are judged on a
+log scale: their noise is proportional to their size (a two-hour job varies by minutes, a
+ten-second one by a second), so a spread measured in seconds would understate a skewed
+distribution. Baseline statistics are cached per pipeline and refreshed every few runs: they
+move slowly, and sorting on every run would cost more than all the rest.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ __all__ = [
     "VolumeDropDetector",
     "binomial_tail",
     "median",
+    "spread",
     "widened",
 ]
 
@@ -57,10 +58,33 @@ class Baseline:
     median: float
     """Median of log(1 + value)."""
     spread: float
-    """1.4826 · MAD of log(1 + value): a robust standard deviation."""
+    """Biweight midvariance of log(1 + value) (see `spread`): a robust standard deviation."""
     runs: int
     at_count: int
     """The ring's fill count... and position when computed, to know when to refresh."""
+
+
+def spread(values: list[float], mid: float) -> float:
+    """A robust standard deviation of `values` around their median `mid`: Tukey's biweight
+    midvariance (c = 9). As robust as 1.4826·MAD (a value beyond 9 MADs has no weight), but
+    about 87% as efficient as the standard deviation on normal noise where the MAD is 37%: from
+    the 10 to 30 runs of a daily pipeline's baseline the MAD comes out at half the real spread
+    or less often enough to turn a fleet's ordinary streaks of slow runs into regressions."""
+    deviations = [v - mid for v in values]
+    mad = median([abs(d) for d in deviations])
+    if mad <= 0:
+        return 0.0
+    scale = 9.0 * mad
+    num = den = 0.0
+    for d in deviations:
+        u2 = (d / scale) ** 2
+        if u2 < 1.0:
+            w = 1.0 - u2
+            num += d * d * w**4
+            den += w * (1.0 - 5.0 * u2)
+    # den > 0: at least half the values lie within one MAD (u² ≤ 1/81, each adding > 0.92) and
+    # none can subtract more than 0.8.
+    return math.sqrt(len(values) * num) / den
 
 
 def _succeeded(p: PipelineState, durations: bool) -> list[tuple[float, float]]:
@@ -266,8 +290,7 @@ class _OwnHistory:
                 return None
             base = self._net(p, runs[: -self.recent])
             mid = median(base)
-            spread = 1.4826 * median([abs(v - mid) for v in base])
-            cached = Baseline(mid, spread, len(base), total)
+            cached = Baseline(mid, spread(base, mid), len(base), total)
             self._baselines[p.pipeline_id] = cached
         latest = _last_succeeded(p, self.durations, self.recent)
         if len(latest) < self.recent:

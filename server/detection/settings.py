@@ -119,8 +119,8 @@ class RegressionSettings:
     ratio: float = 1.5
     """Flag when the recent median exceeds the baseline median by this factor..."""
     mad_k: float = 3.5
-    """...and by this many robust standard deviations (1.4826·MAD) of the baseline (more for a
-    baseline of few runs, as Student's t widens the normal's quantile)."""
+    """...and by this many robust standard deviations (the biweight midvariance) of the baseline
+    (more for a baseline of few runs, as Student's t widens the normal's quantile)."""
     high_ratio: float = 2.0
     """HIGH from this factor."""
     critical_ratio: float = 4.0
