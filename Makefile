@@ -25,8 +25,9 @@ run: install                    ## serve with the embedded defaults (gRPC :50051
 test: dev lint                  ## lint, then the whole suite
 	$(BIN)/pytest -q
 
-lint: dev                       ## ruff, strict mypy and buf lint on the protos
+lint: dev                       ## ruff (checks and format), strict mypy and buf lint on the protos
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/buf lint
 

@@ -17,9 +17,7 @@ from pipewarden.client import AsyncReporter, execution
 
 
 async def main(target: str) -> None:
-    async with AsyncReporter(
-        target, team="ingest", batch_size=200, flush_interval=0.2
-    ) as reporter:
+    async with AsyncReporter(target, team="ingest", batch_size=200, flush_interval=0.2) as reporter:
         now = time.time()
         for i in range(1000):
             status = "failed" if i % 50 == 0 else "succeeded"
