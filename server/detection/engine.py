@@ -12,7 +12,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from server.detect import Anomaly
@@ -152,14 +152,6 @@ class DetectionEngine:
         failure_rate = max(1.0 - peers_rate, self.settings.peer.success_rate.sigma_floor)
         chance = binomial_tail(runs, p.failed, failure_rate)
         return chance <= self.settings.peer.new_pipeline_max_chance
-
-    def observe(self, pipelines: Iterable[PipelineState]) -> None:
-        """Bring the fleet-wide statistics up to date with `pipelines` without judging them: so
-        that pipelines judged ahead of others (failures first) are judged against all of their
-        peers' latest figures."""
-        if "peer" in self.enabled:
-            for p in pipelines:
-                self.peer.update(p)
 
     def due(self, now: float) -> list[str]:
         """Pipelines whose deadline has passed by `now`; each is returned once per deadline."""
