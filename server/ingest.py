@@ -73,8 +73,9 @@ class Ingestor:
         self._detect = detector is not None
         self.defer_detection = defer_detection
         """When set, touched pipelines wait in `pending` until `take_pending` (the server's
-        detection loop, a few times a second), so a pipeline that runs many times in a moment
-        is evaluated once, and detection never slows the answer to an ingest request."""
+        detection loop), so a pipeline that runs many times in a moment is evaluated once, and
+        detection slows the answer to an ingest request only for the few pipelines whose failure
+        streak just reached its alerting length (`on_urgent`)."""
         self.pending: dict[str, PipelineState] = {}
         self.on_pending: Callable[[], None] | None = None
         """Called when an ingest request leaves pipelines pending, so that the detection loop
