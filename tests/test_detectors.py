@@ -308,6 +308,19 @@ def test_stuck_run() -> None:
     assert kinds(engine, shards, p, start + 1001) == {STUCK: 3}
 
 
+def test_a_run_of_a_pipeline_that_slowed_down_is_stuck_by_its_latest_runs() -> None:
+    """Twelve runs of about 100 s, then four of 500 s (a regression): a run is stuck after 6x
+    the latest runs' median (3,000 s), not after 6x the old one (582 s)."""
+    engine = own("stuck_run")
+    shards, p = history(_steady(12) + [(SUCCEEDED, 500.0, 10_000)] * 4)
+    start = (p.last_time or 0) + HOUR
+    shards.shard_for("p").apply_running(
+        p, Execution("r", "p", "team", RUNNING, start, None, None, 0, (), {}, "", start)
+    )
+    assert kinds(engine, shards, p, start + 2_990) == {}
+    assert kinds(engine, shards, p, start + 3_010) == {STUCK: 2}
+
+
 async def test_list_anomalies_end_to_end(stub: service_pb2_grpc.PipelineMonitorStub) -> None:
     # Runs every 6 minutes up to now, by the server's clock (older ones would be stale).
     step = 360.0

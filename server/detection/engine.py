@@ -199,6 +199,12 @@ class DetectionEngine:
         typical = long = None
         if len(durations) >= self.settings.stuck_run.min_runs:
             typical = median(durations)
+            # A pipeline whose latest runs are slower by the regression ratio (a regression,
+            # reported as such) is judged by them: a run of its new usual length is not stuck.
+            regression = self.settings.duration_regression
+            latest = median(durations[-regression.recent :])
+            if latest > regression.ratio * typical:
+                typical = latest
             logs = [math.log1p(d) for d in durations]
             mid = median(logs)
             spread = 1.4826 * median([abs(x - mid) for x in logs])
