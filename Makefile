@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 BIN    := $(VENV)/bin
+# Compiled once here, as an installed package is: a start then does not compile our modules
+# again (with PYTHONDONTWRITEBYTECODE set, every start would).
+BYTECODE := $(PY) -m compileall -q server notifiers pipewarden bench eval > /dev/null
 
 .PHONY: run test lint proto bench eval install dev clean
 
@@ -20,6 +23,7 @@ install: $(VENV)/.installed     ## the project, for `make run`
 dev: $(VENV)/.dev-installed     ## the project and what the tests and tools need
 
 run: install                    ## serve with the embedded defaults (gRPC :50051, HTTP :9095, ./var)
+	$(BYTECODE)
 	$(BIN)/pipewarden serve
 
 test: dev lint                  ## lint, then the whole suite
@@ -35,6 +39,7 @@ proto: dev                      ## regenerate pipewarden/v1 and pipewarden/stora
 	$(PY) scripts/gen_protos.py
 
 bench: dev                      ## the benchmarks; results also in bench/results.json
+	$(BYTECODE)
 	$(PY) -m bench
 
 eval: dev                       ## the anomaly detectors on labelled scenarios; also eval/results.json

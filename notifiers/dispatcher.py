@@ -79,6 +79,10 @@ RESOLVED_RETENTION_SECONDS = 24 * 3600.0
 MAINTENANCE_SECONDS = 1.0
 
 
+_HTTP_NOTIFIERS = (PagerDutyNotifier, SlackNotifier, WebhookNotifier)
+"""The notifiers that post through the shared HTTP client."""
+
+
 class Dispatcher:
     """Routes alert events to receivers and delivers them through the outbox. See the module
     docstring for the API; `start` before `submit`, `close` at the end."""
@@ -133,11 +137,13 @@ class Dispatcher:
             return
         found = await self.outbox.open()
         self.nflog = found.nflog
-        await self._http.start()
+        notifiers = {r.name: self._notifier(r) for r in self.router.receivers.values()}
+        if any(isinstance(n, _HTTP_NOTIFIERS) for n in notifiers.values()):
+            await self._http.start()
         for receiver in self.router.receivers.values():
             worker = ReceiverWorker(
                 receiver,
-                self._notifier(receiver),
+                notifiers[receiver.name],
                 self._limiter(receiver),
                 durable=self.outbox.wait_durable,
                 delivered=self._on_delivered,

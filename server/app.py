@@ -20,6 +20,7 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import _async as health_aio
@@ -39,10 +40,8 @@ from server.detect import FanoutSink
 from server.detection.engine import DetectionEngine
 from server.errors import LogError
 from server.eventlog import EventLog
-from server.http import HttpServer
 from server.ingest import Ingestor
 from server.notifier import AlertNotifier
-from server.openlineage.endpoint import LineageEndpoint
 from server.openlineage.mapping import Translator
 from server.openlineage.producers import DatasetProducers
 from server.recovery import recover
@@ -50,6 +49,9 @@ from server.servicer import SERVICE_NAME, PipelineMonitorService
 from server.shards import PipelineState, ShardSet
 from server.snapshot import SnapshotStore
 from server.wal import WriteAheadLog
+
+if TYPE_CHECKING:
+    from server.http import HttpServer
 
 __all__ = ["App", "run", "serve"]
 
@@ -153,19 +155,6 @@ class App:
             auth=self.auth,
         )
         self.producers = DatasetProducers(data / "lineage")
-        self.lineage = LineageEndpoint(
-            self.ingestor,
-            self.log,
-            Translator(
-                config.openlineage,
-                self.shards,
-                self.producers,
-                max_upstreams=sc.limits.max_upstreams,
-            ),
-            self.producers,
-            ready=lambda: self.ready,
-            max_body_bytes=sc.limits.max_request_bytes,
-        )
         self.registry = node_registry(self.shards, config.metrics)
         """What this node's /metrics shows; parts with state to show register on it."""
         self.registry.register(
@@ -214,13 +203,31 @@ class App:
         self._server = server
         await asyncio.to_thread(self.producers.load)
         if sc.http_listen:
+            # aiohttp's server is imported only for a node with an HTTP port (it takes a tenth
+            # of a second of every start).
+            from server.http import HttpServer
+            from server.openlineage.endpoint import LineageEndpoint
+
             host, port = parse_hostport(sc.http_listen, "server.http_listen")
+            lineage = LineageEndpoint(
+                self.ingestor,
+                self.log,
+                Translator(
+                    self.config.openlineage,
+                    self.shards,
+                    self.producers,
+                    max_upstreams=sc.limits.max_upstreams,
+                ),
+                self.producers,
+                ready=lambda: self.ready,
+                max_body_bytes=sc.limits.max_request_bytes,
+            )
             self.http = HttpServer(
                 host,
                 port,
                 lambda: self.ready,
                 registry=self.registry,
-                routes=(self.lineage.add_to,),
+                routes=(lineage.add_to,),
                 max_body_bytes=sc.limits.max_request_bytes,
                 auth=self.auth,
                 ssl_context=tls.http_context(sc.tls) if sc.tls is not None else None,

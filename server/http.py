@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
-from server.auth import Authenticator, http_middleware
+from server.auth import ANONYMOUS, Authenticator, Principal, audit
 
-__all__ = ["HttpServer"]
+__all__ = ["ADMIN_PATHS", "OPEN_PATHS", "PRINCIPAL", "HttpServer", "http_middleware"]
 
 
 class HttpServer:
@@ -75,3 +76,35 @@ class HttpServer:
     async def _metrics(self, request: web.Request) -> web.Response:
         body = generate_latest(self.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+"""HTTP paths served without a token: orchestrators probe them, and they say nothing of data."""
+ADMIN_PATHS = frozenset({"/metrics"})
+"""HTTP paths for admin tokens only: they show every team's figures."""
+PRINCIPAL = web.RequestKey("principal", Principal)
+"""Where the HTTP middleware leaves the caller, for handlers that check teams."""
+
+
+def http_middleware(auth: Authenticator) -> Any:  # an aiohttp middleware
+    """An aiohttp middleware: every path but OPEN_PATHS needs a known token (401), ADMIN_PATHS
+    an admin's (403). The principal is left in `request[PRINCIPAL]` for handlers to check
+    teams."""
+
+    @web.middleware
+    async def check(request: web.Request, handler: Any) -> Any:
+        if request.path in OPEN_PATHS or not auth.enabled:
+            request[PRINCIPAL] = ANONYMOUS
+            return await handler(request)
+        who = auth.authenticate(request.headers.get("Authorization"))
+        if isinstance(who, str):
+            audit.warning(
+                "authentication refused: %s; peer=%s path=%s", who, request.remote, request.path
+            )
+            return web.Response(status=401, text=f"{who}\n", headers={"WWW-Authenticate": "Bearer"})
+        if request.path in ADMIN_PATHS and not who.admin:
+            return web.Response(status=403, text=f"{request.path} takes an admin token\n")
+        request[PRINCIPAL] = who
+        return await handler(request)
+
+    return check

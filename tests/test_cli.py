@@ -122,3 +122,16 @@ def test_serve_refuses_a_bad_configuration(tmp_path: Path) -> None:
     out = pw("serve", "--config", str(config))
     assert out.returncode == 2
     assert "server.shards: 0 is less than 1" in out.stderr
+
+
+def test_serve_imports_no_http_library_it_does_not_use() -> None:
+    # aiohttp takes a tenth of a second of every start: a node without an HTTP port and
+    # without HTTP receivers (PagerDuty, Slack, webhooks) must not pay it.
+    code = (
+        "import sys, pipewarden.cli, server.app, notifiers.dispatcher\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'aiohttp'))"
+    )
+    out = subprocess.run(
+        [str(BIN.parent / "python"), "-c", code], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"

@@ -19,9 +19,10 @@ from aiohttp import web
 
 from pipewarden.v1 import service_pb2
 from server import metrics
-from server.auth import ANONYMOUS, PRINCIPAL, Principal
+from server.auth import ANONYMOUS, Principal
 from server.errors import LogError
 from server.eventlog import EventLog
+from server.http import PRINCIPAL
 from server.ingest import Ingestor
 from server.openlineage.mapping import (
     BadEventError,
