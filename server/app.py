@@ -44,6 +44,7 @@ from server.ingest import Ingestor
 from server.notifier import AlertNotifier
 from server.openlineage.mapping import Translator
 from server.openlineage.producers import DatasetProducers
+from server.prefetch import Prefetch
 from server.recovery import recover
 from server.servicer import SERVICE_NAME, PipelineMonitorService
 from server.shards import PipelineState, ShardSet
@@ -92,8 +93,12 @@ class App:
         event_log: EventLog | None = None,
         repair: bool = False,
         clock: Callable[[], float] = time.time,
+        prefetch: bool = False,
     ) -> None:
         self.config = config
+        self.prefetch = prefetch
+        """Whether a start may fork a helper process to convert a long log tail while the
+        snapshot loads (server/prefetch.py); `pipewarden serve` does."""
         self.clock = clock
         """The server's time for event-time fallbacks, detection and alert timers (tests
         inject one to move time)."""
@@ -173,12 +178,17 @@ class App:
         self._log_bytes_at_snapshot = 0
         self._snapshot_time = time.monotonic()
         self._closed = False
+        self._prefetch: Prefetch | None = None
         self._cpu_mark = (time.perf_counter(), time.process_time())
         self._cpu_share = 0.0
 
     async def start(self) -> None:
         """Listen (NOT_SERVING), recover, then serve."""
         sc = self.config.server
+        if self.prefetch and isinstance(self.log, WriteAheadLog):
+            # Forked first, before gRPC starts threads.
+            data = Path(sc.data_dir)
+            self._prefetch = Prefetch.start(data / "wal", data / "snapshots", sc.limits)
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", sc.limits.max_request_bytes),
@@ -284,7 +294,9 @@ class App:
             self.seen,
             repair=self.repair,
             alerts=self.alerts,
+            prefetch=self._prefetch,
         )
+        self._prefetch = None
         self.alerts.learn_lineage(self.shards.pipelines())
         metrics.PIPELINES.set(len(self.shards))
         self._log_bytes_at_snapshot = self.log.size_bytes()
@@ -424,6 +436,9 @@ class App:
             return
         self._closed = True
         self.ready = False
+        if self._prefetch is not None:  # a start that failed before recovery
+            self._prefetch.close()
+            self._prefetch = None
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -453,7 +468,7 @@ async def serve(config: Config, *, repair: bool = False, insecure: bool = False)
     if refusal is not None:
         log.error("cannot start: %s", refusal)
         return 1
-    app = App(config, repair=repair)
+    app = App(config, repair=repair, prefetch=True)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, app.stop_requested.set)

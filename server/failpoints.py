@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import signal
 
-__all__ = ["NAMES", "NOTIFY_NAMES", "hit"]
+__all__ = ["NAMES", "NOTIFY_NAMES", "PREFETCH_NAMES", "hit"]
 
 NAMES = (
     "wal-before-write",
@@ -24,13 +24,16 @@ NAMES = (
 """Every failpoint of ingestion and snapshots, in the order a request and a snapshot meet them."""
 NOTIFY_NAMES = ("notify-before-submit",)
 """The notifiers' failpoint: an alert event durable in the log and not yet in their outbox."""
+PREFETCH_NAMES = ("replay-prefetch",)
+"""In the replay prefetch's child (server/prefetch.py), after it sends an entry: the child dies
+and the server replays the rest alone."""
 
 
 def _parse(spec: str) -> dict[str, int]:
     points: dict[str, int] = {}
     for item in filter(None, (s.strip() for s in spec.split(","))):
         name, _, count = item.partition("@")
-        known = NAMES + NOTIFY_NAMES
+        known = NAMES + NOTIFY_NAMES + PREFETCH_NAMES
         if name not in known:
             raise ValueError(f"PIPEWARDEN_FAILPOINTS: unknown failpoint {name!r} ({known})")
         points[name] = int(count) if count else 1

@@ -12,13 +12,14 @@ events, so logging costs no re-encoding.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from pipewarden.storage.v1 import storage_pb2
 from pipewarden.v1 import service_pb2
-from pipewarden.v1.execution_pb2 import PipelineExecution
 from server import metrics
 from server.config import IngestLimits
 from server.dedup import SeenExecutions
@@ -28,7 +29,7 @@ from server.model import FAILED, RUNNING, Execution
 from server.shards import PipelineState, Shard, ShardSet
 from server.validation import convert
 
-__all__ = ["IngestOutcome", "Ingestor"]
+__all__ = ["IngestOutcome", "Ingestor", "Row", "from_row", "row"]
 
 log = logging.getLogger(__name__)
 
@@ -162,16 +163,20 @@ class Ingestor:
 
     def _process(
         self,
-        executions: Sequence[PipelineExecution],
+        executions: Sequence[Any],
         received: float,
         touched: dict[str, PipelineState] | None,
         *,
         replaying: bool,
         mask: bytes = b"",
         team: str | None = None,
+        to_execution: Callable[..., Execution | str] = convert,
     ) -> tuple[bytearray, list[tuple[int, str, str]]]:
         """Decide and apply each event; return a verdict per event (0 for rejected, or _ACCEPTED,
         _DUPLICATE, _RUNNING, _LATE_RUNNING) and the rejections.
+
+        `executions` are PipelineExecution messages, turned into Executions by `to_execution`
+        (`convert`); replaying a prefetched entry, they are rows that `from_row` turns.
 
         Replaying, only the events the mask marks are applied, and no decision is made again:
         the log holds what was applied, and forgetting ids by retention may differ between runs
@@ -188,7 +193,6 @@ class Ingestor:
         check = not replaying
         # Nothing below awaits, so a snapshot cannot begin or end during the loop.
         job = shards.job
-        to_execution = convert
         apply_terminal = Shard.apply_terminal
         # Ids counted by this request: remembered in `seen` all at once after the loop.
         new_ids: list[str] = []
@@ -262,6 +266,47 @@ class Ingestor:
             mask=batch.applied,
         )
         return len(verdicts) - verdicts.count(0)
+
+    def replay_rows(self, received: float, rows: Sequence[Row | str]) -> int:
+        """Apply one logged batch again from its applied events already converted (by the
+        replay prefetch: `row`); return how many events it applied."""
+        verdicts, _ = self._process(rows, received, None, replaying=True, to_execution=from_row)
+        return len(verdicts) - verdicts.count(0)
+
+
+Row = tuple[
+    str, str, str, int, float | None, float | None, float | None, int, tuple[str, ...],
+    dict[str, str], str, float,
+]  # fmt: skip
+"""An Execution's fields in the order of its constructor, for passing between processes."""
+
+
+def row(e: Execution) -> Row:
+    """`e` as a Row, with its pipeline and team interned (marshal writes a repeated string
+    once, and the reader gets one string for every event of a pipeline)."""
+    intern = sys.intern
+    return (
+        e.execution_id,
+        intern(e.pipeline_id),
+        intern(e.team),
+        e.status,
+        e.started_at,
+        e.finished_at,
+        e.duration,
+        e.records,
+        e.upstream,
+        dict(e.labels),
+        e.error_message,
+        e.event_time,
+    )
+
+
+def from_row(
+    r: Row | str, received: float, limits: IngestLimits, *, check_limits: bool
+) -> Execution | str:
+    """The Execution of a Row (or the reason its event no longer converts), in the calling
+    convention of `convert`."""
+    return r if isinstance(r, str) else Execution(*r)
 
 
 def _team_mismatch(state: PipelineState, e: Execution) -> str:

@@ -13,6 +13,7 @@ from server.dedup import SeenExecutions
 from server.errors import CorruptLogError
 from server.eventlog import EventLog
 from server.ingest import Ingestor
+from server.prefetch import Prefetch
 from server.shards import ShardSet
 from server.snapshot import SnapshotStore
 
@@ -44,11 +45,35 @@ async def recover(
     *,
     repair: bool = False,
     alerts: AlertManager | None = None,
+    prefetch: Prefetch | None = None,
 ) -> Recovered:
     """Rebuild the state from disk: executions through `ingestor`, and the alerting state
     into `alerts` when given. Raises CorruptLogError when entries are missing between the
-    snapshot and the log (unless `repair`), or when the log itself is corrupt."""
+    snapshot and the log (unless `repair`), or when the log itself is corrupt.
+
+    With `prefetch` (started by the caller, closed here), the log's entries it converted in
+    its process are applied from its rows."""
     began = time.perf_counter()
+    try:
+        return await _recover(
+            store, event_log, ingestor, shards, seen, repair, alerts, prefetch, began
+        )
+    finally:
+        if prefetch is not None:
+            prefetch.close()
+
+
+async def _recover(
+    store: SnapshotStore,
+    event_log: EventLog,
+    ingestor: Ingestor,
+    shards: ShardSet,
+    seen: SeenExecutions,
+    repair: bool,
+    alerts: AlertManager | None,
+    prefetch: Prefetch | None,
+    began: float,
+) -> Recovered:
     loaded = await asyncio.to_thread(store.load_latest)
     after = 0
     if loaded is not None:
@@ -74,11 +99,22 @@ async def recover(
         log.warning("%s; --repair: going on without them", problem)
     event_log.start_after(after)
     entries = events = 0
-    for _, payload in event_log.replay(after):
+    for seq, payload in event_log.replay(after):
+        converted = prefetch.take(seq, payload) if prefetch is not None else None
+        if converted is not None:
+            events += ingestor.replay_rows(*converted)
+            entries += 1
+            continue
         record = storage_pb2.LogRecord.FromString(payload)
         if record.WhichOneof("entry") == "executions":
             events += ingestor.replay_batch(record.executions)
         elif alerts is not None:
             alerts.replay(record)
         entries += 1
+    if prefetch is not None:
+        log.info(
+            "replay prefetch: %d of %d log entries converted by the helper process",
+            prefetch.used,
+            entries,
+        )
     return Recovered(after, entries, events, time.perf_counter() - began)

@@ -10,6 +10,7 @@ from pipewarden.v1 import service_pb2
 from server.config import IngestLimits
 from server.dedup import SeenExecutions
 from server.ingest import Ingestor, IngestOutcome
+from server.prefetch import Prefetch
 from server.recovery import recover
 from server.shards import ShardSet
 from server.snapshot import SnapshotStore
@@ -27,8 +28,18 @@ class Node:
         self.store = SnapshotStore(data / "snapshots")
         self.ingestor = Ingestor(self.shards, self.seen, self.wal, IngestLimits())
 
-    async def open(self) -> None:
-        await recover(self.store, self.wal, self.ingestor, self.shards, self.seen)
+    async def open(self, *, prefetch: bool = False) -> Prefetch | None:
+        """Recover; with `prefetch`, through a replay prefetch forked whatever the tail's
+        size, and left to write all it will first (returned, to see what it did)."""
+        helper = None
+        if prefetch:
+            helper = Prefetch.start(
+                self.data / "wal", self.data / "snapshots", self.ingestor.limits, min_bytes=0
+            )
+            assert helper is not None
+            helper.finish()
+        await recover(self.store, self.wal, self.ingestor, self.shards, self.seen, prefetch=helper)
+        return helper
 
     async def ingest(self, request: service_pb2.IngestRequest) -> IngestOutcome:
         outcome, seq = self.ingestor.ingest(request.SerializeToString(), request)
