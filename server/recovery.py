@@ -74,7 +74,9 @@ async def _recover(
     prefetch: Prefetch | None,
     began: float,
 ) -> Recovered:
-    loaded = await asyncio.to_thread(store.load_latest)
+    # The log's own recovery (reading and checking every segment) runs beside the snapshot's
+    # reading: both are mostly I/O and checksums, which leave the GIL.
+    loaded, _ = await asyncio.gather(asyncio.to_thread(store.load_latest), event_log.open())
     after = 0
     if loaded is not None:
         shards.restore(loaded.shards)
@@ -88,7 +90,6 @@ async def _recover(
             loaded.pipelines,
             len(seen),
         )
-    await event_log.open()
     if event_log.first_seq > after + 1:
         problem = (
             f"the log starts at entry {event_log.first_seq} but the newest usable snapshot covers "

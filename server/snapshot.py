@@ -130,9 +130,11 @@ class SnapshotStore:
             body = data[start:stop]
             if kind in (TEAMS, PIPELINES):
                 part = storage_pb2.ShardSnapshot.FromString(body)
-                whole = shards.setdefault(part.index, storage_pb2.ShardSnapshot(index=part.index))
-                whole.teams.extend(part.teams)
-                whole.pipelines.extend(part.pipelines)
+                whole = shards.get(part.index)
+                if whole is None:
+                    shards[part.index] = part
+                else:  # parsed again into the shard's message: appended, not copied
+                    whole.MergeFromString(body)
                 pipelines += len(part.pipelines)
             elif kind == SEEN:
                 chunk = storage_pb2.SeenChunk.FromString(body)
