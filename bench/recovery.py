@@ -88,11 +88,13 @@ PHASES: tuple[tuple[str, tuple[str, ...]], ...] = (
         (
             "Ingestor.replay (ingest.py)",
             "Ingestor.replay_batch (ingest.py)",
+            "Ingestor.replay_rows (ingest.py)",
+            "Prefetch.take (prefetch.py)",
             "WriteAheadLog.replay (wal.py)",
             "AlertManager.replay (manager.py)",
         ),
     ),
-    ("recovery: other", ("recover (recovery.py)",)),
+    ("recovery: other", ("recover (recovery.py)", "_recover (recovery.py)")),
     ("start: other", ("App.start (app.py)",)),
     ("imports", ("_find_and_load (<frozen importlib._bootstrap>)",)),
     (
