@@ -81,7 +81,10 @@ class Prefetch:
         *,
         min_bytes: int = MIN_TAIL_BYTES,
     ) -> Prefetch | None:
-        """Fork the child when the tail after the newest snapshot is worth it; else None."""
+        """Fork the child when the tail after the newest snapshot is worth it; else None (also
+        where there is no fork or memfd)."""
+        if not hasattr(os, "fork") or not hasattr(os, "memfd_create"):
+            return None
         paths = SnapshotStore(snapshot_dir).paths()
         after = int(paths[0].stem) if paths else 0
         try:
@@ -94,6 +97,11 @@ class Prefetch:
         if pid == 0:  # the child: convert, write, and leave without running any cleanup
             status = 1
             try:
+                # The parent's signal handling is not the child's: a signal to the child must
+                # not reach the parent's event loop through the wakeup fd they share.
+                signal.set_wakeup_fd(-1)
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    signal.signal(sig, signal.SIG_DFL)
                 _convert_tail(wal_dir, after, limits, fd)
                 status = 0
             except Exception as e:
