@@ -3,9 +3,11 @@
 (i) read and parse: `WriteAheadLog.replay` (reads the segments, checks the CRCs), then decode
 each LogRecord and its IngestRequest and read every field of every execution once, as the sink
 does; the log's own opening scan is timed apart. (ii) `server.recovery.recover()` with a fresh
-ShardSet, SeenExecutions, Ingestor and SnapshotStore on the same directory. Each is timed with
-the collector off: the server tunes its own, and what it costs there is in the start times of the
-recovery section.
+ShardSet, SeenExecutions, Ingestor and SnapshotStore on the same directory. (iii) the same with
+the replay prefetch (`server/prefetch.py`), as `pipewarden serve` starts it: a forked helper
+converts the log from its newest entry while this process replays from its oldest. Each is timed
+with the collector off: the server tunes its own, and what it costs there is in the start times
+of the recovery section.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pipewarden.v1 import service_pb2
 from server import config
 from server.dedup import SeenExecutions
 from server.ingest import Ingestor
+from server.prefetch import Prefetch
 from server.recovery import recover
 from server.shards import ShardSet
 from server.snapshot import SnapshotStore
@@ -67,9 +70,11 @@ async def read_and_parse(data_dir: Path) -> dict[str, Any]:
     }
 
 
-async def full_recovery(data_dir: Path, document: dict[str, Any]) -> dict[str, Any]:
-    """(ii): what the server does at start, into a fresh state, with the settings of the
-    configuration `document` (as in pipewarden.yaml)."""
+async def full_recovery(
+    data_dir: Path, document: dict[str, Any], *, prefetch: bool = False
+) -> dict[str, Any]:
+    """(ii), or (iii) with `prefetch`: what the server does at start, into a fresh state, with
+    the settings of the configuration `document` (as in pipewarden.yaml)."""
     sc = config.parse(document).server
     shards = ShardSet(sc.shards, sc.window)
     seen = SeenExecutions(sc.max_seen_executions, sc.dedup_retention_seconds)
@@ -77,8 +82,11 @@ async def full_recovery(data_dir: Path, document: dict[str, Any]) -> dict[str, A
     ingestor = Ingestor(shards, seen, wal, sc.limits)
     store = SnapshotStore(data_dir / "snapshots")
     began = time.perf_counter()
+    helper = None
+    if prefetch:
+        helper = Prefetch.start(data_dir / "wal", data_dir / "snapshots", sc.limits)
     try:
-        done = await recover(store, wal, ingestor, shards, seen)
+        done = await recover(store, wal, ingestor, shards, seen, prefetch=helper)
         seconds = time.perf_counter() - began
     finally:
         await wal.close()
@@ -88,23 +96,26 @@ async def full_recovery(data_dir: Path, document: dict[str, Any]) -> dict[str, A
         "seconds": seconds,
         "pipelines": len(shards),
         "ids": len(seen),
+        "prefetched_entries": helper.used if helper is not None else 0,
     }
 
 
 def rates(
     ctx: Context, data_dir: Path, document: dict[str, Any], trials: int, expect: int
 ) -> dict[str, list[dict[str, Any]]]:
-    """Time (i) and (ii) `trials` times each, alternating which goes first; check that each saw
-    `expect` events. Returns every run of each, under "read" and "recover"."""
-    runs: dict[str, list[dict[str, Any]]] = {"read": [], "recover": []}
-    kinds = ["read", "recover"]
+    """Time (i), (ii) and (iii) `trials` times each, in turn, the order reversed every other
+    trial; check that each saw `expect` events. Returns every run of each, under "read",
+    "recover" and "prefetch"."""
+    runs: dict[str, list[dict[str, Any]]] = {"read": [], "recover": [], "prefetch": []}
+    kinds = ["read", "recover", "prefetch"]
     for t in range(trials):
         for label in kinds if t % 2 == 0 else kinds[::-1]:
             with _collector_off():
                 if label == "read":
                     out = asyncio.run(read_and_parse(data_dir))
                 else:
-                    out = asyncio.run(full_recovery(data_dir, document))
+                    prefetch = label == "prefetch"
+                    out = asyncio.run(full_recovery(data_dir, document, prefetch=prefetch))
             if out["events"] != expect:
                 raise RuntimeError(f"replay {label} saw {out['events']} events, not {expect}")
             out["events_per_second"] = out["events"] / out["seconds"]
