@@ -235,7 +235,8 @@ class Ingestor:
                 if touched is not None:
                     touched[e.pipeline_id] = state
                 continue
-            if execution_id not in new_set and (check or execution_id not in seen_ids):
+            # Deciding, the duplicate check above has already ruled both out.
+            if check or (execution_id not in new_set and execution_id not in seen_ids):
                 new_ids.append(execution_id)
                 new_set.add(execution_id)
                 if e.event_time > newest:

@@ -436,7 +436,7 @@ def dump_pipeline(p: PipelineState) -> storage_pb2.PipelineSnapshot:
 
 
 def _restore_ring(p: PipelineState, msg: storage_pb2.RingSnapshot, window: int) -> None:
-    saved = Ring(0)
+    saved = p.ring  # the empty ring the pipeline was made with: filled, not made again
     saved.status = array("b", msg.status)
     saved.duration = array("d", msg.duration)
     saved.records = array("q", msg.records)
@@ -599,10 +599,9 @@ class ShardSet:
         self.index = {p.pipeline_id: p for p in self.pipelines()}
         self._sorted = sorted(p.pipeline_id for p in self.pipelines())
         by_team: dict[str, list[str]] = {}
+        index = self.index
         for pid in self._sorted:
-            found = self.get(pid)
-            assert found is not None
-            by_team.setdefault(found.team, []).append(pid)
+            by_team.setdefault(index[pid].team, []).append(pid)
         self._sorted_by_team = by_team
 
 
