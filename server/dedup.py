@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 __all__ = ["CHUNK", "SeenExecutions"]
 
@@ -99,20 +99,22 @@ class SeenExecutions:
             start = end
         return out
 
-    def restore(self, chunks: Iterable[tuple[Iterable[str], float]]) -> None:
+    def restore(self, chunks: Iterable[tuple[Sequence[str], float]]) -> None:
         """Replace the contents with snapshot chunks, oldest first (in bulk: this is on the
         path from start to SERVING)."""
         order: deque[str] = deque()
+        known: set[str] = set()
         bounds: deque[list[float]] = deque()
         newest = float("-inf")
         for ids, max_time in chunks:
             before = len(order)
             order.extend(ids)
+            known.update(ids)  # from the chunk, not the deque: iterating a list is faster
             if len(order) > before:
                 bounds.append([len(order) - before, max_time])
                 newest = max(newest, max_time)
         self._order = order
-        self._ids = set(order)
+        self._ids = known
         self._chunks = bounds
         self.newest = newest
         if len(order) > self.capacity:
