@@ -4,6 +4,7 @@ it: the same pipelines, the same remembered ids."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -12,6 +13,10 @@ import pytest
 
 from pipewarden.v1 import service_pb2, service_pb2_grpc
 from server import failpoints
+from server.config import IngestLimits
+from server.errors import CorruptLogError
+from server.prefetch import Prefetch
+from server.recovery import recover
 from tests.durability import Node
 from tests.helpers import T0, request, run
 from tests.process import ServerProcess
@@ -146,3 +151,24 @@ async def test_a_real_restart_after_kill_uses_the_prefetch(tmp_path: Path) -> No
     assert sum(t.total_executions for t in teams.teams) == sent
     assert "replay prefetch: " in again.log()
     assert "converted by the helper process" in again.log()
+
+
+async def test_a_start_that_stops_on_a_corrupt_log_stops_the_helper(tmp_path: Path) -> None:
+    await _build(tmp_path / "data", before=0, after=40)
+    segments = sorted((tmp_path / "data" / "wal").glob("*.seg"))
+    assert len(segments) >= 2
+    older = segments[0]
+    raw = bytearray(older.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    older.write_bytes(raw)
+    node = Node(tmp_path / "data", segment_bytes=64 * 1024)
+    helper = Prefetch.start(
+        tmp_path / "data" / "wal", tmp_path / "data" / "snapshots", IngestLimits(), min_bytes=0
+    )
+    assert helper is not None
+    with pytest.raises(CorruptLogError):
+        await recover(node.store, node.wal, node.ingestor, node.shards, node.seen, prefetch=helper)
+    # Recovery gave up, and took the helper with it: stopped and reaped, its file closed.
+    with pytest.raises(ChildProcessError):
+        os.waitpid(helper.pid, os.WNOHANG)  # noqa: ASYNC222 - WNOHANG does not block
+    await node.close()
