@@ -243,7 +243,17 @@ class App:
                 ssl_context=tls.http_context(sc.tls) if sc.tls is not None else None,
             )
             await self.http.start()
-        await self._recover()
+        # Recovery makes millions of objects that live as long as the process, with hardly a
+        # cycle among them: the collector stays off while it runs (it would scan them over and
+        # over), and what it built is frozen before the collector comes back.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            await self._recover()
+        finally:
+            gc.freeze()
+            if collecting:
+                gc.enable()
         # Pages pending from before a restart go out before anything new happens.
         await self.notifier.start()
         # What recovery built lives as long as the process: keep the collector off it.
