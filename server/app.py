@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import gc
 import logging
 import os
@@ -178,6 +179,7 @@ class App:
         self._log_bytes_at_snapshot = 0
         self._snapshot_time = time.monotonic()
         self._closed = False
+        self._lock_fd = -1
         self._prefetch: Prefetch | None = None
         self._cpu_mark = (time.perf_counter(), time.process_time())
         self._cpu_share = 0.0
@@ -185,6 +187,9 @@ class App:
     async def start(self) -> None:
         """Listen (NOT_SERVING), recover, then serve."""
         sc = self.config.server
+        # Before anything reads or repairs the data directory: a second server on it would cut
+        # what it takes for a torn tail of the log while the first is still writing it.
+        self._lock_fd = _lock_data_dir(Path(sc.data_dir))
         if self.prefetch and isinstance(self.log, WriteAheadLog):
             # Forked first, before gRPC starts threads.
             data = Path(sc.data_dir)
@@ -470,6 +475,25 @@ class App:
             await self.log.close()
             if self.http is not None:
                 await self.http.close()
+            if self._lock_fd >= 0:
+                os.close(self._lock_fd)
+                self._lock_fd = -1
+
+
+def _lock_data_dir(data: Path) -> int:
+    """Hold `<data>/LOCK` (flock) for the life of the process; LogError when another process
+    holds it."""
+    data.mkdir(parents=True, exist_ok=True)
+    fd = os.open(data / "LOCK", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise LogError(
+            f"{data} is in use by another process (its LOCK file is held): one server to a data "
+            "directory"
+        ) from None
+    return fd
 
 
 async def serve(config: Config, *, repair: bool = False, insecure: bool = False) -> int:

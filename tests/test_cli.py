@@ -135,3 +135,22 @@ def test_serve_imports_no_http_library_it_does_not_use() -> None:
         [str(BIN.parent / "python"), "-c", code], capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_a_second_server_on_a_data_directory_refuses_before_touching_it(
+    server: ServerProcess,
+) -> None:
+    # Opening a log cuts a torn tail and deletes leftover temporary files; a second server that
+    # did so while the first one writes would cut records the first has acknowledged. So the
+    # second must stop before it reads anything: the probe a log's opening would delete stays.
+    probe = server.data_dir / "wal" / "probe.tmp"
+    probe.write_bytes(b"left by the test")
+    second = ServerProcess(server.data_dir)
+    assert second.proc.wait(20) == 1
+    second.stop()
+    assert "is in use by another process" in second.log()
+    assert probe.exists()
+    # The first server goes on as before.
+    sent = pw("send", "-", "--target", server.target, stdin=json.dumps(LINES[0]) + "\n")
+    assert sent.returncode == 0, sent.stderr
+    assert "accepted 1" in sent.stdout
