@@ -18,7 +18,6 @@ segments before it are deleted. A lock file keeps a second process off the same 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from notifiers.nflog import NotificationLog
 from notifiers.notification import Notification, state_of
 from pipewarden.storage.v1 import outbox_pb2
 from pipewarden.v1 import alert_pb2
+from server import lockfile
 from server.errors import LogError
 from server.wal import FileIO, WriteAheadLog
 
@@ -93,8 +93,7 @@ class Outbox:
 
     async def open(self) -> Recovered:
         """Lock the directory, recover the log (cutting a torn tail) and replay it."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._lock()
+        self._lock_fd = lockfile.hold(self.directory)
         await self._wal.open()
         found = Recovered(cut_bytes=self._wal.report.cut_bytes)
         nflog = found.nflog
@@ -240,17 +239,6 @@ class Outbox:
                 error,
             )
         self.failed = True
-
-    def _lock(self) -> None:
-        fd = os.open(self.directory / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise LogError(
-                f"{self.directory} is in use by another process (its LOCK file is held)"
-            ) from None
-        self._lock_fd = fd
 
 
 def _notification(record: outbox_pb2.OutboxNotification) -> Notification:

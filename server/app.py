@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import gc
 import logging
 import os
@@ -29,7 +28,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from notifiers.dispatcher import Dispatcher
-from server import metrics, tls
+from server import lockfile, metrics, tls
 from server.alerting.feed import AlertFeed
 from server.alerting.manager import AlertManager
 from server.anomalies import AnomalyStore
@@ -187,12 +186,12 @@ class App:
     async def start(self) -> None:
         """Listen (NOT_SERVING), recover, then serve."""
         sc = self.config.server
+        data = Path(sc.data_dir)
         # Before anything reads or repairs the data directory: a second server on it would cut
         # what it takes for a torn tail of the log while the first is still writing it.
-        self._lock_fd = _lock_data_dir(Path(sc.data_dir))
+        self._lock_fd = lockfile.hold(data, ": one server to a data directory")
         if self.prefetch and isinstance(self.log, WriteAheadLog):
             # Forked first, before gRPC starts threads.
-            data = Path(sc.data_dir)
             self._prefetch = Prefetch.start(data / "wal", data / "snapshots", sc.limits)
         server = grpc.aio.server(
             options=[
@@ -261,7 +260,7 @@ class App:
                 gc.enable()
         # Pages pending from before a restart go out before anything new happens.
         await self.notifier.start()
-        # What recovery built lives as long as the process: keep the collector off it.
+        # And what the notifiers' start made, which lives as long.
         gc.freeze()
         # Requests are served only once recovery is complete.
         await server.start()
@@ -478,22 +477,6 @@ class App:
             if self._lock_fd >= 0:
                 os.close(self._lock_fd)
                 self._lock_fd = -1
-
-
-def _lock_data_dir(data: Path) -> int:
-    """Hold `<data>/LOCK` (flock) for the life of the process; LogError when another process
-    holds it."""
-    data.mkdir(parents=True, exist_ok=True)
-    fd = os.open(data / "LOCK", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise LogError(
-            f"{data} is in use by another process (its LOCK file is held): one server to a data "
-            "directory"
-        ) from None
-    return fd
 
 
 async def serve(config: Config, *, repair: bool = False, insecure: bool = False) -> int:
