@@ -59,10 +59,8 @@ _FRAME = struct.Struct("<QIQ")
 class Prefetch:
     """The parent's side: the child's process and the file it writes."""
 
-    def __init__(self, pid: int, fd: int, after: int) -> None:
+    def __init__(self, pid: int, fd: int) -> None:
         self.pid = pid
-        self.after = after
-        """Where the child starts: the newest snapshot's position, by its file's name."""
         self.used = 0
         """Entries taken from the child."""
         self._fd = fd
@@ -108,7 +106,7 @@ class Prefetch:
                 os.write(2, f"replay prefetch helper failed: {e!r}\n".encode())
             finally:
                 os._exit(status)
-        return cls(pid, fd, after)
+        return cls(pid, fd)
 
     def take(self, seq: int, entry: bytes) -> tuple[float, list[Row | str]] | None:
         """The converted events of log entry `seq` (its time received, and a row per applied

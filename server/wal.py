@@ -203,12 +203,25 @@ def _read_header(data: bytes, path: Path) -> int | str:
     return int(first_seq)
 
 
+def _segment_paths(directory: Path) -> list[Path]:
+    """The segment files of `directory`, oldest first, by their names."""
+    return sorted(
+        (p for p in directory.glob("*.seg") if p.stem.isdigit()), key=lambda p: int(p.stem)
+    )
+
+
+def _entries(scan: _Scan, after: int) -> Iterator[tuple[int, bytes]]:
+    """The entries a scan kept (those above `after`), each with its number."""
+    for first, entries in scan.records:
+        start = max(first, after + 1)
+        for i, entry in enumerate(entries):
+            yield start + i, entry
+
+
 def segments_after(directory: Path, after: int) -> list[Path]:
     """The segment files of `directory` that may hold entries numbered above `after`, oldest
     first, by their names alone (nothing is read or checked)."""
-    paths = sorted(
-        (p for p in directory.glob("*.seg") if p.stem.isdigit()), key=lambda p: int(p.stem)
-    )
+    paths = _segment_paths(directory)
     keep = [p for p, nxt in itertools.pairwise(paths) if int(nxt.stem) > after + 1]
     return keep + paths[-1:]
 
@@ -226,10 +239,7 @@ def read_entries(directory: Path, after: int) -> Iterator[tuple[int, bytes]]:
         if isinstance(first, str):
             return
         scan = _scan(data, first, after)
-        for seq, entries in scan.records:
-            start = max(seq, after + 1)
-            for i, entry in enumerate(entries):
-                yield start + i, entry
+        yield from _entries(scan, after)
         if scan.error is not None:
             return
 
@@ -332,11 +342,7 @@ class WriteAheadLog:
             if segment.last_seq <= after:
                 continue
             data = segment.path.read_bytes()[: segment.size]
-            scan = _scan(data, segment.first_seq, after)
-            for first, entries in scan.records:
-                start = max(first, after + 1)
-                for i, entry in enumerate(entries):
-                    yield start + i, entry
+            yield from _entries(_scan(data, segment.first_seq, after), after)
 
     async def close(self) -> None:
         """Write and sync what is queued, then release the files. Idempotent."""
@@ -403,9 +409,7 @@ class WriteAheadLog:
         self.directory.mkdir(parents=True, exist_ok=True)
         for tmp in self.directory.glob("*.tmp"):
             tmp.unlink()
-        paths = sorted(
-            (p for p in self.directory.glob("*.seg") if p.stem.isdigit()), key=lambda p: int(p.stem)
-        )
+        paths = _segment_paths(self.directory)
         report = self.report
         expected: int | None = None
         segments: list[Segment] = []
