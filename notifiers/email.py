@@ -21,8 +21,6 @@ import ssl
 from email.message import EmailMessage
 from email.utils import formatdate
 
-import aiosmtplib
-
 from notifiers.config import EmailReceiver
 from notifiers.errors import DeliveryError
 from notifiers.notification import Notification, facts, links, summary
@@ -105,6 +103,10 @@ class EmailNotifier:
         r = self.receiver
         what = f"email receiver {r.name} ({r.smtp_host}:{r.smtp_port})"
         start_tls: bool | None = {"auto": None, "always": True, "never": False}[r.starttls]
+        # Imported here, not with the module: a node without an email receiver never needs
+        # it, and every start would pay for it.
+        import aiosmtplib
+
         try:
             errors, _ = await aiosmtplib.send(
                 build_message(r, n),

@@ -20,11 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from pipewarden.client import Client
 from pipewarden.v1 import alert_pb2, anomaly_pb2, execution_pb2, health_pb2, service_pb2
 
 if TYPE_CHECKING:
     from rich.console import Console
+
+    from pipewarden.client import Client
 
 __all__ = ["main"]
 
@@ -235,6 +236,9 @@ def _credentials(args: argparse.Namespace) -> grpc.ChannelCredentials | None:
 
 
 def _client(args: argparse.Namespace) -> Client:
+    # Imported here: `serve` never needs the client, and every start would pay for it.
+    from pipewarden.client import Client
+
     return Client(args.target, token=args.token, credentials=_credentials(args))
 
 

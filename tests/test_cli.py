@@ -124,12 +124,15 @@ def test_serve_refuses_a_bad_configuration(tmp_path: Path) -> None:
     assert "server.shards: 0 is less than 1" in out.stderr
 
 
-def test_serve_imports_no_http_library_it_does_not_use() -> None:
+def test_serve_imports_no_library_it_does_not_use() -> None:
     # aiohttp takes a tenth of a second of every start: a node without an HTTP port and
-    # without HTTP receivers (PagerDuty, Slack, webhooks) must not pay it.
+    # without HTTP receivers (PagerDuty, Slack, webhooks) must not pay it. Nor does it need
+    # the SMTP library without an email receiver, or the client library at all.
+    unused = ("aiohttp", "aiosmtplib", "pipewarden.client")
     code = (
         "import sys, pipewarden.cli, server.app, notifiers.dispatcher\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'aiohttp'))"
+        f"unused = {unused!r}\n"
+        "print(sorted(m for m in sys.modules if m.startswith(unused)))"
     )
     out = subprocess.run(
         [str(BIN.parent / "python"), "-c", code], capture_output=True, text=True, check=True
