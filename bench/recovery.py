@@ -94,7 +94,10 @@ PHASES: tuple[tuple[str, tuple[str, ...]], ...] = (
             "AlertManager.replay (manager.py)",
         ),
     ),
-    ("recovery: other", ("recover (recovery.py)", "_recover (recovery.py)")),
+    (
+        "recovery: other",
+        ("recover (recovery.py)", "_restore (recovery.py)", "_replay (recovery.py)"),
+    ),
     ("start: other", ("App.start (app.py)",)),
     ("imports", ("_find_and_load (<frozen importlib._bootstrap>)",)),
     (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -54,51 +55,58 @@ async def recover(
     With `prefetch` (started by the caller, closed here), the log's entries it converted in
     its process are applied from its rows."""
     began = time.perf_counter()
-    try:
-        return await _recover(
-            store, event_log, ingestor, shards, seen, repair, alerts, prefetch, began
-        )
-    finally:
+    with contextlib.ExitStack() as cleanup:
         if prefetch is not None:
-            prefetch.close()
+            cleanup.callback(prefetch.close)
+        after = await _restore(store, event_log, shards, seen, alerts)
+        if event_log.first_seq > after + 1:
+            problem = (
+                f"the log starts at entry {event_log.first_seq} but the newest usable snapshot "
+                f"covers entries up to {after}: the entries in between are missing"
+            )
+            if not repair:
+                raise CorruptLogError(problem + "; start with --repair to accept the loss")
+            log.warning("%s; --repair: going on without them", problem)
+        event_log.start_after(after)
+        entries, events = _replay(event_log, after, ingestor, alerts, prefetch)
+    return Recovered(after, entries, events, time.perf_counter() - began)
 
 
-async def _recover(
+async def _restore(
     store: SnapshotStore,
     event_log: EventLog,
-    ingestor: Ingestor,
     shards: ShardSet,
     seen: SeenExecutions,
-    repair: bool,
     alerts: AlertManager | None,
-    prefetch: Prefetch | None,
-    began: float,
-) -> Recovered:
+) -> int:
+    """Open the log and restore the newest usable snapshot; return the log position it
+    covers (0 without one)."""
     # The log's own recovery (reading and checking every segment) runs beside the snapshot's
     # reading: both are mostly I/O and checksums, which leave the GIL.
     loaded, _ = await asyncio.gather(asyncio.to_thread(store.load_latest), event_log.open())
-    after = 0
-    if loaded is not None:
-        shards.restore(loaded.shards)
-        seen.restore(loaded.seen)
-        if alerts is not None and loaded.alerts is not None:
-            alerts.restore(loaded.alerts)
-        after = loaded.seq
-        log.info(
-            "restored snapshot %s: %d pipelines, %d execution ids",
-            loaded.path.name,
-            loaded.pipelines,
-            len(seen),
-        )
-    if event_log.first_seq > after + 1:
-        problem = (
-            f"the log starts at entry {event_log.first_seq} but the newest usable snapshot covers "
-            f"entries up to {after}: the entries in between are missing"
-        )
-        if not repair:
-            raise CorruptLogError(problem + "; start with --repair to accept the loss")
-        log.warning("%s; --repair: going on without them", problem)
-    event_log.start_after(after)
+    if loaded is None:
+        return 0
+    shards.restore(loaded.shards)
+    seen.restore(loaded.seen)
+    if alerts is not None and loaded.alerts is not None:
+        alerts.restore(loaded.alerts)
+    log.info(
+        "restored snapshot %s: %d pipelines, %d execution ids",
+        loaded.path.name,
+        loaded.pipelines,
+        len(seen),
+    )
+    return loaded.seq
+
+
+def _replay(
+    event_log: EventLog,
+    after: int,
+    ingestor: Ingestor,
+    alerts: AlertManager | None,
+    prefetch: Prefetch | None,
+) -> tuple[int, int]:
+    """Apply the log's entries after `after`; return (entries, events applied)."""
     entries = events = 0
     for seq, payload in event_log.replay(after):
         converted = prefetch.take(seq, payload) if prefetch is not None else None
@@ -118,4 +126,4 @@ async def _recover(
             prefetch.used,
             entries,
         )
-    return Recovered(after, entries, events, time.perf_counter() - began)
+    return entries, events
