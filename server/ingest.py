@@ -29,7 +29,7 @@ from server.model import FAILED, RUNNING, Execution
 from server.shards import PipelineState, Shard, ShardSet
 from server.validation import convert
 
-__all__ = ["IngestOutcome", "Ingestor", "Row", "from_row", "row"]
+__all__ = ["IngestOutcome", "Ingestor", "Row", "from_row", "logged_batch", "row"]
 
 log = logging.getLogger(__name__)
 
@@ -258,14 +258,8 @@ class Ingestor:
 
     def replay_batch(self, batch: storage_pb2.ExecutionBatch) -> int:
         """Apply one logged batch of executions again; return how many events it applied."""
-        request = service_pb2.IngestRequest.FromString(batch.request)
-        verdicts, _ = self._process(
-            request.executions,
-            batch.received_unix_nanos / 1e9,
-            None,
-            replaying=True,
-            mask=batch.applied,
-        )
+        received, executions, mask = logged_batch(batch)
+        verdicts, _ = self._process(executions, received, None, replaying=True, mask=mask)
         return len(verdicts) - verdicts.count(0)
 
     def replay_rows(self, received: float, rows: Sequence[Row | str]) -> int:
@@ -273,6 +267,14 @@ class Ingestor:
         replay prefetch: `row`); return how many events it applied."""
         verdicts, _ = self._process(rows, received, None, replaying=True, to_execution=from_row)
         return len(verdicts) - verdicts.count(0)
+
+
+def logged_batch(batch: storage_pb2.ExecutionBatch) -> tuple[float, Sequence[Any], bytes]:
+    """A logged batch's time received (Unix seconds), its request's events (PipelineExecution
+    messages), and its mask: the events to apply again are those the mask marks, or all of
+    them when the mask is empty."""
+    executions = service_pb2.IngestRequest.FromString(batch.request).executions
+    return batch.received_unix_nanos / 1e9, executions, batch.applied
 
 
 Row = tuple[

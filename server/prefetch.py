@@ -37,10 +37,9 @@ from typing import Any
 import crc32c
 
 from pipewarden.storage.v1 import storage_pb2
-from pipewarden.v1 import service_pb2
 from server import failpoints
 from server.config import IngestLimits
-from server.ingest import Row, row
+from server.ingest import Row, logged_batch, row
 from server.snapshot import SnapshotStore
 from server.validation import convert
 from server.wal import read_entries, segments_after
@@ -191,12 +190,9 @@ def _converted(entry: bytes, limits: IngestLimits) -> bytes:
     record = storage_pb2.LogRecord.FromString(entry)
     if record.WhichOneof("entry") != "executions":
         return b""
-    batch = record.executions
-    received = batch.received_unix_nanos / 1e9
-    mask = batch.applied
+    received, executions, mask = logged_batch(record.executions)
     rows: list[Any] = []
     append = rows.append
-    executions = service_pb2.IngestRequest.FromString(batch.request).executions
     for i, msg in enumerate(executions):
         if mask and not mask[i]:
             continue
