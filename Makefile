@@ -6,8 +6,12 @@ BIN    := $(VENV)/bin
 # Compiled once here, as an installed package is: a start then does not compile our modules
 # again (with PYTHONDONTWRITEBYTECODE set, every start would).
 BYTECODE := $(PY) -m compileall -q server notifiers pipewarden bench eval > /dev/null
+# The hot path compiled with mypyc (server/compiled.py), rebuilt when one of its sources
+# changes; where the build fails (no C compiler) the server runs as pure Python.
+HOT      := $(addprefix server/,model.py validation.py dedup.py shards.py ingest.py)
+COMPILED := build/mypyc/manifest.json
 
-.PHONY: run test lint proto bench eval install dev clean
+.PHONY: run test lint proto bench eval install dev compile clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,14 +23,18 @@ $(VENV)/.dev-installed: $(VENV)/.installed pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
-install: $(VENV)/.installed     ## the project, for `make run`
-dev: $(VENV)/.dev-installed     ## the project and what the tests and tools need
+$(COMPILED): $(VENV)/.dev-installed $(HOT) server/compiled.py scripts/compile.py
+	$(PY) scripts/compile.py || echo "mypyc build failed (is there a C compiler?): the server runs as pure Python"
 
-run: install                    ## serve with the embedded defaults (gRPC :50051, HTTP :9095, ./var)
+install: $(VENV)/.installed     ## the project alone (what a deployment installs)
+dev: $(VENV)/.dev-installed     ## the project and what the tests and tools need
+compile: $(COMPILED)            ## the hot path with mypyc, into build/mypyc/ (when sources changed)
+
+run: dev compile                ## serve with the embedded defaults (gRPC :50051, HTTP :9095, ./var)
 	$(BYTECODE)
 	$(BIN)/pipewarden serve
 
-test: dev lint                  ## lint, then the whole suite
+test: dev lint compile          ## lint, then the whole suite (on the compiled hot path when built)
 	$(BIN)/pytest -q
 
 lint: dev                       ## ruff (checks and format), strict mypy and buf lint on the protos
@@ -38,12 +46,12 @@ lint: dev                       ## ruff (checks and format), strict mypy and buf
 proto: dev                      ## regenerate pipewarden/v1 and pipewarden/storage/v1 from protos/
 	$(PY) scripts/gen_protos.py
 
-bench: dev                      ## the benchmarks; results also in bench/results.json
+bench: dev compile              ## the benchmarks; results also in bench/results.json
 	$(BYTECODE)
 	$(PY) -m bench
 
-eval: dev                       ## the anomaly detectors on labelled scenarios; also eval/results.json
+eval: dev compile               ## the anomaly detectors on labelled scenarios; also eval/results.json
 	$(PY) -m eval
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) var build .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -25,6 +25,7 @@ from rich.console import Console
 
 from bench import alerts, fsync, ingest, latency, load, memory, notify, queries, recovery, report
 from bench.common import Context, SectionResult
+from server import compiled
 
 SECTIONS: dict[str, ModuleType] = {
     m.NAME: m for m in (ingest, latency, alerts, queries, memory, fsync, recovery, notify, load)
@@ -114,6 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "git_commit": _git_commit(),
+        "hot_path": compiled.status(),
         "quick": args.quick,
         "sections_run": names,
         "load_average_start": os.getloadavg(),
@@ -144,7 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta["load_average_end"] = os.getloadavg()
     caption = (
         f"{meta['date']}  Python {meta['python']}  {meta['cpu_count']} CPUs  "
-        f"commit {meta['git_commit']}  {'quick  ' if args.quick else ''}"
+        f"commit {meta['git_commit']}  hot path {meta['hot_path']}  "
+        f"{'quick  ' if args.quick else ''}"
         f"load {meta['load_average_start'][0]:.1f} -> {meta['load_average_end'][0]:.1f}  "
         f"{meta['seconds']:.0f}s"
     )

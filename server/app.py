@@ -28,7 +28,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from notifiers.dispatcher import Dispatcher
-from server import lockfile, metrics, tls
+from server import compiled, lockfile, metrics, tls
 from server.alerting.feed import AlertFeed
 from server.alerting.manager import AlertManager
 from server.anomalies import AnomalyStore
@@ -497,10 +497,11 @@ async def serve(config: Config, *, repair: bool = False, insecure: bool = False)
         return 1
     http = f", HTTP on {config.server.http_listen}" if app.http else ""
     log.info(
-        "serving gRPC on %s%s, data in %s",
+        "serving gRPC on %s%s, data in %s; hot path %s",
         config.server.listen,
         http,
         os.path.abspath(config.server.data_dir),  # noqa: ASYNC240 - once, at start
+        compiled.status(),
     )
     await app.stop_requested.wait()
     if app.failure is not None:
