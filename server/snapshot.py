@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import crc32c
 
@@ -30,6 +31,7 @@ from pipewarden.storage.v1 import storage_pb2
 from server import failpoints, metrics
 from server.dedup import SeenExecutions
 from server.eventlog import EventLog
+from server.readonly import mapped
 from server.shards import ShardSet
 
 __all__ = ["LoadedSnapshot", "SnapshotStore"]
@@ -100,68 +102,70 @@ class SnapshotStore:
     @staticmethod
     def load(path: Path) -> LoadedSnapshot:
         """Read and check one snapshot file; ValueError says what is wrong with it."""
-        data = path.read_bytes()
-        if len(data) < HEADER.size:
-            raise ValueError("header is torn")
-        magic, version, _, seq, crc = HEADER.unpack_from(data, 0)
-        if magic != MAGIC:
-            raise ValueError("not a Pipewarden snapshot (bad magic)")
-        if crc32c.crc32c(data[:24]) != crc:
-            raise ValueError("header checksum mismatch")
-        if version != VERSION:
-            raise ValueError(f"format version {version}; this build reads version {VERSION}")
-        shards: dict[int, storage_pb2.ShardSnapshot] = {}
-        seen: list[tuple[list[str], float]] = []
-        pipelines = 0
-        alerts: storage_pb2.AlertsSnapshot | None = None
-        offset = HEADER.size
-        view = memoryview(data)
-        end: storage_pb2.SnapshotEnd | None = None
-        while offset < len(data):
-            if len(data) - offset < FRAME.size:
-                raise ValueError(f"torn frame at byte {offset}")
-            length, crc, kind = FRAME.unpack_from(data, offset)
-            start = offset + FRAME.size
-            stop = start + length
-            if stop > len(data):
-                raise ValueError(f"torn frame at byte {offset}")
-            if crc32c.crc32c(view[start:stop], crc32c.crc32c(bytes((kind,)))) != crc:
-                raise ValueError(f"checksum mismatch at byte {offset}")
-            body = data[start:stop]
-            if kind in (TEAMS, PIPELINES):
-                part = storage_pb2.ShardSnapshot.FromString(body)
-                whole = shards.get(part.index)
-                if whole is None:
-                    shards[part.index] = part
-                else:  # parsed again into the shard's message: appended, not copied
-                    whole.MergeFromString(body)
-                pipelines += len(part.pipelines)
-            elif kind == SEEN:
-                chunk = storage_pb2.SeenChunk.FromString(body)
-                if chunk.joined_ids:
-                    ids = chunk.joined_ids.decode().split("\n")
+        with mapped(path) as data, memoryview(data) as view:
+            if len(data) < HEADER.size:
+                raise ValueError("header is torn")
+            magic, version, _, seq, crc = HEADER.unpack_from(data, 0)
+            if magic != MAGIC:
+                raise ValueError("not a Pipewarden snapshot (bad magic)")
+            if crc32c.crc32c(data[:24]) != crc:
+                raise ValueError("header checksum mismatch")
+            if version != VERSION:
+                raise ValueError(f"format version {version}; this build reads version {VERSION}")
+            shards: dict[int, storage_pb2.ShardSnapshot] = {}
+            seen: list[tuple[list[str], float]] = []
+            pipelines = 0
+            alerts: storage_pb2.AlertsSnapshot | None = None
+            offset = HEADER.size
+            end: storage_pb2.SnapshotEnd | None = None
+            while offset < len(data):
+                if len(data) - offset < FRAME.size:
+                    raise ValueError(f"torn frame at byte {offset}")
+                length, crc, kind = FRAME.unpack_from(data, offset)
+                start = offset + FRAME.size
+                stop = start + length
+                if stop > len(data):
+                    raise ValueError(f"torn frame at byte {offset}")
+                if crc32c.crc32c(view[start:stop], crc32c.crc32c(bytes((kind,)))) != crc:
+                    raise ValueError(f"checksum mismatch at byte {offset}")
+                # Parsed from the map, not copied first: protobuf takes any buffer, though its
+                # type stubs say bytes.
+                body = cast(bytes, view[start:stop])
+                if kind in (TEAMS, PIPELINES):
+                    part = storage_pb2.ShardSnapshot.FromString(body)
+                    whole = shards.get(part.index)
+                    if whole is None:
+                        shards[part.index] = part
+                    else:  # parsed again into the shard's message: appended, not copied
+                        whole.MergeFromString(body)
+                    pipelines += len(part.pipelines)
+                elif kind == SEEN:
+                    chunk = storage_pb2.SeenChunk.FromString(body)
+                    if chunk.joined_ids:
+                        ids = chunk.joined_ids.decode().split("\n")
+                    else:
+                        ids = list(chunk.execution_ids)
+                    seen.append((ids, chunk.max_event_time))
+                elif kind == ALERTS:
+                    alerts = storage_pb2.AlertsSnapshot.FromString(body)
+                elif kind == END:
+                    end = storage_pb2.SnapshotEnd.FromString(body)
+                    offset = stop
+                    break
                 else:
-                    ids = list(chunk.execution_ids)
-                seen.append((ids, chunk.max_event_time))
-            elif kind == ALERTS:
-                alerts = storage_pb2.AlertsSnapshot.FromString(body)
-            elif kind == END:
-                end = storage_pb2.SnapshotEnd.FromString(body)
+                    raise ValueError(f"unknown frame kind {kind} at byte {offset}")
                 offset = stop
-                break
-            else:
-                raise ValueError(f"unknown frame kind {kind} at byte {offset}")
-            offset = stop
-        if end is None:
-            raise ValueError("incomplete: no end frame")
-        if offset != len(data):
-            raise ValueError(f"{len(data) - offset} bytes after the end frame")
-        if end.seq != seq or end.pipelines != pipelines:
-            raise ValueError("end frame disagrees with the contents")
-        if sum(len(ids) for ids, _ in seen) != end.execution_ids:
-            raise ValueError("end frame disagrees with the execution ids")
-        if (len(alerts.alerts) if alerts is not None else 0) != end.alerts:
-            raise ValueError("end frame disagrees with the alerts")
+            if end is None:
+                raise ValueError("incomplete: no end frame")
+            if offset != len(data):
+                raise ValueError(f"{len(data) - offset} bytes after the end frame")
+            if end.seq != seq or end.pipelines != pipelines:
+                raise ValueError("end frame disagrees with the contents")
+            if sum(len(ids) for ids, _ in seen) != end.execution_ids:
+                raise ValueError("end frame disagrees with the execution ids")
+            if (len(alerts.alerts) if alerts is not None else 0) != end.alerts:
+                raise ValueError("end frame disagrees with the alerts")
+            del body  # the last view into the map, which closes with the block
         count = max(shards, default=-1) + 1
         ordered = [shards.get(i, storage_pb2.ShardSnapshot(index=i)) for i in range(count)]
         return LoadedSnapshot(seq, path, ordered, seen, pipelines, alerts)

@@ -42,6 +42,7 @@ import crc32c
 
 from server import failpoints, metrics
 from server.errors import CorruptLogError, LogError
+from server.readonly import Buffer, mapped
 
 __all__ = [
     "FSYNC_POLICIES",
@@ -141,7 +142,7 @@ class _Scan:
     error: str | None
 
 
-def _scan(data: bytes, first_seq: int, keep_after: int | None) -> _Scan:
+def _scan(data: Buffer, first_seq: int, keep_after: int | None) -> _Scan:
     """Parse the records of a segment's bytes (header included). Entries of records are kept
     only when `keep_after` is not None, and only those numbered above it."""
     records: list[tuple[int, list[bytes]]] = []
@@ -341,8 +342,10 @@ class WriteAheadLog:
         for segment in list(self.segments):
             if segment.last_seq <= after:
                 continue
-            data = segment.path.read_bytes()[: segment.size]
-            yield from _entries(_scan(data, segment.first_seq, after), after)
+            # The log is not written until replay ends, so nothing cuts the file under the map.
+            with mapped(segment.path, segment.size) as data:
+                scan = _scan(data, segment.first_seq, after)
+            yield from _entries(scan, after)
 
     async def close(self) -> None:
         """Write and sync what is queued, then release the files. Idempotent."""
