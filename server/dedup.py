@@ -32,7 +32,7 @@ class SeenExecutions:
     `make bench`.
     """
 
-    __slots__ = ("_chunks", "_count", "_ids", "capacity", "chunk", "newest", "retention_seconds")
+    __slots__ = ("_chunks", "_ids", "capacity", "chunk", "newest", "retention_seconds")
 
     def __init__(
         self, capacity: int, retention_seconds: float = float("inf"), *, chunk: int = CHUNK
@@ -45,8 +45,7 @@ class SeenExecutions:
         """The latest event time added; the age horizon is measured from it, so that replay
         and live ingestion forget the same ids whatever the wall clock says."""
         self._ids: set[str] = set()
-        self._chunks: deque[_Chunk] = deque()  # oldest first; their ids in arrival order
-        self._count = 0  # ids in the chunks
+        self._chunks: deque[_Chunk] = deque()  # oldest first; the ids of `_ids`, each once
 
     @property
     def ids(self) -> set[str]:
@@ -73,7 +72,6 @@ class SeenExecutions:
         if not ids:
             return
         self._ids.update(ids)
-        self._count += len(ids)
         if max_event_time > self.newest:
             self.newest = max_event_time
         chunks = self._chunks
@@ -87,13 +85,12 @@ class SeenExecutions:
             front = chunks[0]
             if len(chunks) > 1 and front.max_time < self.newest - self.retention_seconds:
                 self._forget(len(front.ids))
-        if self._count > self.capacity:
-            self._forget(self._count - self.capacity)
+        if len(self._ids) > self.capacity:
+            self._forget(len(self._ids) - self.capacity)
 
     def _forget(self, n: int) -> None:
         """Forget the `n` oldest ids."""
         ids, chunks = self._ids, self._chunks
-        self._count -= n
         while n > 0 and chunks:
             front = chunks[0]
             take = min(n, len(front.ids))
@@ -116,17 +113,14 @@ class SeenExecutions:
         known: set[str] = set()
         kept: deque[_Chunk] = deque()
         newest = float("-inf")
-        count = 0
         for ids, max_time in chunks:
             if not ids:
                 continue
             kept.append(_Chunk(list(ids), max_time))
             known.update(ids)
-            count += len(ids)
             newest = max(newest, max_time)
         self._chunks = kept
         self._ids = known
-        self._count = count
         self.newest = newest
-        if count > self.capacity:
-            self._forget(count - self.capacity)
+        if len(known) > self.capacity:
+            self._forget(len(known) - self.capacity)
