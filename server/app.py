@@ -268,6 +268,7 @@ class App:
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         self._tasks.append(asyncio.create_task(self._report_stats(), name="stats"))
+        self._tasks.append(asyncio.create_task(self._settle_ids(), name="settle-ids"))
         self._tasks.append(asyncio.create_task(self._snapshot_loop(), name="snapshots"))
         self.alert_feed.start()
         self._tasks.append(asyncio.create_task(self._alert_loop(), name="alert-timers"))
@@ -425,6 +426,23 @@ class App:
             self._cpu_share = (cpu - self._cpu_mark[1]) / (wall - self._cpu_mark[0])
             self._cpu_mark = (wall, cpu)
         return self._cpu_share > BUSY_CPU_SHARE
+
+    async def _settle_ids(self) -> None:
+        """Once serving, turn the execution ids restored from the snapshot into live ones, a
+        slice at a time between requests (see SeenExecutions.settle): restoring them in their
+        compact form is what makes a restart quick, and after this, checking a new id costs
+        what it did before the restart."""
+        began = time.perf_counter()
+        done = 0
+        for count in self.seen.settle():
+            done = count
+            await asyncio.sleep(0)
+        if done and self.seen.restored is None:
+            log.info(
+                "the %d execution ids restored from the snapshot are in the live set (%.2fs)",
+                done,
+                time.perf_counter() - began,
+            )
 
     async def _report_stats(self) -> None:
         last = -1.0

@@ -190,6 +190,9 @@ class Ingestor:
         index = shards.index
         seen = self.seen
         seen_ids = seen.ids
+        # The ids restored from a snapshot, looked up only when the live set lacks the id.
+        restored = seen.restored
+        first = seen.restored_from
         check = not replaying
         # Nothing below awaits, so a snapshot cannot begin or end during the loop.
         job = shards.job
@@ -213,7 +216,11 @@ class Ingestor:
                 continue
             status = e.status
             execution_id = e.execution_id
-            if check and (execution_id in seen_ids or execution_id in new_set):
+            if check and (
+                execution_id in seen_ids
+                or execution_id in new_set
+                or (restored is not None and restored.find(execution_id, first))
+            ):
                 verdicts[i] = _LATE_RUNNING if status == RUNNING else _DUPLICATE
                 continue
             state = index.get(e.pipeline_id)
@@ -236,7 +243,11 @@ class Ingestor:
                     touched[e.pipeline_id] = state
                 continue
             # Deciding, the duplicate check above has already ruled both out.
-            if check or (execution_id not in new_set and execution_id not in seen_ids):
+            if check or (
+                execution_id not in new_set
+                and execution_id not in seen_ids
+                and not (restored is not None and restored.find(execution_id, first))
+            ):
                 new_ids.append(execution_id)
                 new_set.add(execution_id)
                 if e.event_time > newest:

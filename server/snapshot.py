@@ -2,14 +2,16 @@
 
 Layout under `<data-dir>/snapshots/`: `<seq>.snap`, named by the log sequence number it reflects
 (20 digits). A file is a 32-byte header (magic, format version, seq, CRC-32C of the header) and
-frames of `length u32 | crc u32 | kind u8 | protobuf`, where crc is the CRC-32C of kind and
-message: team totals, the alerting state (alerts, silences, alert history), pipeline chunks,
-execution-id chunks, and last an END frame with the counts. A file without a whole END frame is
-not a snapshot.
+frames of `length u32 | crc u32 | kind u8 | body`, where crc is the CRC-32C of kind and body:
+team totals, the alerting state (alerts, silences, alert history), pipeline chunks (protobuf),
+the remembered execution ids in their compact form (dedup.Remembered: a header frame, then
+its arrays raw, in parts of at most 8 MiB), and last an END frame with the counts. A file without
+a whole END frame is not a snapshot. Version 1 files, which kept the ids in protobuf chunks, are
+still read.
 
 Writing: to `<seq>.snap.tmp`, fsync, rename, fsync the directory; the two newest are kept, and
 log segments wholly covered by the oldest kept one are deleted. The pipelines are dumped a chunk
-at a time while ingestion goes on (see shards.SnapshotJob).
+at a time while ingestion goes on (see shards.SnapshotJob), and so is the ids' table.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ import contextlib
 import logging
 import os
 import struct
+import sys
 import time
-from collections.abc import Callable
+from array import array
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -29,7 +33,7 @@ import crc32c
 
 from pipewarden.storage.v1 import storage_pb2
 from server import failpoints, metrics
-from server.dedup import SeenExecutions
+from server.dedup import ImageBuilder, Remembered, SeenExecutions
 from server.eventlog import EventLog
 from server.readonly import mapped
 from server.shards import ShardSet
@@ -39,12 +43,18 @@ __all__ = ["LoadedSnapshot", "SnapshotStore"]
 log = logging.getLogger(__name__)
 
 MAGIC = b"PWSNAP\r\n"
-VERSION = 1
+VERSION = 2
+READS = (1, 2)
 HEADER = struct.Struct("<8sIIQI4x")  # magic, version, reserved, seq, crc, pad
 FRAME = struct.Struct("<IIB")  # length of the message, crc of kind + message, kind
-TEAMS, PIPELINES, SEEN, END, ALERTS = 1, 2, 3, 4, 5
+TEAMS, PIPELINES, SEEN, END, ALERTS, IDS, IDS_PART = 1, 2, 3, 4, 5, 6, 7
 CHUNK_PIPELINES = 500
 FLUSH_BYTES = 1 << 20
+PART_BYTES = 8 << 20
+IDS_HEADER = struct.Struct(
+    "<QQQQBB6x"
+)  # ids, chunks, table slots, overflow, table item size, little
+BLOB, STARTS, HASHES, TABLE, OVERFLOW = range(5)  # the parts of the ids, in IDS_PART frames
 
 
 @dataclass
@@ -54,7 +64,8 @@ class LoadedSnapshot:
     seq: int
     path: Path
     shards: list[storage_pb2.ShardSnapshot]
-    seen: list[tuple[list[str], float]]
+    seen: Remembered | list[tuple[list[str], float]]
+    """The remembered execution ids: their compact form, or chunks in a version 1 file."""
     pipelines: int
     alerts: storage_pb2.AlertsSnapshot | None = None
     """The alerting state; None in a snapshot written before alerting existed."""
@@ -110,10 +121,13 @@ class SnapshotStore:
                 raise ValueError("not a Pipewarden snapshot (bad magic)")
             if crc32c.crc32c(data[:24]) != crc:
                 raise ValueError("header checksum mismatch")
-            if version != VERSION:
-                raise ValueError(f"format version {version}; this build reads version {VERSION}")
+            if version not in READS:
+                raise ValueError(f"format version {version}; this build reads versions {READS}")
             shards: dict[int, storage_pb2.ShardSnapshot] = {}
             seen: list[tuple[list[str], float]] = []
+            ids_header: tuple[int, ...] | None = None
+            times = view[0:0]
+            parts: list[list[memoryview]] = [[] for _ in range(OVERFLOW + 1)]
             pipelines = 0
             alerts: storage_pb2.AlertsSnapshot | None = None
             offset = HEADER.size
@@ -139,13 +153,23 @@ class SnapshotStore:
                     else:  # parsed again into the shard's message: appended, not copied
                         whole.MergeFromString(body)
                     pipelines += len(part.pipelines)
-                elif kind == SEEN:
+                elif kind == SEEN and version == 1:
                     chunk = storage_pb2.SeenChunk.FromString(body)
                     if chunk.joined_ids:
                         ids = chunk.joined_ids.decode().split("\n")
                     else:
                         ids = list(chunk.execution_ids)
                     seen.append((ids, chunk.max_event_time))
+                elif kind == IDS and version >= 2:
+                    if ids_header is not None or length < IDS_HEADER.size:
+                        raise ValueError(f"misplaced ids header at byte {offset}")
+                    ids_header = IDS_HEADER.unpack_from(data, start)
+                    chunks = ids_header[1]
+                    times = view[start + IDS_HEADER.size : stop]
+                    if len(times) != 16 * chunks:
+                        raise ValueError(f"ids header of the wrong size at byte {offset}")
+                elif kind == IDS_PART and version >= 2 and length >= 1 and data[start] <= OVERFLOW:
+                    parts[data[start]].append(view[start + 1 : stop])
                 elif kind == ALERTS:
                     alerts = storage_pb2.AlertsSnapshot.FromString(body)
                 elif kind == END:
@@ -161,14 +185,22 @@ class SnapshotStore:
                 raise ValueError(f"{len(data) - offset} bytes after the end frame")
             if end.seq != seq or end.pipelines != pipelines:
                 raise ValueError("end frame disagrees with the contents")
-            if sum(len(ids) for ids, _ in seen) != end.execution_ids:
+            remembered: Remembered | list[tuple[list[str], float]] = seen
+            if ids_header is not None:
+                remembered = _remembered(ids_header, times, parts)
+                count = len(remembered)
+            elif version >= 2:
+                raise ValueError("no execution ids")
+            else:
+                count = sum(len(ids) for ids, _ in seen)
+            if count != end.execution_ids:
                 raise ValueError("end frame disagrees with the execution ids")
             if (len(alerts.alerts) if alerts is not None else 0) != end.alerts:
                 raise ValueError("end frame disagrees with the alerts")
-            del body  # the last view into the map, which closes with the block
+            del body, times, parts  # the last views into the map, which closes with the block
         count = max(shards, default=-1) + 1
         ordered = [shards.get(i, storage_pb2.ShardSnapshot(index=i)) for i in range(count)]
-        return LoadedSnapshot(seq, path, ordered, seen, pipelines, alerts)
+        return LoadedSnapshot(seq, path, ordered, remembered, pipelines, alerts)
 
     # -- writing ---------------------------------------------------------------------------------
 
@@ -187,7 +219,7 @@ class SnapshotStore:
         alerting = alerts() if alerts is not None else None
         job = shards.begin_snapshot()
         try:
-            seen_chunks = seen.chunks()
+            ids_builder = ImageBuilder(seen)
             await loop.run_in_executor(
                 None, lambda: self.directory.mkdir(parents=True, exist_ok=True)
             )
@@ -212,15 +244,15 @@ class SnapshotStore:
                         buffer.clear()
                         failpoints.hit("snapshot-mid-write")
                     await asyncio.sleep(0)  # let ingestion in between chunks
-                ids = 0
-                for chunk_ids, max_time in seen_chunks:
-                    msg = _seen_chunk(chunk_ids, max_time)
-                    buffer += _frame(SEEN, msg.SerializeToString())
-                    ids += len(chunk_ids)
-                    if len(buffer) >= FLUSH_BYTES:
-                        await loop.run_in_executor(None, _write_all, fd, bytes(buffer))
-                        buffer.clear()
-                        await asyncio.sleep(0)
+                if buffer:
+                    await loop.run_in_executor(None, _write_all, fd, bytes(buffer))
+                    buffer.clear()
+                for _ in ids_builder.steps():
+                    await asyncio.sleep(0)  # let ingestion in between slices
+                image = ids_builder.result
+                for head, piece in _ids_frames(image):
+                    await loop.run_in_executor(None, _write_pair, fd, head, piece)
+                ids = len(image)
                 end = storage_pb2.SnapshotEnd(
                     seq=seq,
                     pipelines=pipelines,
@@ -270,14 +302,82 @@ class SnapshotStore:
         return int(kept[-1].stem) if kept else None
 
 
-def _seen_chunk(ids: list[str], max_time: float) -> storage_pb2.SeenChunk:
-    joined = "\n".join(ids)
-    if ids and joined.count("\n") == len(ids) - 1:
-        return storage_pb2.SeenChunk(joined_ids=joined.encode(), max_event_time=max_time)
-    return storage_pb2.SeenChunk(execution_ids=ids, max_event_time=max_time)
+def _remembered(
+    header: tuple[int, ...], meta: memoryview, parts: list[list[memoryview]]
+) -> Remembered:
+    """The compact form of the ids from a snapshot's frames (copied out of the map)."""
+    count, chunks, slots, overflow, item, little = header
+    swap = bool(little) != (sys.byteorder == "little")
+
+    def part(which: int, typecode: str) -> array[int]:
+        out = array(typecode)
+        for piece in parts[which]:
+            out.frombytes(piece)
+        if swap:
+            out.byteswap()
+        return out
+
+    ends = array("Q", bytes(meta[: 8 * chunks]))
+    times = array("d", bytes(meta[8 * chunks :]))
+    if swap:
+        ends.byteswap()
+        times.byteswap()
+    if item not in (4, 8):
+        raise ValueError(f"an id table of {item}-byte slots")
+    table = part(TABLE, "I" if item == 4 else "Q")
+    if len(table) != slots:
+        raise ValueError(f"an id table of {len(table)} slots; the header says {slots}")
+    blob = b"".join(parts[BLOB])
+    image = Remembered(
+        blob, part(STARTS, "Q"), part(HASHES, "I"), table, {}, ends.tolist(), times.tolist()
+    )
+    if len(image) != count:
+        raise ValueError(f"{len(image)} ids; the header says {count}")
+    entries = part(OVERFLOW, "Q")
+    if len(entries) != overflow:
+        raise ValueError(f"{len(entries)} overflow ids; the header says {overflow}")
+    image.check()
+    image.overflow.update((image.entry(i), i) for i in entries)
+    return image
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _ids_frames(image: Remembered) -> Iterator[tuple[bytes, memoryview]]:
+    """The frames of the ids' compact form, each as its head and a view of the rest (not
+    copied): the header frame, then the parts in pieces of at most PART_BYTES."""
+    ends = array("Q", image.ends).tobytes()
+    times = array("d", image.times).tobytes()
+    header = IDS_HEADER.pack(
+        len(image),
+        len(image.ends),
+        len(image.table),
+        len(image.overflow),
+        image.table.itemsize,
+        sys.byteorder == "little",
+    )
+    yield _frame(IDS, header + ends + times), memoryview(b"")
+    overflow = array("Q", sorted(image.overflow.values()))
+    parts: list[tuple[int, bytes | array[int]]] = [
+        (BLOB, image.blob),
+        (STARTS, image.starts),
+        (HASHES, image.hashes),
+        (TABLE, image.table),
+        (OVERFLOW, overflow),
+    ]
+    for which, data in parts:
+        raw = memoryview(data).cast("B")
+        for at in range(0, len(raw), PART_BYTES):
+            piece = raw[at : at + PART_BYTES]
+            tag = bytes((which,))
+            crc = crc32c.crc32c(piece, crc32c.crc32c(tag, crc32c.crc32c(bytes((IDS_PART,)))))
+            yield FRAME.pack(len(piece) + 1, crc, IDS_PART) + tag, piece
+
+
+def _write_pair(fd: int, head: bytes, rest: memoryview) -> None:
+    _write_all(fd, head)
+    _write_all(fd, rest)
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]

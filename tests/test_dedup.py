@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from server.dedup import CHUNK, SeenExecutions
+from pathlib import Path
+
+import crc32c
+import grpc
+
+from pipewarden.v1 import service_pb2_grpc
+from server.dedup import CHUNK, PROBES, ImageBuilder, Remembered, SeenExecutions
+from tests.durability import Node
+from tests.helpers import request, run, until
+from tests.process import ServerProcess
 
 
 def test_forgets_the_oldest_beyond_capacity() -> None:
@@ -36,3 +45,96 @@ def test_chunks_round_trip_through_restore() -> None:
     copy.restore(seen.chunks())
     assert list(copy) == list(seen)
     assert [t for _, t in copy.chunks()] == [t for _, t in seen.chunks()]
+
+
+def _colliding(count: int, mask: int) -> list[str]:
+    """Ids whose CRC-32C all fall in table slot 0 under `mask` (found by trying)."""
+    found: list[str] = []
+    i = 0
+    while len(found) < count:
+        candidate = f"clash-{i}"
+        if crc32c.crc32c(candidate.encode()) & mask == 0:
+            found.append(candidate)
+        i += 1
+    return found
+
+
+def _compact(seen: SeenExecutions) -> Remembered:
+    builder = ImageBuilder(seen)
+    slices = list(builder.steps(step=16))
+    assert slices == sorted(slices) and len(slices) >= len(seen) // 16
+    return builder.result
+
+
+def test_ids_made_to_collide_are_found_past_the_probe_limit() -> None:
+    clash = _colliding(PROBES + 28, mask=127)  # 60 ids: a table of 128 slots
+    others = _colliding(2 * PROBES + 38, mask=127)[len(clash) :]
+    seen = SeenExecutions(capacity=10**9)
+    seen.add_batch(clash, 1.0)
+    image = _compact(seen)
+    assert len(image.table) == 128
+    assert sorted(image.overflow.values()) == list(range(PROBES, PROBES + 28))
+    restored = SeenExecutions(capacity=len(clash))
+    restored.restore(image)
+    assert all(x in restored for x in clash)
+    assert not any(x in restored for x in others)  # same slot: the probe limit, then the dict
+    # Forgetting by count moves past entries in the table and in the overflow alike.
+    restored.add_batch(others[: PROBES + 5], 2.0)
+    gone = clash[: PROBES + 5]
+    assert not any(x in restored for x in gone)
+    assert all(x in restored for x in clash[PROBES + 5 :])
+    assert list(restored) == clash[PROBES + 5 :] + others[: PROBES + 5]
+
+
+async def test_the_compact_form_round_trips_through_a_snapshot_file(tmp_path: Path) -> None:
+    clash = _colliding(PROBES + 8, mask=127)
+    node = Node(tmp_path)
+    await node.open()
+    await node.ingest(request(*(run(x) for x in clash), run("héllo ✓"), run("a\nb")))
+    await node.snapshot()
+    await node.close()
+    again = Node(tmp_path)
+    await again.open()
+    restored = again.seen.restored
+    assert restored is not None and len(restored.overflow) >= 1
+    assert list(again.seen) == [*clash, "héllo ✓", "a\nb"]
+    outcome = await again.ingest(request(*(run(x) for x in clash), run("a\nb"), run("new")))
+    assert outcome.duplicates == len(clash) + 1 and outcome.accepted == 1
+    # A second snapshot writes the restored ids and the new ones together.
+    await again.snapshot()
+    await again.close()
+    third = Node(tmp_path)
+    await third.open()
+    assert list(third.seen) == [*clash, "héllo ✓", "a\nb", "new"]
+    await third.close()
+
+
+async def test_a_real_restart_counts_each_id_once_before_and_after_the_ids_settle(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    server = ServerProcess(data)
+    server.wait_serving()
+    ids = [f"id-{i}" for i in range(3000)]
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        stub = service_pb2_grpc.PipelineMonitorStub(channel)
+        answer = await stub.Ingest(request(*(run(x, f"p{i % 7}") for i, x in enumerate(ids))))
+        assert answer.accepted == len(ids)
+    assert server.stop() == 0  # SIGTERM: a snapshot with the ids in their compact form
+    again = ServerProcess(data)
+    again.wait_serving()
+    try:
+        async with grpc.aio.insecure_channel(again.target) as channel:
+            stub = service_pb2_grpc.PipelineMonitorStub(channel)
+            # At once: some of these may be checked against the compact form, some against
+            # the live set, as the ids settle between requests.
+            for k in range(0, len(ids), 500):
+                resent = [run(x, f"p{(k + i) % 7}") for i, x in enumerate(ids[k : k + 500])]
+                answer = await stub.Ingest(request(*resent, run(f"new-{k}", "p0")))
+                assert (answer.accepted, answer.duplicates) == (1, 500)
+            await until(lambda: "restored from the snapshot are in the live set" in again.log())
+            answer = await stub.Ingest(request(*(run(x, "p1") for x in ids[::7]), run("new")))
+            assert (answer.accepted, answer.duplicates) == (1, len(ids[::7]))
+    finally:
+        again.stop()
+    assert "3000 execution ids restored from the snapshot are in the live set" in again.log()

@@ -9,11 +9,15 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import crc32c
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from pipewarden.storage.v1 import storage_pb2
+from server import snapshot
+from server.dedup import Remembered
 from server.errors import CorruptLogError
 from tests.durability import Node
 from tests.helpers import T0, request, run
@@ -203,4 +207,57 @@ async def test_remembered_ids_survive_a_snapshot_even_with_newlines(tmp_path: Pa
     assert list(again.seen) == ["plain-1", odd, "plain-2"]
     outcome = await again.ingest(request(run(odd), run("plain-2")))
     assert outcome.duplicates == 2
+    await again.close()
+
+
+def _as_version_1(path: Path) -> None:
+    """Rewrite a snapshot file as version 1 wrote it: the ids in protobuf chunks (joined by
+    newlines where none has one), not in their compact form."""
+    loaded = snapshot.SnapshotStore.load(path)
+    assert isinstance(loaded.seen, Remembered)
+    image = loaded.seen
+    data = path.read_bytes()
+    _, _, _, seq, _ = snapshot.HEADER.unpack_from(data, 0)
+    head = snapshot.HEADER.pack(snapshot.MAGIC, 1, 0, seq, 0)
+    out = bytearray(snapshot.HEADER.pack(snapshot.MAGIC, 1, 0, seq, crc32c.crc32c(head[:24])))
+    offset = snapshot.HEADER.size
+    start = 0
+    while offset < len(data):
+        length, _, kind = snapshot.FRAME.unpack_from(data, offset)
+        body = data[offset + snapshot.FRAME.size : offset + snapshot.FRAME.size + length]
+        offset += snapshot.FRAME.size + length
+        if kind == snapshot.IDS:  # the chunks, in place of the compact form
+            for end, t in zip(image.ends, image.times, strict=True):
+                ids = [image.entry(i) for i in range(start, end)]
+                joined = "\n".join(ids)
+                chunk = (
+                    storage_pb2.SeenChunk(joined_ids=joined.encode(), max_event_time=t)
+                    if joined.count("\n") == len(ids) - 1
+                    else storage_pb2.SeenChunk(execution_ids=ids, max_event_time=t)
+                )
+                out += snapshot._frame(snapshot.SEEN, chunk.SerializeToString())
+                start = end
+        elif kind != snapshot.IDS_PART:
+            out += snapshot._frame(kind, body)
+    path.write_bytes(bytes(out))
+
+
+async def test_a_version_1_snapshot_is_still_read(tmp_path: Path) -> None:
+    node = Node(tmp_path)
+    await node.open()
+    odd = "line one\nline two"
+    await node.ingest(request(run("plain-1"), run(odd), *fleet_batch("v1", 300)))
+    await node.snapshot()
+    expected = node.state()
+    await node.close()
+    newest = node.store.paths()[0]
+    _as_version_1(newest)
+    loaded = node.store.load(newest)
+    assert isinstance(loaded.seen, list)  # read as chunks
+    again = Node(tmp_path)
+    await again.open()
+    assert again.state() == expected
+    assert list(again.seen)[:2] == ["plain-1", odd]
+    outcome = await again.ingest(request(run(odd), run("plain-1"), run("fresh")))
+    assert (outcome.duplicates, outcome.accepted) == (2, 1)
     await again.close()
