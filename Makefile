@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 BYTECODE := $(PY) -m compileall -q server notifiers pipewarden bench eval > /dev/null
 # The hot path compiled with mypyc (server/compiled.py), rebuilt when one of its sources
 # changes; where the build fails (no C compiler) the server runs as pure Python.
-HOT      := $(addprefix server/,model.py validation.py dedup.py shards.py ingest.py)
+HOT      := $(addprefix server/,model.py validation.py dedup.py shards.py wire.py ingest.py)
 COMPILED := build/mypyc/manifest.json
 
 .PHONY: run test lint proto bench eval install dev compile clean

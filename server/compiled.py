@@ -22,7 +22,7 @@ from pathlib import Path
 
 __all__ = ["BUILD_DIR", "MODULES", "activate", "manifest", "status"]
 
-MODULES = ("model", "validation", "dedup", "shards", "ingest")
+MODULES = ("model", "validation", "dedup", "shards", "wire", "ingest")
 """The compiled modules of the `server` package."""
 PACKAGE_DIR = Path(__file__).resolve().parent
 BUILD_DIR = PACKAGE_DIR.parent / "build" / "mypyc"

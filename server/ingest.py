@@ -28,6 +28,7 @@ from server.eventlog import EventLog
 from server.model import FAILED, RUNNING, Execution
 from server.shards import PipelineState, Shard, ShardSet
 from server.validation import convert
+from server.wire import decode_rows
 
 __all__ = ["IngestOutcome", "Ingestor", "Row", "from_row", "logged_batch", "row"]
 
@@ -171,6 +172,7 @@ class Ingestor:
         mask: bytes = b"",
         team: str | None = None,
         to_execution: Callable[..., Execution | str] = convert,
+        maybe_restored: set[int] | None = None,
     ) -> tuple[bytearray, list[tuple[int, str, str]]]:
         """Decide and apply each event; return a verdict per event (0 for rejected, or _ACCEPTED,
         _DUPLICATE, _RUNNING, _LATE_RUNNING) and the rejections.
@@ -246,7 +248,11 @@ class Ingestor:
             if check or (
                 execution_id not in new_set
                 and execution_id not in seen_ids
-                and not (restored is not None and restored.find(execution_id, first))
+                and not (
+                    restored is not None
+                    and (maybe_restored is None or i in maybe_restored)
+                    and restored.find(execution_id, first)
+                )
             ):
                 new_ids.append(execution_id)
                 new_set.add(execution_id)
@@ -269,14 +275,31 @@ class Ingestor:
 
     def replay_batch(self, batch: storage_pb2.ExecutionBatch) -> int:
         """Apply one logged batch of executions again; return how many events it applied."""
+        received = batch.received_unix_nanos / 1e9
+        rows = decode_rows(
+            batch.request, batch.applied, received, self.limits.max_error_message_length
+        )
+        if rows is not None:  # the plain case, read straight from the bytes (server/wire.py)
+            return self.replay_rows(received, rows)
         received, executions, mask = logged_batch(batch)
         verdicts, _ = self._process(executions, received, None, replaying=True, mask=mask)
         return len(verdicts) - verdicts.count(0)
 
-    def replay_rows(self, received: float, rows: Sequence[Row | str]) -> int:
+    def replay_rows(
+        self, received: float, rows: Sequence[Row | str], maybe_restored: set[int] | None = None
+    ) -> int:
         """Apply one logged batch again from its applied events already converted (by the
-        replay prefetch: `row`); return how many events it applied."""
-        verdicts, _ = self._process(rows, received, None, replaying=True, to_execution=from_row)
+        replay prefetch: `row`); return how many events it applied. With `maybe_restored`, the
+        other rows' ids are known not to be among those restored from the snapshot (the
+        prefetch looked them up), and are not looked up there again."""
+        verdicts, _ = self._process(
+            rows,
+            received,
+            None,
+            replaying=True,
+            to_execution=from_row,
+            maybe_restored=maybe_restored,
+        )
         return len(verdicts) - verdicts.count(0)
 
 

@@ -1,0 +1,239 @@
+"""Logged ingest requests decoded straight from their bytes into rows, for replay.
+
+A replay spends most of its time reading the events of logged requests: through protobuf's
+Python objects, every field read is a call. This reads the wire format of an `IngestRequest` in
+one pass (compiled with the hot path) and makes each applied event's Row as `convert` and `row`
+would from the parsed message, for the plain case: every field known, set at most once where it
+is a message, with values that `convert` accepts. Anything else (an unknown field, a negative
+varint, a repeated Timestamp, an event `convert` would refuse, bytes that are not UTF-8, a
+truncated message) makes the whole request decode to None, and the caller parses it with
+protobuf as before. `tests/test_wire.py` checks that, whatever the bytes, the rows are the ones
+protobuf and `convert` give, or None.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING
+
+from server.model import FAILED, RUNNING
+from server.validation import _MAX_DURATION_SECONDS, _MAX_SECONDS, _MIN_SECONDS, _STATUSES
+
+if TYPE_CHECKING:
+    from server.ingest import Row
+
+__all__ = ["decode_rows"]
+
+_EXECUTIONS = 1 << 3 | 2  # IngestRequest.executions: field 1, length-delimited
+_NANOS = 999_999_999
+_INT32_MAX = (1 << 31) - 1
+
+
+def _varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
+    """(value, next position); the value is -1 when the varint is cut off, or when it is 2**63
+    or more (a negative number, left to protobuf)."""
+    result = 0
+    shift = 0
+    while pos < end:
+        b = data[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            return (result if result < 1 << 63 else -1), pos
+        shift += 7
+        if shift > 63:
+            return -1, pos
+    return -1, pos
+
+
+def _time(data: bytes, pos: int, end: int) -> tuple[bool, int, int]:
+    """A Timestamp's or Duration's (ok, seconds, nanos)."""
+    seconds = nanos = 0
+    while pos < end:
+        key, pos = _varint(data, pos, end)
+        if key != 1 << 3 and key != 2 << 3:
+            return False, 0, 0
+        value, pos = _varint(data, pos, end)
+        if value < 0:
+            return False, 0, 0
+        if key == 1 << 3:
+            seconds = value
+        else:
+            nanos = value
+    return pos == end, seconds, nanos
+
+
+def _entry(data: bytes, pos: int, end: int, labels: dict[str, str]) -> bool:
+    """One map entry of labels into `labels`; False when it is not a plain one."""
+    key = value = ""
+    while pos < end:
+        tag, pos = _varint(data, pos, end)
+        if tag != 1 << 3 | 2 and tag != 2 << 3 | 2:
+            return False
+        size, pos = _varint(data, pos, end)
+        if size < 0 or pos + size > end:
+            return False
+        text = data[pos : pos + size].decode()
+        pos += size
+        if tag == 1 << 3 | 2:
+            key = text
+        else:
+            value = text
+    labels[key] = value
+    return True
+
+
+def _execution(data: bytes, pos: int, end: int, received: float, max_error: int) -> Row | None:
+    """The Row of the PipelineExecution in data[pos:end], or None."""
+    execution_id = pipeline_id = team = error = ""
+    status = records = 0
+    started = finished = lasted = False
+    s_sec = s_nanos = f_sec = f_nanos = d_sec = d_nanos = 0
+    ups: list[str] = []
+    labels: dict[str, str] = {}
+    while pos < end:
+        key, pos = _varint(data, pos, end)
+        if key < 0:
+            return None
+        field = key >> 3
+        kind = key & 7
+        if kind == 0:
+            value, pos = _varint(data, pos, end)
+            if value < 0:
+                return None
+            if field == 4:
+                if value > _INT32_MAX:
+                    return None
+                status = value
+            elif field == 8:
+                records = value
+            else:
+                return None
+            continue
+        if kind != 2:
+            return None
+        size, pos = _varint(data, pos, end)
+        if size < 0 or pos + size > end:
+            return None
+        stop = pos + size
+        if field == 1:
+            execution_id = data[pos:stop].decode()
+        elif field == 2:
+            pipeline_id = data[pos:stop].decode()
+        elif field == 3:
+            team = data[pos:stop].decode()
+        elif field == 5:
+            ok, s_sec, s_nanos = _time(data, pos, stop)
+            if started or not ok:
+                return None
+            started = True
+        elif field == 6:
+            ok, f_sec, f_nanos = _time(data, pos, stop)
+            if finished or not ok:
+                return None
+            finished = True
+        elif field == 7:
+            ok, d_sec, d_nanos = _time(data, pos, stop)
+            if lasted or not ok:
+                return None
+            lasted = True
+        elif field == 9:
+            ups.append(data[pos:stop].decode())
+        elif field == 10:
+            if not _entry(data, pos, stop, labels):
+                return None
+        elif field == 11:
+            error = data[pos:stop].decode()
+        else:
+            return None
+        pos = stop
+    if pos != end:
+        return None
+    # What convert checks, in the same terms; a refusal is left to it.
+    if not execution_id or execution_id.isspace():
+        return None
+    if not pipeline_id or pipeline_id.isspace() or not team or team.isspace():
+        return None
+    if status not in _STATUSES:
+        return None
+    started_at: float | None = None
+    finished_at: float | None = None
+    duration: float | None = None
+    if started:
+        if not (_MIN_SECONDS <= s_sec <= _MAX_SECONDS and s_nanos <= _NANOS):
+            return None
+        started_at = s_sec + s_nanos * 1e-9
+    if finished:
+        if not (_MIN_SECONDS <= f_sec <= _MAX_SECONDS and f_nanos <= _NANOS):
+            return None
+        finished_at = f_sec + f_nanos * 1e-9
+    if lasted:
+        if not (d_sec <= _MAX_DURATION_SECONDS and d_nanos <= _NANOS):
+            return None
+        duration = d_sec + d_nanos * 1e-9
+    if started_at is not None and finished_at is not None:
+        if finished_at < started_at:
+            return None
+        if duration is None:
+            duration = finished_at - started_at
+    if status == FAILED:
+        if len(error) > max_error:
+            error = error[:max_error]
+    else:
+        error = ""
+    if status == RUNNING:
+        event_time = started_at if started_at is not None else received
+    elif finished_at is not None:
+        event_time = finished_at
+    elif started_at is not None:
+        event_time = started_at + duration if duration is not None else started_at
+    else:
+        event_time = received
+    intern = sys.intern
+    return (
+        execution_id,
+        intern(pipeline_id),
+        intern(team),
+        status,
+        started_at,
+        finished_at,
+        duration,
+        records,
+        tuple(ups) if ups else (),
+        labels,
+        error,
+        event_time,
+    )
+
+
+def decode_rows(request: bytes, mask: bytes, received: float, max_error: int) -> list[Row] | None:
+    """The Rows of the events of a logged IngestRequest that its mask marks (all of them when
+    the mask is empty), as `convert(..., check_limits=False)` and `row` make them with
+    `max_error` as the limit on error messages; None when any of them is not the plain case."""
+    rows: list[Row] = []
+    end = len(request)
+    pos = 0
+    i = 0
+    try:
+        while pos < end:
+            key, pos = _varint(request, pos, end)
+            if key != _EXECUTIONS:
+                return None
+            size, pos = _varint(request, pos, end)
+            if size < 0 or pos + size > end:
+                return None
+            stop = pos + size
+            if not mask or (i < len(mask) and mask[i]):
+                r = _execution(request, pos, stop, received, max_error)
+                if r is None:
+                    return None
+                rows.append(r)
+            elif i >= len(mask):
+                return None
+            pos = stop
+            i += 1
+    except UnicodeDecodeError:
+        return None
+    if mask and i != len(mask):
+        return None
+    return rows
