@@ -39,10 +39,12 @@ import crc32c
 from pipewarden.storage.v1 import storage_pb2
 from server import failpoints
 from server.config import IngestLimits
+from server.dedup import Remembered
 from server.ingest import Row, logged_batch, row
 from server.snapshot import SnapshotStore
 from server.validation import convert
 from server.wal import read_entries, segments_after
+from server.wire import decode_rows
 
 __all__ = ["MIN_TAIL_BYTES", "Prefetch"]
 
@@ -62,12 +64,15 @@ class Prefetch:
         self.pid = pid
         self.used = 0
         """Entries taken from the child."""
+        self.checked = 0
+        """Of those, entries whose ids the child looked up among the restored snapshot's."""
         self._fd = fd
         self._offset = 0  # where the next frame to read begins
         self._frames: dict[int, tuple[int, bytes]] = {}
         self._lowest = 1 << 64  # the lowest sequence number the child has written
         self._done = False
         self._exited = False
+        self._restored = -1  # the log position of the snapshot restored, once recovery says
 
     @classmethod
     def start(
@@ -99,7 +104,7 @@ class Prefetch:
                 signal.set_wakeup_fd(-1)
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     signal.signal(sig, signal.SIG_DFL)
-                _convert_tail(wal_dir, after, limits, fd)
+                _convert_tail(wal_dir, after, limits, fd, paths[0] if paths else None)
                 status = 0
             except Exception as e:
                 os.write(2, f"replay prefetch helper failed: {e!r}\n".encode())
@@ -107,10 +112,17 @@ class Prefetch:
                 os._exit(status)
         return cls(pid, fd)
 
-    def take(self, seq: int, entry: bytes) -> tuple[float, list[Row | str]] | None:
-        """The converted events of log entry `seq` (its time received, and a row per applied
-        event), when the child has written that very entry; None when it has not (convert it
-        here: the child works from the other end, so the parent never waits for it)."""
+    def restored(self, seq: int) -> None:
+        """Say which snapshot recovery restored (its log position): the child's word on which
+        ids are in a snapshot counts only for that one."""
+        self._restored = seq
+
+    def take(self, seq: int, entry: bytes) -> tuple[float, list[Row | str], set[int] | None] | None:
+        """The converted events of log entry `seq` (its time received, a row per applied
+        event, and which rows' ids may be among those restored from the snapshot, when the
+        child could tell: the others are not), when the child has written that very entry; None
+        when it has not (convert it here: the child works from the other end, so the parent
+        never waits for it)."""
         if not self._done:
             self._read()
             if self._lowest <= seq:
@@ -124,8 +136,11 @@ class Prefetch:
         if not blob or crc != crc32c.crc32c(entry):
             return None
         self.used += 1
-        received, rows = marshal.loads(blob)
-        return received, rows
+        received, rows, snapshot, hits = marshal.loads(blob)
+        if snapshot != self._restored:
+            return received, rows, None
+        self.checked += 1
+        return received, rows, set(hits)
 
     def finish(self) -> None:
         """Wait until the child has written all it will (tests use it to know what it sent)."""
@@ -172,12 +187,19 @@ class Prefetch:
             self._offset = end
 
 
-def _convert_tail(wal_dir: Path, after: int, limits: IngestLimits, fd: int) -> None:
+def _convert_tail(
+    wal_dir: Path, after: int, limits: IngestLimits, fd: int, snapshot: Path | None
+) -> None:
     """In the child: every entry above `after`, converted as replay would, onto `fd`, newest
-    first (the parent replays from the oldest: the two meet between)."""
+    first (the parent replays from the oldest: the two meet between). With each, which of its
+    rows have ids among those of the `snapshot` at `after` (replay needs to look up only those
+    among the ids it restores), when that snapshot's ids can be read."""
     gc.disable()  # a short life that builds nothing cyclic
-    for seq, entry in reversed(list(read_entries(wal_dir, after))):
-        blob = _converted(entry, limits)
+    entries = list(read_entries(wal_dir, after))
+    found = SnapshotStore.load_ids(snapshot) if snapshot is not None else None
+    ids, at = (found[1], found[0]) if found is not None and found[0] == after else (None, -1)
+    for seq, entry in reversed(entries):
+        blob = _converted(entry, limits, ids, at)
         frame = _FRAME.pack(seq, crc32c.crc32c(entry), len(blob)) + blob
         written = 0
         while written < len(frame):  # the reader takes a frame only once it is whole
@@ -185,17 +207,30 @@ def _convert_tail(wal_dir: Path, after: int, limits: IngestLimits, fd: int) -> N
         failpoints.hit("replay-prefetch")
 
 
-def _converted(entry: bytes, limits: IngestLimits) -> bytes:
-    """A logged batch's applied events as marshal'd (received, rows); b"" for other entries."""
+def _converted(
+    entry: bytes, limits: IngestLimits, ids: Remembered | None = None, snapshot: int = -1
+) -> bytes:
+    """A logged batch's applied events as marshal'd (received, rows, snapshot, hits), where
+    hits are the rows whose ids are among `ids`, those of the snapshot at `snapshot` (-1: not
+    known); b"" for other entries."""
     record = storage_pb2.LogRecord.FromString(entry)
     if record.WhichOneof("entry") != "executions":
         return b""
-    received, executions, mask = logged_batch(record.executions)
-    rows: list[Any] = []
-    append = rows.append
-    for i, msg in enumerate(executions):
-        if mask and not mask[i]:
-            continue
-        e = convert(msg, received, limits, check_limits=False)
-        append(e if isinstance(e, str) else row(e))
-    return marshal.dumps((received, rows))
+    batch = record.executions
+    received = batch.received_unix_nanos / 1e9
+    rows: list[Any] | None = decode_rows(
+        batch.request, batch.applied, received, limits.max_error_message_length
+    )
+    if rows is None:
+        _, executions, mask = logged_batch(batch)
+        rows = []
+        append = rows.append
+        for i, msg in enumerate(executions):
+            if mask and not mask[i]:
+                continue
+            e = convert(msg, received, limits, check_limits=False)
+            append(e if isinstance(e, str) else row(e))
+    hits: list[int] = []
+    if ids is not None:
+        hits = [i for i, r in enumerate(rows) if not isinstance(r, str) and ids.find(r[0], 0)]
+    return marshal.dumps((received, rows, snapshot if ids is not None else -1, hits))

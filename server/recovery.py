@@ -68,6 +68,8 @@ async def recover(
                 raise CorruptLogError(problem + "; start with --repair to accept the loss")
             log.warning("%s; --repair: going on without them", problem)
         event_log.start_after(after)
+        if prefetch is not None:
+            prefetch.restored(after)
         entries, events = _replay(event_log, after, ingestor, alerts, prefetch)
     return Recovered(after, entries, events, time.perf_counter() - began)
 

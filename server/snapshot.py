@@ -202,6 +202,51 @@ class SnapshotStore:
         ordered = [shards.get(i, storage_pb2.ShardSnapshot(index=i)) for i in range(count)]
         return LoadedSnapshot(seq, path, ordered, remembered, pipelines, alerts)
 
+    @staticmethod
+    def load_ids(path: Path) -> tuple[int, Remembered] | None:
+        """Only the remembered execution ids of one snapshot file and the log position it
+        covers, every frame of them checked, the rest skipped; None when the file holds them in
+        another form or is not whole (for the replay prefetch, which only narrows a lookup with
+        them: recovery still reads the whole file)."""
+        try:
+            with mapped(path) as data, memoryview(data) as view:
+                if len(data) < HEADER.size:
+                    return None
+                magic, version, _, seq, crc = HEADER.unpack_from(data, 0)
+                if magic != MAGIC or version < 2 or crc32c.crc32c(data[:24]) != crc:
+                    return None
+                header: tuple[int, ...] | None = None
+                times = view[0:0]
+                parts: list[list[memoryview]] = [[] for _ in range(OVERFLOW + 1)]
+                offset = HEADER.size
+                while offset + FRAME.size <= len(data):
+                    length, crc, kind = FRAME.unpack_from(data, offset)
+                    start = offset + FRAME.size
+                    stop = start + length
+                    if stop > len(data):
+                        return None
+                    if kind in (IDS, IDS_PART):
+                        first = crc32c.crc32c(bytes((kind,)))
+                        if length < 1 or crc32c.crc32c(view[start:stop], first) != crc:
+                            return None
+                        if kind == IDS and header is None and length >= IDS_HEADER.size:
+                            header = IDS_HEADER.unpack_from(data, start)
+                            times = view[start + IDS_HEADER.size : stop]
+                        elif kind == IDS_PART and data[start] <= OVERFLOW:
+                            parts[data[start]].append(view[start + 1 : stop])
+                        else:
+                            return None
+                    elif kind == END:
+                        break
+                    offset = stop
+                if header is None or len(times) != 16 * header[1]:
+                    return None
+                image = _remembered(header, times, parts)
+                del times, parts
+                return seq, image
+        except (OSError, ValueError):
+            return None
+
     # -- writing ---------------------------------------------------------------------------------
 
     async def write(

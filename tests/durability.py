@@ -20,10 +20,12 @@ from server.wal import WriteAheadLog
 class Node:
     """Log + snapshots + shards, recovered from `data` like the server does it."""
 
-    def __init__(self, data: Path, shards: int = 4, segment_bytes: int = 2048) -> None:
+    def __init__(
+        self, data: Path, shards: int = 4, segment_bytes: int = 2048, capacity: int = 10**6
+    ) -> None:
         self.data = data
         self.shards = ShardSet(shards, window=16)
-        self.seen = SeenExecutions(10**6)
+        self.seen = SeenExecutions(capacity)
         self.wal = WriteAheadLog(data / "wal", segment_bytes=segment_bytes)
         self.store = SnapshotStore(data / "snapshots")
         self.ingestor = Ingestor(self.shards, self.seen, self.wal, IngestLimits())

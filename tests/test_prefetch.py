@@ -4,6 +4,7 @@ it: the same pipelines, the same remembered ids."""
 
 from __future__ import annotations
 
+import marshal
 import os
 import shutil
 from pathlib import Path
@@ -15,8 +16,10 @@ from pipewarden.v1 import service_pb2, service_pb2_grpc
 from server import failpoints
 from server.config import IngestLimits
 from server.errors import CorruptLogError
-from server.prefetch import Prefetch
+from server.prefetch import Prefetch, _converted
 from server.recovery import recover
+from server.snapshot import SnapshotStore
+from server.wal import read_entries
 from tests.durability import Node
 from tests.helpers import T0, request, run
 from tests.process import ServerProcess
@@ -172,3 +175,51 @@ async def test_a_start_that_stops_on_a_corrupt_log_stops_the_helper(tmp_path: Pa
     with pytest.raises(ChildProcessError):
         os.waitpid(helper.pid, os.WNOHANG)  # noqa: ASYNC222 - WNOHANG does not block
     await node.close()
+
+
+async def test_the_helper_says_which_ids_replay_must_look_up_among_the_restored(
+    tmp_path: Path,
+) -> None:
+    """Ids forgotten (here by count) and counted again after the snapshot are in both the
+    snapshot and the tail: the helper names those rows, and replay looks up only them."""
+    data = tmp_path / "data"
+    node = Node(data, segment_bytes=64 * 1024, capacity=50)
+    await node.open()
+    await node.ingest(request(*(run(f"a{i}", f"p{i % 3}") for i in range(40))))
+    await node.snapshot()
+    await node.ingest(request(*(run(f"b{i}", f"p{i % 3}") for i in range(30))))  # forgets a0-a19
+    again = await node.ingest(request(*(run(f"a{i}", "p1") for i in range(10))))
+    assert again.accepted == 10
+    await node.close()
+    newest = node.store.paths()[0]
+    found = SnapshotStore.load_ids(newest)
+    assert found is not None and found[0] == int(newest.stem)
+    seq, ids = found
+    hits = [
+        marshal.loads(_converted(e, IngestLimits(), ids, seq))[3]
+        for _, e in read_entries(data / "wal", seq)
+    ]
+    assert hits == [[], list(range(10))]
+    shutil.copytree(data, tmp_path / "plain")
+    plain = Node(tmp_path / "plain", segment_bytes=64 * 1024, capacity=50)
+    await plain.open()
+    shutil.copytree(data, tmp_path / "fetched")
+    fetched = Node(tmp_path / "fetched", segment_bytes=64 * 1024, capacity=50)
+    helper = await fetched.open(prefetch=True)
+    assert helper is not None and helper.used == helper.checked == 2
+    assert fetched.state() == plain.state()
+    assert (
+        list(fetched.seen)
+        == list(plain.seen)
+        == [f"a{i}" for i in range(30, 40)]
+        + [f"b{i}" for i in range(30)]
+        + [f"a{i}" for i in range(10)]
+    )
+    await plain.close()
+    await fetched.close()
+
+
+def test_the_ids_of_a_snapshot_in_another_form_are_not_read(tmp_path: Path) -> None:
+    assert SnapshotStore.load_ids(tmp_path / "missing.snap") is None
+    (tmp_path / "torn.snap").write_bytes(b"PWSNAP\r\n")
+    assert SnapshotStore.load_ids(tmp_path / "torn.snap") is None
