@@ -3,9 +3,10 @@
 Most of a restart from a snapshot goes to replaying the log after it, and much of that to
 reading each event's protobuf fields (CPython pays for every field read). A forked child does
 that part on the second core: it reads the segments after the newest snapshot's position by
-itself (read-only), converts each logged request's applied events with the replay's own
-`convert`, newest entry first, and writes them as marshal'd rows to a shared in-memory file
-(memfd), while the parent restores the snapshot. The parent replays from the oldest entry: it
+itself (read-only), converts each logged request's applied events as the replay would (the
+wire decoder, else protobuf and `convert`), newest entry first, looks their ids up among the
+newest snapshot's (so that replay need not), and writes them as marshal'd rows to a shared
+in-memory file (memfd), while the parent restores the snapshot. The parent replays from the oldest entry: it
 takes the child's rows for the entries the child has written, converts the others itself, and
 stops the child where the two meet. Neither ever waits for the other (through a pipe the child
 would, whenever the parent is inside a long call that keeps the GIL).
