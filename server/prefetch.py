@@ -6,9 +6,9 @@ that part on the second core: it reads the segments after the newest snapshot's 
 itself (read-only), converts each logged request's applied events as the replay would (the
 wire decoder, else protobuf and `convert`), newest entry first, looks their ids up among the
 newest snapshot's (so that replay need not), and writes them as marshal'd rows to a shared
-in-memory file (memfd), while the parent restores the snapshot. The parent replays from the oldest entry: it
-takes the child's rows for the entries the child has written, converts the others itself, and
-stops the child where the two meet. Neither ever waits for the other (through a pipe the child
+in-memory file (memfd), while the parent restores the snapshot. The parent replays from the
+oldest entry: it takes the child's rows for the entries the child has written, converts the
+others itself, and stops the child where the two meet. Neither ever waits for the other (through a pipe the child
 would, whenever the parent is inside a long call that keeps the GIL).
 
 The parent still reads and checks the log itself, and stays the authority: a prefetched entry is
