@@ -8,8 +8,8 @@ wire decoder, else protobuf and `convert`), newest entry first, looks their ids 
 newest snapshot's (so that replay need not), and writes them as marshal'd rows to a shared
 in-memory file (memfd), while the parent restores the snapshot. The parent replays from the
 oldest entry: it takes the child's rows for the entries the child has written, converts the
-others itself, and stops the child where the two meet. Neither ever waits for the other (through a pipe the child
-would, whenever the parent is inside a long call that keeps the GIL).
+others itself, and stops the child where the two meet. Neither ever waits for the other
+(through a pipe the child would, whenever the parent is inside a long call that keeps the GIL).
 
 The parent still reads and checks the log itself, and stays the authority: a prefetched entry is
 used only when its sequence number and the CRC-32C of its bytes match the entry being replayed.
