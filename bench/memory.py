@@ -9,11 +9,18 @@ UUID-like, as runners send) and whatever else the server keeps per execution: th
 
 RSS counts what the process holds, including freed memory the allocator keeps, so these are
 upper bounds; each reading waits for the server to settle first.
+
+After a restart, the ids come back in a snapshot's compact form (server/dedup.py, Remembered)
+until the server has moved them into its live set: the sizes of its arrays for as many ids as the
+per-id measurement adds, over their count, are that form's cost of an id.
 """
 
 from __future__ import annotations
 
+import random
+import sys
 import time
+import uuid
 from typing import Any
 
 from bench import loadgen
@@ -56,6 +63,28 @@ def _prepare(pipelines: int) -> dict[str, Any]:
     }
 
 
+def _compact(count: int) -> dict[str, float]:
+    """Bytes per id of the compact form of `count` UUID-like ids, by part."""
+    from server.dedup import ImageBuilder, SeenExecutions
+
+    rng = random.Random(11)
+    ids = [str(uuid.UUID(int=rng.getrandbits(128))) for _ in range(count)]
+    seen = SeenExecutions(count)
+    for i in range(0, count, BATCH):
+        seen.add_batch(ids[i : i + BATCH], 0.0)
+    builder = ImageBuilder(seen)
+    for _ in builder.steps():
+        pass
+    image = builder.result
+    parts = {
+        "bytes": image.blob,
+        "offsets": image.starts,
+        "hashes": image.hashes,
+        "table": image.table,
+    }
+    return {name: sys.getsizeof(part) / count for name, part in parts.items()}
+
+
 def _send(target: str, key: str) -> dict[str, Any]:
     requests = STORE.pop(key)
     return loadgen.blast(target, requests, streams=4, max_seconds=SEND_SECONDS)
@@ -95,6 +124,7 @@ def run(ctx: Context) -> SectionResult:
             if out["accepted"] != expected:
                 raise RuntimeError(f"{label}: {out['accepted']} of {expected} accepted: {out}")
         data_dir = ctx.data_dir_bytes("memory-pipewarden")
+        compact = worker.call(_compact, extra, timeout=120)
     per_pipeline = (after - before) / pipelines
     per_id = (after_ids - after) / extra
     without_ids = per_pipeline - RUNS_PER_PIPELINE * per_id
@@ -113,6 +143,7 @@ def run(ctx: Context) -> SectionResult:
         data_dir_bytes=data_dir,
         wire_bytes_per_execution=wire,
         load={"warmup": warm, "pipelines": added, "extra": more},
+        compact_bytes_per_id=compact,
     )
     at = f"{pipelines:,} pipelines"
     res.add(
@@ -127,6 +158,13 @@ def run(ctx: Context) -> SectionResult:
         per_id,
         "B",
         note=f"36-char ids; everything kept per execution; {wire:.0f} B each on the wire",
+    )
+    res.add(
+        f"restored id, in the snapshot's compact form, {extra:,} ids",
+        sum(compact.values()),
+        "B",
+        note="until moved into the live set; "
+        + ", ".join(f"{name} {size:.1f} B" for name, size in compact.items()),
     )
     res.add(
         f"RSS per pipeline without its ids, {at}",

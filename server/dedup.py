@@ -133,8 +133,8 @@ class SeenExecutions:
 
     Two generations: the ids restored from a snapshot stay in its compact form (Remembered, the
     oldest), and ids counted since live in a set and in chunk lists. A live id costs its string,
-    a set slot and a list slot; a restored one its bytes, 8 bytes of offset, 4 of hash and about
-    8 of table: measured by `make bench`.
+    a set slot and a list slot; a restored one its bytes, 8 bytes of offset, 4 of hash and 8 to 16
+    of table: both measured by `make bench`.
     """
 
     __slots__ = (
