@@ -359,7 +359,6 @@ class ImageBuilder:
         self._front = seen._front
         self._live = [(list(c.ids), c.max_time) for c in seen._chunks]
         self.result = _empty()
-        self.count = len(seen)
 
     def steps(self, step: int = STEP) -> Iterator[int]:
         """Do the work, yielding the number of ids done after each slice; `result` is the form

@@ -51,9 +51,9 @@ TEAMS, PIPELINES, SEEN, END, ALERTS, IDS, IDS_PART = 1, 2, 3, 4, 5, 6, 7
 CHUNK_PIPELINES = 500
 FLUSH_BYTES = 1 << 20
 PART_BYTES = 8 << 20
-IDS_HEADER = struct.Struct(
-    "<QQQQBB6x"
-)  # ids, chunks, table slots, overflow, table item size, little
+IDS_HEADER = struct.Struct("<QQQQBB6x")
+"""The ids' header frame: ids, chunks, table slots, overflow ids, the table's item size, and 1
+when written little-endian; then each chunk's end (u64) and each chunk's latest time (f64)."""
 BLOB, STARTS, HASHES, TABLE, OVERFLOW = range(5)  # the parts of the ids, in IDS_PART frames
 
 
