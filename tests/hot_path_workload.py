@@ -12,7 +12,7 @@ import random
 from pipewarden.v1 import execution_pb2, service_pb2
 from server import compiled
 from server.config import IngestLimits
-from server.dedup import SeenExecutions
+from server.dedup import ImageBuilder, SeenExecutions
 from server.eventlog import MemoryLog
 from server.ingest import Ingestor
 from server.shards import ShardSet
@@ -56,7 +56,23 @@ def main() -> None:
     digest = hashlib.sha256()
     batch = events(rng, 3000)
     totals = [0, 0, 0, 0]
-    for start in range(0, len(batch), 50):
+    settling = iter(())
+    for n, start in enumerate(range(0, len(batch), 50)):
+        if n == 20:  # a snapshot's compact form of the ids, and a restart onto it
+            builder = ImageBuilder(seen)
+            for _ in builder.steps(step=64):
+                pass
+            image = builder.result
+            for part in (image.blob, image.starts, image.hashes, image.table, image.times):
+                digest.update(bytes(part) if isinstance(part, bytes) else repr(part).encode())
+            seen.restore(image)
+        elif n == 35:  # the restored ids half moved into the live set, the rest later
+            settling = seen.settle(step=64)
+            for _ in range(2):
+                next(settling, None)
+        elif n == 50:
+            for _ in settling:
+                pass
         request = service_pb2.IngestRequest(executions=batch[start : start + 50])
         outcome, seq = ingestor.ingest(request.SerializeToString(), request)
         digest.update(repr((outcome, seq)).encode())
@@ -68,7 +84,8 @@ def main() -> None:
         replayed, SeenExecutions(500, retention_seconds=1800), MemoryLog(), IngestLimits()
     )
     for _, payload in log.replay(0):
-        again.replay(payload)
+        again.replay(payload)  # through server/wire.py where it can
+    digest.update(repr(list(again.seen)).encode())
     for state in (shards, replayed):
         for shard in state.dump():
             digest.update(shard.SerializeToString(deterministic=True))
