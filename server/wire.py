@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 __all__ = ["decode_rows"]
 
 _EXECUTIONS = 1 << 3 | 2  # IngestRequest.executions: field 1, length-delimited
+_UPSTREAM = 9 << 3 | 2  # PipelineExecution.upstream_pipeline_ids
+_LABEL = 10 << 3 | 2  # PipelineExecution.labels, an entry
 _NANOS = 999_999_999
 _INT32_MAX = (1 << 31) - 1
 
@@ -83,15 +85,27 @@ def _entry(data: bytes, pos: int, end: int, labels: dict[str, str]) -> bool:
     return True
 
 
-def _execution(data: bytes, pos: int, end: int, received: float, max_error: int) -> Row | None:
-    """The Row of the PipelineExecution in data[pos:end], or None."""
+def _execution(
+    data: bytes,
+    pos: int,
+    end: int,
+    received: float,
+    max_error: int,
+    label_sets: dict[bytes, dict[str, str]],
+    upstream_sets: dict[bytes, tuple[str, ...]],
+) -> Row | None:
+    """The Row of the PipelineExecution in data[pos:end], or None. Its labels are the dict in
+    `label_sets` for the same bytes when there is one (one object for all the events of a
+    request that carry the same labels, which marshal then writes once), and so is its tuple of
+    upstream pipelines in `upstream_sets`."""
     execution_id = pipeline_id = team = error = ""
     status = records = 0
     started = finished = lasted = False
     s_sec = s_nanos = f_sec = f_nanos = d_sec = d_nanos = 0
-    ups: list[str] = []
-    labels: dict[str, str] = {}
+    ups_at = ups_end = -1  # the upstream ids, while they come one after another
+    labels_at = labels_end = -1  # the labels' entries, while they come one after another
     while pos < end:
+        key_at = pos
         key, pos = _varint(data, pos, end)
         if key < 0:
             return None
@@ -138,10 +152,17 @@ def _execution(data: bytes, pos: int, end: int, received: float, max_error: int)
                 return None
             lasted = True
         elif field == 9:
-            ups.append(data[pos:stop].decode())
+            if ups_at < 0:
+                ups_at = key_at
+            elif ups_end != key_at:
+                return None  # upstream ids split by other fields: left to protobuf
+            ups_end = stop
         elif field == 10:
-            if not _entry(data, pos, stop, labels):
-                return None
+            if labels_at < 0:
+                labels_at = key_at
+            elif labels_end != key_at:
+                return None  # labels split by other fields: left to protobuf
+            labels_end = stop
         elif field == 11:
             error = data[pos:stop].decode()
         else:
@@ -149,6 +170,41 @@ def _execution(data: bytes, pos: int, end: int, received: float, max_error: int)
         pos = stop
     if pos != end:
         return None
+    labels: dict[str, str] | None = None
+    if labels_at < 0:
+        labels = {}
+    else:
+        raw = data[labels_at:labels_end]
+        labels = label_sets.get(raw)
+        if labels is None:
+            labels = {}
+            at = labels_at
+            while at < labels_end:  # each: its tag, its size, the entry
+                tag, at = _varint(data, at, labels_end)
+                size, at = _varint(data, at, labels_end)
+                if tag != _LABEL or size < 0 or at + size > labels_end:
+                    return None
+                if not _entry(data, at, at + size, labels):
+                    return None
+                at += size
+            label_sets[raw] = labels
+    upstream: tuple[str, ...] = ()
+    if ups_at >= 0:
+        raw = data[ups_at:ups_end]
+        known = upstream_sets.get(raw)
+        if known is not None:
+            upstream = known
+        else:
+            ids: list[str] = []
+            at = ups_at
+            while at < ups_end:  # each: its tag, its size, the id
+                tag, at = _varint(data, at, ups_end)
+                size, at = _varint(data, at, ups_end)
+                if tag != _UPSTREAM or size < 0 or at + size > ups_end:
+                    return None
+                ids.append(data[at : at + size].decode())
+                at += size
+            upstream = upstream_sets[raw] = tuple(ids)
     # What convert checks, in the same terms; a refusal is left to it.
     if not execution_id or execution_id.isspace():
         return None
@@ -199,7 +255,7 @@ def _execution(data: bytes, pos: int, end: int, received: float, max_error: int)
         finished_at,
         duration,
         records,
-        tuple(ups) if ups else (),
+        upstream,
         labels,
         error,
         event_time,
@@ -211,6 +267,8 @@ def decode_rows(request: bytes, mask: bytes, received: float, max_error: int) ->
     the mask is empty), as `convert(..., check_limits=False)` and `row` make them with
     `max_error` as the limit on error messages; None when any of them is not the plain case."""
     rows: list[Row] = []
+    label_sets: dict[bytes, dict[str, str]] = {}
+    upstream_sets: dict[bytes, tuple[str, ...]] = {}
     end = len(request)
     pos = 0
     i = 0
@@ -224,7 +282,7 @@ def decode_rows(request: bytes, mask: bytes, received: float, max_error: int) ->
                 return None
             stop = pos + size
             if not mask or (i < len(mask) and mask[i]):
-                r = _execution(request, pos, stop, received, max_error)
+                r = _execution(request, pos, stop, received, max_error, label_sets, upstream_sets)
                 if r is None:
                     return None
                 rows.append(r)

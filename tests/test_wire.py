@@ -199,3 +199,25 @@ def test_times_near_zero_come_out_bit_for_bit() -> None:
         msg.duration.nanos = nanos
         raw = service_pb2.IngestRequest(executions=[msg]).SerializeToString()
         assert _check(raw) is not None
+
+
+def test_events_with_the_same_labels_share_one_dict() -> None:
+    msgs = [run(f"e{i}", f"p{i}", labels={"env": "prod", "tier": "gold"}) for i in range(3)]
+    msgs.append(run("e3", "p3", labels={"env": "dev"}))
+    raw = service_pb2.IngestRequest(executions=msgs).SerializeToString()
+    rows = _check(raw)
+    assert rows is not None
+    assert rows[0][9] is rows[1][9] is rows[2][9] and rows[3][9] == {"env": "dev"}
+
+
+def test_labels_and_upstream_ids_split_by_other_fields() -> None:
+    """Protobuf takes a map's entries and a repeated field's items wherever they come."""
+    entry = execution_pb2.PipelineExecution(labels={"env": "prod"}).SerializeToString()
+    other = execution_pb2.PipelineExecution(labels={"tier": "gold"}).SerializeToString()
+    up_a = execution_pb2.PipelineExecution(upstream_pipeline_ids=["a"]).SerializeToString()
+    up_b = execution_pb2.PipelineExecution(upstream_pipeline_ids=["b"]).SerializeToString()
+    base = run("e1", "p1").SerializeToString()
+    for body in (entry + base + other, up_a + base + up_b, entry + up_a + other + up_b + base):
+        raw = b"\x0a" + bytes([len(body)]) + body
+        assert _expected(raw, b"", RECEIVED) is not None
+        _check(raw)
