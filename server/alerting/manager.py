@@ -329,7 +329,7 @@ class AlertManager:
             first_seen=now,
             last_seen=now,
             detected_severity=anomaly.severity,
-            runs_at_last_seen=pipeline.total,
+            runs_at_last_seen=pipeline.total - anomaly.after_runs,
         )
         self.book.put(alert)
         self._fresh[alert.alert_id] = alert
@@ -344,7 +344,7 @@ class AlertManager:
         alert.observed = anomaly.observed
         alert.expected = anomaly.expected
         alert.detected_severity = anomaly.severity
-        alert.runs_at_last_seen = pipeline.total
+        alert.runs_at_last_seen = pipeline.total - anomaly.after_runs
         if not alert.anomaly_present:
             alert.anomaly_present = True
             alert.cleared_at = None
