@@ -8,7 +8,9 @@ same one, and however many pipelines the request carries.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from tests.alerting import (
     STREAK,
     Clock,
     Stub,
+    Watcher,
     alerts,
     config,
     eventually,
@@ -148,3 +151,38 @@ async def test_a_thousand_streaks_in_one_request_all_alert_within_the_request(
 
 async def _noop() -> None:
     return None
+
+
+async def test_a_restart_does_not_page_again_for_streaks_judged_before_it(tmp_path: Path) -> None:
+    """Replaying the log raises the streaks' peaks again; the alert changes logged after them
+    mark them judged, so the first detection pass after the restart fires nothing anew: not
+    for a streak that ended and resolved, nor for one still failing."""
+    cfg = _config(tmp_path)
+    clock = Clock(T0 + 200 * 3600)
+    async with serving(cfg, clock) as (_, stub):
+        await send(stub, *successes("ended", HISTORY), *successes("failing", HISTORY))
+        await send(
+            stub,
+            *failures("ended", 6, start=HISTORY),
+            *successes("ended", 1, start=HISTORY + 6),
+            *failures("failing", 4, start=HISTORY),
+        )
+        before = await eventually(
+            lambda: alerts(stub),
+            lambda got: (
+                [a.state for a in got if a.pipeline_id == "ended"]
+                == [alert_pb2.ALERT_STATE_RESOLVED]
+            ),
+        )
+    # The whole log replayed, without the snapshot the stop wrote.
+    shutil.rmtree(Path(cfg.server.data_dir) / "snapshots")
+    async with serving(cfg, clock) as (_, stub):
+        watcher = Watcher(stub)
+        await watcher.ready()
+        await asyncio.sleep(0.3)  # the first pass over every recovered pipeline
+        assert watcher.types() == []
+        after = await alerts(stub)
+        assert sorted((a.alert_id, a.state, a.severity) for a in after) == sorted(
+            (a.alert_id, a.state, a.severity) for a in before
+        )
+        await watcher.close()
