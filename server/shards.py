@@ -31,8 +31,10 @@ __all__ = [
     "shard_of",
 ]
 
-MAX_IN_FLIGHT = 64
-"""Runs remembered as in flight per pipeline; the oldest is forgotten beyond that."""
+MAX_IN_FLIGHT = 8
+"""Runs remembered as in flight per pipeline; the oldest is forgotten beyond that. Each costs
+its execution id (up to 1 KiB): 8 keep a pipeline within its memory budget
+(server.config.PIPELINE_MEMORY_BUDGET)."""
 
 
 def shard_of(pipeline_id: str, shards: int) -> int:
