@@ -58,17 +58,19 @@ class IngestLimits:
     """Longest execution_id, pipeline_id or upstream pipeline id; longer rows are rejected."""
     max_team_length: int = 128
     """Longest team name; longer rows are rejected."""
-    max_labels: int = 64
-    """Most labels on one execution; more are rejected."""
-    max_label_length: int = 256
-    """Longest label key or value."""
-    max_upstreams: int = 256
-    """Most upstream pipeline ids on one execution."""
-    max_error_message_length: int = 4096
-    """Longer error messages are kept, cut to this length."""
-    max_pipelines_per_team: int = 100_000
+    max_labels: int = 16
+    """Most labels on one execution; more are rejected. (A pipeline keeps its labels: see
+    PIPELINE_MEMORY_BUDGET for what the defaults cost.)"""
+    max_label_length: int = 128
+    """Longest label key or value, in characters."""
+    max_upstreams: int = 16
+    """Most upstream pipeline ids on one execution (a pipeline keeps its latest list)."""
+    max_error_message_length: int = 1024
+    """Longer error messages are kept, cut to this length (a pipeline keeps its last one)."""
+    max_pipelines_per_team: int = 20_000
     """Distinct pipelines one team may have, so that one runaway producer cannot exhaust
-    memory; events of new pipelines beyond it are rejected (existing ones keep counting)."""
+    memory; events of new pipelines beyond it are rejected (existing ones keep counting).
+    At the defaults, a team's pipelines take at most this x PIPELINE_MEMORY_BUDGET (1.2 GiB)."""
     small_message_bytes: int = field(init=False, repr=False, compare=False)
     """Derived: the size below which no per-string or per-entry limit can be exceeded (no string
     is longer than its message; a label costs at least 4 bytes, an upstream id 2)."""
@@ -81,6 +83,13 @@ class IngestLimits:
             2 * self.max_upstreams,
         )
         object.__setattr__(self, "small_message_bytes", small)
+
+
+PIPELINE_MEMORY_BUDGET = 64 * 1024
+"""Bytes one pipeline's state may take at worst with the default limits: every label, upstream
+id, in-flight run id and error text at its longest, in 4-byte characters (ASCII text takes about
+a third of it). tests/test_memory_budget.py measures it through the ingest path, so a default
+raised past it fails there."""
 
 
 @dataclass(frozen=True)

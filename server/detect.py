@@ -35,6 +35,10 @@ class Anomaly:
     """The expected value or threshold in the metric's unit."""
     unit: str
     """The unit: ratio, seconds, records or runs."""
+    after_runs: int = 0
+    """Runs of the pipeline since the deviation was last true; 0 while it holds. A failure
+    streak that a success ended before it was judged is reported with the runs since, so its
+    alert fires and is already clear for them."""
 
 
 class Detector(Protocol):
@@ -45,9 +49,10 @@ class Detector(Protocol):
         ...
 
     def urgent(self, pipeline: PipelineState) -> bool:
-        """Whether the run just applied may page (a failure streak reaching a threshold): the
-        pipeline is judged at once, not in the next detection pass. Cheap: asked of every
-        pipeline an ingest request leaves failing."""
+        """Whether the runs just applied may page (a failure streak that crossed a threshold
+        since it was last judged, however many failures it grew by): the pipeline is judged at
+        once, not in the next detection pass. Cheap: asked once per request of every pipeline
+        whose streak grew in it."""
         ...
 
 

@@ -25,7 +25,7 @@ from server.config import IngestLimits
 from server.dedup import SeenExecutions
 from server.detect import AlertSink, Detector, NullDetector, NullSink
 from server.eventlog import EventLog
-from server.model import FAILED, RUNNING, Execution
+from server.model import RUNNING, Execution
 from server.shards import PipelineState, Shard, ShardSet
 from server.validation import convert
 from server.wire import decode_rows
@@ -77,15 +77,15 @@ class Ingestor:
         """When set, touched pipelines wait in `pending` until `take_pending` (the server's
         detection loop), so a pipeline that runs many times in a moment is evaluated once, and
         detection slows the answer to an ingest request only for the few pipelines whose failure
-        streak just reached its alerting length (`on_urgent`)."""
+        streak just crossed an alerting length (`on_urgent`)."""
         self.pending: dict[str, PipelineState] = {}
         self.on_pending: Callable[[], None] | None = None
         """Called when an ingest request leaves pipelines pending, so that the detection loop
         can wake at once instead of polling."""
         self.on_urgent: Callable[[list[PipelineState]], None] | None = None
         """Called, in the request, with the pipelines the detector finds `urgent` (a failure
-        streak that just reached its alerting length): they are judged at once, not in the
-        next pass, and are no longer pending."""
+        streak that crossed an alerting length in this request, even if it ended in it too):
+        they are judged at once, not in the next pass, and are no longer pending."""
 
     def ingest(
         self, raw: bytes, request: service_pb2.IngestRequest, team: str | None = None
@@ -135,7 +135,11 @@ class Ingestor:
             if self.defer_detection:
                 self.pending.update(touched)
                 urgent = self.detector.urgent
-                judge = [v for v in touched.values() if v.last_status == FAILED and urgent(v)]
+                # Each pipeline once per request, however many of its failures the request
+                # carries; only those whose streak grew since it was last judged are asked.
+                judge = [
+                    v for v in touched.values() if v.peak_failures > v.judged_failures and urgent(v)
+                ]
                 if judge and self.on_urgent is not None:
                     for state in judge:
                         del self.pending[state.pipeline_id]

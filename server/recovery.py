@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from pipewarden.storage.v1 import storage_pb2
 from server.alerting.manager import AlertManager
+from server.alerting.model import CONSECUTIVE_FAILURES
 from server.dedup import SeenExecutions
 from server.errors import CorruptLogError
 from server.eventlog import EventLog
@@ -121,6 +122,7 @@ def _replay(
             events += ingestor.replay_batch(record.executions)
         elif alerts is not None:
             alerts.replay(record)
+            _streaks_judged(record, ingestor.shards)
         entries += 1
     if prefetch is not None:
         log.info(
@@ -129,3 +131,17 @@ def _replay(
             entries,
         )
     return entries, events
+
+
+def _streaks_judged(record: storage_pb2.LogRecord, shards: ShardSet) -> None:
+    """The failure streaks that a logged alert change shows were judged, marked judged where
+    they stand at that point of the log: the first detection pass after recovery judges a
+    streak again only for what it crossed after (its alert may have been lost with the crash),
+    and does not page again for a streak whose alert was fired, or even resolved, before."""
+    if record.WhichOneof("entry") != "alerts":
+        return
+    for stored in record.alerts.alerts:
+        if stored.alert.kind == CONSECUTIVE_FAILURES:
+            state = shards.get(stored.alert.pipeline_id)
+            if state is not None:
+                state.streak_judged()

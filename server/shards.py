@@ -31,8 +31,10 @@ __all__ = [
     "shard_of",
 ]
 
-MAX_IN_FLIGHT = 64
-"""Runs remembered as in flight per pipeline; the oldest is forgotten beyond that."""
+MAX_IN_FLIGHT = 8
+"""Runs remembered as in flight per pipeline; the oldest is forgotten beyond that. Each costs
+its execution id (up to 1 KiB): 8 keep a pipeline within its memory budget
+(server.config.PIPELINE_MEMORY_BUDGET)."""
 
 
 def shard_of(pipeline_id: str, shards: int) -> int:
@@ -97,12 +99,14 @@ class PipelineState:
         "epoch",
         "failed",
         "in_flight",
+        "judged_failures",
         "labels",
         "last_error",
         "last_received",
         "last_status",
         "last_success_time",
         "last_time",
+        "peak_failures",
         "pipeline_id",
         "profile",
         "profile_at",
@@ -137,6 +141,13 @@ class PipelineState:
         an import of history)."""
         self.last_status = 0
         self.consecutive_failures = 0
+        self.peak_failures = 0
+        """The longest failure streak since the streak was last judged: a streak that grows
+        past a threshold and ends before anyone looks (in one request, or between two
+        detection passes) is still judged at its peak."""
+        self.judged_failures = 0
+        """The failure streak as detection last judged it; above it, `peak_failures` tells
+        which thresholds the streak has crossed since."""
         self.last_error = ""
         self.last_success_time: float | None = None
         self.in_flight: dict[str, float] | None = None
@@ -149,6 +160,11 @@ class PipelineState:
         """How many of its runs the profile has seen (by count of runs, not time)."""
         self.epoch = 0
         """The last snapshot that has this pipeline's state (see SnapshotJob)."""
+
+    def streak_judged(self) -> None:
+        """Mark the failure streak as judged where it stands: thresholds count as crossed
+        again only from here."""
+        self.peak_failures = self.judged_failures = self.consecutive_failures
 
     @property
     def total(self) -> int:
@@ -292,6 +308,8 @@ class Shard:
                 last_success = state.last_success_time
                 if last_success is None or t >= last_success:
                     state.consecutive_failures += 1
+                    if state.consecutive_failures > state.peak_failures:
+                        state.peak_failures = state.consecutive_failures
             duration = e.duration
             if duration is not None:
                 state.duration_sum += duration
@@ -378,6 +396,9 @@ class Shard:
             p.last_received = msg.last_received if msg.HasField("last_received") else None
             p.last_status = msg.last_status
             p.consecutive_failures = msg.consecutive_failures
+            # Judged by the first detection pass after recovery; the alerts logged after the
+            # snapshot mark again what was judged before the stop (see server.recovery).
+            p.peak_failures = p.judged_failures = msg.consecutive_failures
             p.last_error = msg.last_error
             p.last_success_time = (
                 msg.last_success_time if msg.HasField("last_success_time") else None

@@ -215,6 +215,37 @@ async def test_unacknowledged_alerts_escalate_on_time_and_repeat(tmp_path: Path)
         await watcher.close()
 
 
+async def test_an_alert_unacknowledged_past_several_steps_escalates_to_the_last(
+    tmp_path: Path,
+) -> None:
+    """Escalation crosses thresholds, as streaks do: an alert the timer first sees after both
+    delays have passed (the server was stopped, or its timer held up) is raised straight to
+    CRITICAL, in one event, not to HIGH with CRITICAL an hour later."""
+    clock = Clock(NOW)
+    cfg = config(tmp_path, "staleness", repeat_interval_seconds=0)
+    staleness = dataclasses.replace(cfg.detection.staleness, high_factor=99, critical_factor=99)
+    cfg = dataclasses.replace(
+        cfg, detection=dataclasses.replace(cfg.detection, staleness=staleness)
+    )
+    async with serving(cfg, clock) as (app, stub):
+        watcher = Watcher(stub)
+        await watcher.ready()
+        await _stale_pipeline(stub, clock)
+        fired = (await watcher.wait_count(1))[0]
+        assert fired.alert.severity == MEDIUM
+        clock.t += 6 * HOUR  # past 4 h (to HIGH) and 4 h + 1 h (to CRITICAL)
+        app.alerts.tick()
+        escalated = (await watcher.wait_count(2))[1]
+        assert escalated.type == ESCALATED and escalated.notify
+        assert (escalated.previous_severity, escalated.alert.severity) == (MEDIUM, CRITICAL)
+        assert escalated.reason == "unacknowledged for 5h"
+        clock.t += HOUR
+        app.alerts.tick()
+        await asyncio.sleep(0.1)
+        assert len(watcher.events) == 2
+        await watcher.close()
+
+
 async def test_acknowledged_alerts_neither_escalate_nor_repeat(tmp_path: Path) -> None:
     clock = Clock(NOW)
     async with serving(config(tmp_path), clock) as (app, stub):

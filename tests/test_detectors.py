@@ -13,6 +13,7 @@ import grpc
 import pytest
 
 from pipewarden.v1 import anomaly_pb2, service_pb2, service_pb2_grpc
+from server.app import App
 from server.config import IngestLimits
 from server.dedup import SeenExecutions
 from server.detection.engine import DetectionEngine
@@ -22,7 +23,7 @@ from server.eventlog import MemoryLog
 from server.ingest import Ingestor
 from server.model import FAILED, RUNNING, SUCCEEDED, Execution
 from server.shards import PipelineState, ShardSet
-from tests.helpers import T0, request, run
+from tests.helpers import T0, request, run, until
 
 HOUR = 3600.0
 STREAK, REGRESSION, DROP, STALE, STUCK = 4, 5, 6, 7, 8
@@ -202,18 +203,45 @@ def test_a_flaky_pipeline_needs_a_longer_streak() -> None:
         assert kinds(engine, shards, p, T0).get(STREAK) == severity, fails
 
 
-def test_a_streak_is_urgent_exactly_when_it_reaches_an_alerting_length() -> None:
-    """urgent() is asked of every pipeline a request leaves failing: true at 3 and 5 (HIGH and
-    CRITICAL), and at 5 and 7 for a pipeline that fails 1 run in 10."""
+def test_a_streak_is_urgent_when_it_crosses_an_alerting_length_since_it_was_judged() -> None:
+    """urgent() is asked once per request of every pipeline whose streak grew in it: true when
+    the streak crossed 3 or 5 (HIGH and CRITICAL; 5 and 7 for a pipeline that fails 1 run in
+    10) since it was last judged, by one failure or by many at once (a runner resending after
+    an outage), and even when a success ended it since."""
     engine = own("consecutive_failures")
     steady = [(SUCCEEDED, 10.0, 100)] * 30
     flaky = [(FAILED if i % 10 == 0 else SUCCEEDED, 10.0, 100) for i in range(100)]
-    for past, lengths in [(steady, {3, 5}), (flaky, {5, 7})]:
-        for fails in range(1, 10):
-            _, p = history(past + [(FAILED, 10.0, 100)] * fails)
-            assert engine.urgent(p) is (fails in lengths), (len(past), fails)
-    _, p = history(steady + [(FAILED, 10.0, 100)] * 3)
+    failed, ok = (FAILED, 10.0, 100), (SUCCEEDED, 10.0, 100)
+    for past, (high, critical) in [(steady, (3, 5)), (flaky, (5, 7))]:
+        for judged in range(0, 9):
+            for fails in range(judged + 1, 12):
+                # Judged after `judged` failures, then more arrive together.
+                shards, p = history(past + [failed] * judged)
+                engine.evaluate(p, shards, T0)
+                shard = shards.shard_for("p")
+                for k in range(judged, fails):
+                    shard.apply_terminal(p, _run(p, k, FAILED))
+                crossed = judged < high <= fails or judged < critical <= fails
+                assert engine.urgent(p) is crossed, (len(past), judged, fails)
+                # A success after them in the same request: still urgent, still judged at
+                # the streak's peak.
+                shard.apply_terminal(p, _run(p, fails, SUCCEEDED))
+                assert engine.urgent(p) is crossed, (len(past), judged, fails)
+                verdict = kinds(engine, shards, p, T0).get(STREAK)
+                expected = 3 if fails >= critical else 2 if fails >= high else None
+                assert verdict == expected, (len(past), judged, fails)
+                # Judged: nothing is urgent until the streak crosses a threshold again.
+                assert not engine.urgent(p)
+    _, p = history(steady + [failed] * 3)
     assert not own("volume_drop").urgent(p)
+    _, p = history(steady + [failed] * 3 + [ok])
+    assert engine.urgent(p)
+
+
+def _run(p: PipelineState, k: int, status: int) -> Execution:
+    """A run of `p` after those in its ring, numbered `k` among them."""
+    t = T0 + 10_000 * HOUR + k * HOUR
+    return Execution(f"late-{k}", "p", "team", status, t - 10, t, 10.0, 100, (), {}, "", t)
 
 
 def test_ingest_judges_an_urgent_streak_in_the_request_and_leaves_the_rest_pending() -> None:
@@ -321,7 +349,9 @@ def test_a_run_of_a_pipeline_that_slowed_down_is_stuck_by_its_latest_runs() -> N
     assert kinds(engine, shards, p, start + 3_010) == {STUCK: 2}
 
 
-async def test_list_anomalies_end_to_end(stub: service_pb2_grpc.PipelineMonitorStub) -> None:
+async def test_list_anomalies_end_to_end(
+    app: App, stub: service_pb2_grpc.PipelineMonitorStub
+) -> None:
     # Runs every 6 minutes up to now, by the server's clock (older ones would be stale).
     step = 360.0
     base = time.time() - 8 * step
@@ -331,7 +361,11 @@ async def test_list_anomalies_end_to_end(stub: service_pb2_grpc.PipelineMonitorS
     failing = [
         run(f"f{i}", "broken", status="failed", start=base + (2 + i) * step) for i in range(6)
     ]
-    await stub.Ingest(request(*healthy, *failing))
+    # The peers first: a streak that crosses a threshold is judged in its request, against
+    # the peers judged so far.
+    await stub.Ingest(request(*healthy))
+    await until(lambda: not app.ingestor.pending)
+    await stub.Ingest(request(*failing))
     found: list[anomaly_pb2.Anomaly] = []
     for _ in range(100):  # detection runs a moment after ingestion
         found = list((await stub.ListAnomalies(service_pb2.ListAnomaliesRequest())).anomalies)

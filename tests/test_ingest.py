@@ -82,7 +82,7 @@ BAD_ROWS = [
     (_bad(started_at=Timestamp(seconds=int(T0), nanos=-1)), "started_at is not a valid timestamp"),
     (_bad(started_at=Timestamp(seconds=10**12)), "started_at is not a valid timestamp"),
     (_bad(execution_id="x" * 300), "execution_id is 300 characters long; the limit is 256"),
-    (_bad(labels={f"k{i}": "v" for i in range(65)}), "labels has 65 entries; the limit is 64"),
+    (_bad(labels={f"k{i}": "v" for i in range(17)}), "labels has 17 entries; the limit is 16"),
     (_bad(upstream_pipeline_ids=[""]), "upstream_pipeline_ids[0] is empty"),
 ]
 

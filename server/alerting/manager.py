@@ -56,7 +56,7 @@ from server.alerting.model import (
     AlertEvent,
     Silence,
 )
-from server.alerting.policy import blast_severity, escalation_delay, resolvable, span
+from server.alerting.policy import blast_severity, escalated, resolvable, span
 from server.alerting.settings import AlertSettings
 from server.alerting.silences import Silences, check_silence
 from server.alerting.storage import alert_changes, silence_change, stored_alert, unstored_alert
@@ -189,10 +189,12 @@ class AlertManager:
             self._announce_if_unmuted(alert, now, "no longer silenced")
             return
         assert alert.unhandled_since is not None
-        delay = escalation_delay(self.settings.escalate_after, alert.severity)
+        target, waited = escalated(
+            self.settings.escalate_after, alert.severity, now - alert.unhandled_since
+        )
         repeat = self.settings.repeat_interval_seconds
-        if delay and now - alert.unhandled_since >= delay:
-            self._raise(alert, alert.severity + 1, now, f"unacknowledged for {span(delay)}")
+        if target > alert.severity:
+            self._raise(alert, target, now, f"unacknowledged for {span(waited)}")
         elif repeat and now - (alert.last_notified_at or alert.first_seen) >= repeat:
             alert.last_notified_at = now
             self._emit(
@@ -329,7 +331,7 @@ class AlertManager:
             first_seen=now,
             last_seen=now,
             detected_severity=anomaly.severity,
-            runs_at_last_seen=pipeline.total,
+            runs_at_last_seen=pipeline.total - anomaly.after_runs,
         )
         self.book.put(alert)
         self._fresh[alert.alert_id] = alert
@@ -344,7 +346,7 @@ class AlertManager:
         alert.observed = anomaly.observed
         alert.expected = anomaly.expected
         alert.detected_severity = anomaly.severity
-        alert.runs_at_last_seen = pipeline.total
+        alert.runs_at_last_seen = pipeline.total - anomaly.after_runs
         if not alert.anomaly_present:
             alert.anomaly_present = True
             alert.cleared_at = None

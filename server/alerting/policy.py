@@ -5,7 +5,7 @@ from __future__ import annotations
 from server.alerting.model import CONSECUTIVE_FAILURES, CRITICAL, HIGH, MEDIUM, Alert
 from server.alerting.settings import AlertSettings, BlastRadiusSettings, EscalationSettings
 
-__all__ = ["blast_severity", "escalation_delay", "resolvable", "span"]
+__all__ = ["blast_severity", "escalated", "escalation_delay", "resolvable", "span"]
 
 
 def resolvable(alert: Alert, settings: AlertSettings, now: float) -> bool:
@@ -21,6 +21,18 @@ def resolvable(alert: Alert, settings: AlertSettings, now: float) -> bool:
 def escalation_delay(escalation: EscalationSettings, severity: int) -> float:
     """Seconds an unacknowledged alert of `severity` waits before it is raised; 0 never."""
     return {MEDIUM: escalation.medium, HIGH: escalation.high}.get(severity, 0.0)
+
+
+def escalated(escalation: EscalationSettings, severity: int, waited: float) -> tuple[int, float]:
+    """The severity an alert of `severity` reaches after `waited` seconds unacknowledged, and
+    the delays that took (their sum): every step whose delay has passed, not only the next, so
+    an alert that waited through several (a server stopped meanwhile) is raised to the highest
+    at once."""
+    total = 0.0
+    while (delay := escalation_delay(escalation, severity)) and waited - total >= delay:
+        total += delay
+        severity += 1
+    return severity, total
 
 
 def blast_severity(blast: BlastRadiusSettings, pipelines: int, other_teams: int) -> int:

@@ -27,7 +27,6 @@ from server.detection.history import (
 from server.detection.peer import HIGH_DURATION, LOW_RECORDS, LOW_SUCCESS_RATE, PeerDetector
 from server.detection.profile import fold
 from server.detection.settings import DetectionSettings, MetricRule
-from server.model import FAILED
 from server.shards import PipelineState, ShardSet
 
 __all__ = ["DETECTORS", "DetectionEngine"]
@@ -90,15 +89,22 @@ class DetectionEngine:
         if "peer" in on:
             out += self._peer_verdicts(p, fleet, now)
         found: Anomaly | None
-        if "consecutive_failures" in on and (found := self.streak.evaluate(p)) is not None:
-            out.append(found)
+        next_check = float("inf")
+        if "consecutive_failures" in on:
+            found = self.streak.evaluate(p)
+            p.streak_judged()
+            if found is not None:
+                out.append(found)
+                if found.after_runs:
+                    # A streak that has ended fires now and is judged again at once, so that
+                    # its alert resolves with the success already in.
+                    next_check = now
         if "success_rate" in on and (found := self.success.evaluate(p)) is not None:
             out.append(found)
         if "duration_regression" in on and (found := self.regression.evaluate(p)) is not None:
             out.append(found)
         if "volume_drop" in on and (found := self.drop.evaluate(p)) is not None:
             out.append(found)
-        next_check = float("inf")
         if "staleness" in on or "stuck_run" in on:
             rhythm = self._rhythm(p)
             if "staleness" in on:
@@ -115,12 +121,18 @@ class DetectionEngine:
         return out
 
     def urgent(self, pipeline: PipelineState) -> bool:
-        """Whether the pipeline's failure streak has just reached its HIGH or CRITICAL length:
-        it pages (or chats) now, not after the detection pass under way."""
-        n = pipeline.consecutive_failures
-        if n < self.settings.consecutive_failures.high or pipeline.last_status != FAILED:
+        """Whether the pipeline's failure streak has crossed its HIGH or CRITICAL length since
+        it was last judged (reached it, or jumped past it by several failures at once, and
+        perhaps ended since): it pages (or chats) now, not after the detection pass under
+        way."""
+        peak, judged = pipeline.peak_failures, pipeline.judged_failures
+        if peak <= judged or peak < self.settings.consecutive_failures.high:
             return False
-        return "consecutive_failures" in self.enabled and n in self.streak.thresholds(pipeline)
+        if "consecutive_failures" not in self.enabled:
+            return False
+        # One pair of thresholds for both: those of the pipeline's runs outside its peak streak.
+        high, critical = self.streak.thresholds(pipeline, peak)
+        return (peak >= high and judged < high) or (peak >= critical and judged < critical)
 
     def _peer_verdicts(self, p: PipelineState, fleet: ShardSet, now: float) -> list[Anomaly]:
         """The peer rule's verdicts that stand: with the own-history detector of a metric on, a

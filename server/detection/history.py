@@ -128,35 +128,52 @@ def widened(k: float, runs: int) -> float:
 
 
 class StreakDetector:
-    """Failures in a row: HIGH at `high`, CRITICAL at `critical`."""
+    """Failures in a row: HIGH from `high`, CRITICAL from `critical`.
+
+    A streak is judged at its peak since it was last judged (`PipelineState.peak_failures`),
+    so one that grows past a threshold and ends before detection looks (a runner resending
+    its failures and the success after them in one request) still alerts, at the highest
+    threshold it crossed; the alert then resolves with the success already in.
+    """
 
     def __init__(self, settings: StreakSettings) -> None:
         self.settings = settings
 
     def evaluate(self, p: PipelineState) -> Anomaly | None:
-        """The streak's verdict."""
-        n = p.consecutive_failures
-        high, critical = self.thresholds(p)
+        """The verdict on the longest streak since the last judgement (the caller marks it
+        judged: `PipelineState.streak_judged`)."""
+        now = p.consecutive_failures
+        n = max(now, p.peak_failures)
+        high, critical = self.thresholds(p, n)
         if n < high:
             return None
         severity = CRITICAL if n >= critical else HIGH
         error = f"; last error: {p.last_error[:200]}" if p.last_error else ""
+        ended = ""
+        after = 0
+        if n > now:
+            after = _runs_since_streak(p)
+            ended = f", ended by a success since ({now} now)"
         return Anomaly(
             p.pipeline_id,
             p.team,
             CONSECUTIVE_FAILURES,
             severity,
-            f"{n} failures in a row (alerting from {high}){error}",
+            f"{n} failures in a row (alerting from {high}){ended}{error}",
             float(n),
             float(high),
             "runs",
+            after_runs=after,
         )
 
-    def thresholds(self, p: PipelineState) -> tuple[int, int]:
+    def thresholds(self, p: PipelineState, streak: int | None = None) -> tuple[int, int]:
         """The streaks that are HIGH and CRITICAL for this pipeline: the settings', or longer
-        for a pipeline whose own failure rate makes such a streak unremarkable."""
+        for a pipeline whose own failure rate makes such a streak unremarkable. Its failure
+        rate is that of its runs outside `streak` (default: its current streak)."""
         s = self.settings
-        streak = p.consecutive_failures
+        if streak is None:
+            streak = p.consecutive_failures
+        streak = min(streak, p.failed)
         judged = p.succeeded + p.failed - streak
         if s.max_chance <= 0 or judged < s.min_history:
             return s.high, s.critical
@@ -167,6 +184,21 @@ class StreakDetector:
         needed = math.ceil(math.log(s.max_chance) / math.log(rate) - 1e-9) if rate < 1 else 10**9
         high = max(s.high, needed)
         return high, max(s.critical, high + s.critical - s.high)
+
+
+def _runs_since_streak(p: PipelineState) -> int:
+    """Runs since the last failure of the streak that a success ended (at least 1): the runs
+    its alert has been clear for already."""
+    ring = p.ring
+    size = len(ring.status)
+    ended = False
+    for k in range(ring.count):
+        status = ring.status[(ring.position - 1 - k) % size]
+        if status == SUCCEEDED:
+            ended = True
+        elif status == FAILED and ended:
+            return k
+    return max(ring.count, 1)
 
 
 class SuccessRateDetector:
