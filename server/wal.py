@@ -691,7 +691,7 @@ class WriteAheadLog:
                     return
 
     def _fail(self, cause: OSError, first_unsure: int) -> None:
-        consequence = f"entries from {first_unsure} on were not acknowledged; stopping"
+        consequence = f"entries from {first_unsure} on were not acknowledged"
         error: LogError
         if is_disk_error(cause):
             where = cause.filename or (self.segments[-1].path if self.segments else self.directory)
