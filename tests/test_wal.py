@@ -360,7 +360,8 @@ async def test_io_errors_acknowledge_nothing_unwritten(
             acknowledged.append(entry(i))
         except LogError as e:
             refused += 1
-            assert os.strerror(err) in str(e)
+            kind = "disk full" if err == errno.ENOSPC else "disk error"
+            assert str(e).startswith(f"{kind}: {segments(tmp_path)[-1]}: {os.strerror(err)}")
     await wal.close()
     assert failures and refused and acknowledged
     kept = await survivors(tmp_path)
@@ -370,6 +371,38 @@ async def test_io_errors_acknowledge_nothing_unwritten(
 
 
 ALL_ENTRIES = [entry(i) for i in range(30)]
+
+
+class NoRoomForANewSegment:
+    """Once armed, a disk with room for what goes into the current segment and none for a new
+    one."""
+
+    armed = False
+
+    def write(self, fd: int, data: memoryview) -> int:
+        if self.armed and os.readlink(f"/proc/self/fd/{fd}").endswith(".tmp"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return os.write(fd, data)
+
+    def fsync(self, fd: int) -> None:
+        os.fdatasync(fd)
+
+
+async def test_a_segment_that_cannot_be_created_leaves_no_temporary_file(tmp_path: Path) -> None:
+    failures: list[LogError] = []
+    io = NoRoomForANewSegment()
+    wal = WriteAheadLog(tmp_path, segment_bytes=400, io=io, on_failure=failures.append)
+    await wal.open()
+    io.armed = True
+    acknowledged = []
+    with pytest.raises(LogError, match=r"^disk full: .*\.tmp: No space left on device"):
+        for i in range(100):
+            await wal.wait_durable(wal.append(entry(i)))
+            acknowledged.append(entry(i))
+    await wal.close()
+    assert failures and 0 < len(acknowledged) < 100
+    assert [p for p in os.listdir(tmp_path) if not p.endswith(".seg")] == []
+    assert (await survivors(tmp_path))[: len(acknowledged)] == acknowledged
 
 
 async def test_close_right_after_an_append_writes_it_and_returns(tmp_path: Path) -> None:
