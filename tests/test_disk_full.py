@@ -4,7 +4,9 @@ every acknowledged execution is there, counted once."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import os
 import subprocess
 from collections.abc import Iterator
@@ -14,6 +16,7 @@ import grpc
 import pytest
 
 from pipewarden.v1 import service_pb2, service_pb2_grpc
+from server.openlineage.producers import DatasetProducers
 from tests.helpers import request, run
 from tests.process import ServerProcess
 
@@ -182,3 +185,27 @@ async def test_a_stop_on_a_full_disk_is_clean_and_the_next_start_clears_leftover
     finally:
         restarted.kill()
     assert "Traceback" not in restarted.log()
+
+
+def test_a_rewrite_of_the_dataset_producers_that_finds_no_room_cuts_only_the_torn_line(
+    small_disk: Path,
+) -> None:
+    lineage = small_disk / "lineage"
+    lineage.mkdir()
+    lines = [
+        json.dumps({"namespace": "ns", "name": f"d{i}", "producer": f"p{i}"}) for i in range(50)
+    ]
+    path = lineage / "producers.jsonl"
+    path.write_text("\n".join(lines) + '\n{"namespace": "ns", "na')  # an append a crash cut
+    filler = fill(small_disk)
+    producers = DatasetProducers(lineage)
+    producers.load()  # the compacting rewrite finds no room
+    assert len(producers) == 50
+    assert not temporaries(small_disk)
+    filler.unlink()
+    # The next append starts on a line of its own, so nothing is lost to the torn one.
+    producers.record("p-new", [("ns", "new")])
+    asyncio.run(producers.flush())
+    again = DatasetProducers(lineage)
+    again.load()
+    assert len(again) == 51 and list(again.producers_of(("ns", "new"))) == ["p-new"]
