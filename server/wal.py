@@ -389,7 +389,12 @@ class WriteAheadLog:
         if self._opened:
             return
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._recover)
+        try:
+            await loop.run_in_executor(self._executor, self._recover)
+        except OSError as e:
+            if is_disk_error(e):
+                raise DiskError(e.filename or self.directory, e, "the log cannot be opened") from e
+            raise
         self._opened = True
         self._writer = asyncio.create_task(self._write_loop(), name="wal-writer")
         if self.fsync == "interval":

@@ -209,3 +209,18 @@ def test_a_rewrite_of_the_dataset_producers_that_finds_no_room_cuts_only_the_tor
     again = DatasetProducers(lineage)
     again.load()
     assert len(again) == 51 and list(again.producers_of(("ns", "new"))) == ["p-new"]
+
+
+def test_a_start_on_a_full_disk_says_so_and_leaves_nothing(small_disk: Path) -> None:
+    (small_disk / "lineage").mkdir()  # what a start makes before the log
+    (small_disk / "LOCK").touch()
+    fill(small_disk)
+    server = ServerProcess(small_disk)
+    try:
+        status = server.proc.wait(20)
+    finally:
+        server.kill()
+    output = server.log()
+    assert status == 1, output
+    assert "cannot start: disk full: " in output and "Traceback" not in output, output
+    assert not temporaries(small_disk)
