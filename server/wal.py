@@ -33,6 +33,7 @@ import errno
 import itertools
 import logging
 import os
+import re
 import struct
 import time
 from collections import deque
@@ -67,6 +68,7 @@ RECORD_HEADER = struct.Struct("<IIQI")  # length, crc, first_seq, count
 ENTRY = struct.Struct("<I")
 MAX_RECORD_BYTES = 1 << 30
 FSYNC_POLICIES = ("always", "interval", "off")
+_NONZERO = re.compile(b"[^\x00]")
 
 
 class FileIO(Protocol):
@@ -253,7 +255,12 @@ def _past_damage(data: Buffer, good_end: int, expected: int) -> _Damage | None:
         found = _whole_record_at(data, offset, expected, expected + (offset - good_end) // 4)
         if found is not None:
             break
-        offset += 1
+        # A record's count (its bytes 16 to 19) is not 0: skip a run of zeros (a preallocated
+        # tail) at the speed of a regular expression too.
+        nonzero = _NONZERO.search(data, offset + 16)
+        if nonzero is None:
+            return None
+        offset = max(offset + 1, nonzero.start() - 19)
     damage = _Damage(offset, 1, found[1])
     end = found[0]
     while size - end >= RECORD_HEADER.size:  # and the whole records that follow on from it
