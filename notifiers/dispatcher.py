@@ -100,17 +100,20 @@ class Dispatcher:
         rng: random.Random | None = None,
         outbox_segment_bytes: int = 1 << 20,
         outbox_compact_bytes: int = 4 << 20,
+        repair: bool = False,
     ) -> None:
         """`data_dir` holds `outbox/`; `fsync` is the outbox log's policy (always, interval,
         off; as `server.fsync`). For tests: `clock` (Unix seconds, for repeat intervals),
         `notifiers` (by receiver name, instead of the real adapters), `console` (the console
-        receiver's stream), `rng` (backoff jitter) and the outbox's sizes."""
+        receiver's stream), `rng` (backoff jitter) and the outbox's sizes. `repair` cuts an
+        outbox log damaged where a crash cannot have left it (`pipewarden serve --repair`)."""
         self.router = Router(receivers, routes)
         self.outbox = Outbox(
             Path(data_dir) / "outbox",
             fsync=fsync,
             segment_bytes=outbox_segment_bytes,
             compact_bytes=outbox_compact_bytes,
+            repair=repair,
         )
         self.dead_letters = DeadLetters(Path(data_dir) / "outbox")
         self.nflog = NotificationLog()

@@ -65,8 +65,10 @@ class Outbox:
         segment_bytes: int = 1 << 20,
         compact_bytes: int = 4 << 20,
         io: FileIO | None = None,
+        repair: bool = False,
     ) -> None:
-        """`io` replaces the log's file writes and syncs (tests inject failing ones)."""
+        """`io` replaces the log's file writes and syncs (tests inject failing ones); `repair`
+        is the log's (see server/wal.py)."""
         self.directory = Path(directory)
         self.compact_bytes = compact_bytes
         self.failed = False
@@ -76,6 +78,7 @@ class Outbox:
             fsync=fsync,
             segment_bytes=segment_bytes,
             io=io,
+            repair=repair,
             on_failure=self._failed,
         )
         self._pending: dict[str, Notification] = {}

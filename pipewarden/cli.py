@@ -80,8 +80,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--repair",
         action="store_true",
-        help="cut a log that is corrupt before its newest segment at the corruption, "
-        "losing what follows, instead of refusing to start",
+        help="cut a log damaged where a crash cannot have left it (not a torn tail) at the "
+        "damage, losing what follows, instead of refusing to start",
     )
     serve.add_argument(
         "--insecure",

@@ -6,7 +6,8 @@ gRPC and HTTP, then report SERVING (gRPC health and /readyz say NOT_SERVING unti
 done). Stop (SIGTERM or SIGINT): report NOT_SERVING, end the WatchAlerts streams, let other open
 streams finish within the grace period, let the notifiers catch up and drain within the grace
 period, write a snapshot, make the log durable, stop HTTP. A log that cannot write stops the
-server with exit status 1.
+server with exit status 1, and so does a disk that is full (or failing) under any of its files:
+one error line "disk full: <path>: …" says which; what was acknowledged stays in the log.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from server.config import Config, parse_hostport
 from server.dedup import SeenExecutions
 from server.detect import FanoutSink
 from server.detection.engine import DetectionEngine
-from server.errors import LogError
+from server.errors import DiskError, LogError
 from server.eventlog import EventLog
 from server.ingest import Ingestor
 from server.notifier import AlertNotifier
@@ -128,6 +129,7 @@ class App:
                 data_dir=data,
                 fsync=sc.fsync,
                 clock=clock,
+                repair=repair,
             ),
             self.alert_feed,
             self.alerts,
@@ -160,6 +162,7 @@ class App:
             auth=self.auth,
         )
         self.producers = DatasetProducers(data / "lineage")
+        self.producers.on_disk_error = self._log_failed
         self.registry = node_registry(self.shards, config.metrics)
         """What this node's /metrics shows; parts with state to show register on it."""
         self.registry.register(
@@ -355,6 +358,9 @@ class App:
             if grown >= sc.snapshot_log_bytes or (due and grown > 0):
                 try:
                     await self.snapshot()
+                except DiskError as e:  # the log, on the same disk, would fail next: stop now
+                    self._log_failed(e)
+                    return
                 except (OSError, LogError) as e:
                     log.error("snapshot failed: %s", e)
 
@@ -459,7 +465,8 @@ class App:
                 last = total
 
     def _log_failed(self, error: LogError) -> None:
-        self.failure = error
+        if self.failure is None:  # the first failure is the cause; what follows, its effects
+            self.failure = error
         self.stop_requested.set()
 
     async def close(self) -> None:
@@ -488,6 +495,9 @@ class App:
         try:
             if self.failure is None and self._tasks:
                 await self.snapshot()
+        except (OSError, LogError) as e:  # what was acknowledged is in the log, flushed below
+            self.failure = e if isinstance(e, LogError) else LogError(f"snapshot failed: {e}")
+            log.error("%s; stopping without a snapshot", self.failure)
         finally:
             await self.log.close()
             if self.http is not None:

@@ -23,6 +23,7 @@ import yaml
 from notifiers.config import Receiver, Route, parse_receivers, parse_routes
 from server.alerting.settings import AlertSettings
 from server.collector import MetricsSettings
+from server.confparse import INT32_MAX
 from server.confparse import mapping as _mapping
 from server.confparse import number as _number
 from server.confparse import string as _str
@@ -30,6 +31,7 @@ from server.confparse import whole as _int
 from server.detection.settings import DetectionSettings
 from server.errors import ConfigError
 from server.openlineage.settings import OpenLineageSettings, parse_settings
+from server.tls import check_files
 
 __all__ = [
     "AlertSettings",
@@ -325,6 +327,16 @@ def parse_hostport(value: str, key: str) -> tuple[str, int]:
     return host, int(port)
 
 
+SERVER_BOUNDS: dict[str, tuple[float, float]] = {
+    "fsync_interval_seconds": (0.001, 3600.0),  # at 0 the syncer spins a core
+    "shutdown_grace_seconds": (0.0, 86400.0),
+    "wal_segment_bytes": (4096, 1 << 30),  # a record is at most 1 GiB (wal.MAX_RECORD_BYTES)
+    "snapshot_log_bytes": (1, 1 << 53),
+}
+"""(minimum, maximum) of the `server:` numbers that differ from the rule: floats from 0,
+whole numbers from 1 to INT32_MAX."""
+
+
 def _server(raw: Mapping[str, Any], key: str) -> ServerConfig:
     known = {f.name for f in dataclasses.fields(ServerConfig)}
     for k in raw:
@@ -344,9 +356,11 @@ def _server(raw: Mapping[str, Any], key: str) -> ServerConfig:
         elif isinstance(getattr(defaults, f.name), str):
             value = _str(value, name, allow_empty=f.name == "http_listen")
         elif isinstance(getattr(defaults, f.name), float):
-            value = _number(value, name, minimum=0.0)
+            low, high = SERVER_BOUNDS.get(f.name, (0.0, math.inf))
+            value = _number(value, name, minimum=low, maximum=high)
         else:
-            value = _int(value, name, minimum=1)
+            low, high = SERVER_BOUNDS.get(f.name, (1, INT32_MAX))
+            value = _int(value, name, minimum=int(low), maximum=int(high))
         values[f.name] = value
     config = dataclasses.replace(defaults, **values)
     parse_hostport(config.listen, f"{key}.listen")
@@ -363,6 +377,7 @@ def _server(raw: Mapping[str, Any], key: str) -> ServerConfig:
 
 def _limits(raw: Any, key: str) -> IngestLimits:
     doc = _mapping(raw, key, {f.name for f in dataclasses.fields(IngestLimits) if f.init})
+    # Each fits an int32: max_request_bytes is gRPC's max_receive_message_length.
     return IngestLimits(**{k: _int(v, f"{key}.{k}", minimum=1) for k, v in doc.items()})
 
 
@@ -387,7 +402,9 @@ def _tls(raw: Any, key: str) -> TLSConfig:
             paths[k] = _str(doc[k], f"{key}.{k}")
             if not Path(paths[k]).is_file():
                 raise ConfigError(f"{key}.{k}", f"no file {paths[k]!r}")
-    return TLSConfig(**paths)
+    tls = TLSConfig(**paths)
+    check_files(tls, key)
+    return tls
 
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")

@@ -3,12 +3,17 @@ each returns the value with its type, or raises a ConfigError that names the key
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
 from server.errors import ConfigError
 
-__all__ = ["mapping", "number", "string", "whole"]
+__all__ = ["INT32_MAX", "mapping", "number", "string", "whole"]
+
+INT32_MAX = 2**31 - 1
+"""The largest whole number a key takes unless it says otherwise: what gRPC's options (int32)
+and any count the server keeps can hold."""
 
 
 def mapping(value: Any, key: str, allowed: set[str] | None) -> Mapping[str, Any]:
@@ -35,19 +40,30 @@ def string(value: Any, key: str, *, allow_empty: bool = False) -> str:
     return value
 
 
-def whole(value: Any, key: str, *, minimum: int) -> int:
-    """A whole number (not a boolean) of at least `minimum`."""
+def whole(value: Any, key: str, *, minimum: int, maximum: int = INT32_MAX) -> int:
+    """A whole number (not a boolean) from `minimum` to `maximum`."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(key, f"expected a whole number, got {value!r}")
     if value < minimum:
         raise ConfigError(key, f"{value} is less than {minimum}")
+    if value > maximum:
+        raise ConfigError(key, f"{value} is more than {maximum}")
     return value
 
 
-def number(value: Any, key: str, *, minimum: float) -> float:
-    """A number (not a boolean) of at least `minimum`, as a float."""
+def number(value: Any, key: str, *, minimum: float, maximum: float = math.inf) -> float:
+    """A finite number (not a boolean) from `minimum` to `maximum`, as a float. NaN and
+    infinity (YAML's .nan and .inf) are refused: no key means anything by them."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigError(key, f"expected a number, got {value!r}")
-    if value < minimum:
-        raise ConfigError(key, f"{value} is less than {minimum}")
-    return float(value)
+    try:
+        result = float(value)
+    except OverflowError:
+        raise ConfigError(key, f"{value} is too large") from None
+    if not math.isfinite(result):
+        raise ConfigError(key, f"expected a finite number, got {value!r}")
+    if result < minimum:
+        raise ConfigError(key, f"{value} is less than {minimum:g}")
+    if result > maximum:
+        raise ConfigError(key, f"{value} is more than {maximum:g}")
+    return result

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 
 class PipewardenError(Exception):
     """Base of every error Pipewarden raises on purpose."""
@@ -20,6 +22,33 @@ class ConfigError(PipewardenError):
 
 class LogError(PipewardenError):
     """The event log cannot be written or read; what it has not confirmed is not durable."""
+
+
+class DiskError(LogError):
+    """A write to the data directory failed for want of space or of a working disk (ENOSPC,
+    EDQUOT, EIO, EROFS): the server stops cleanly rather than go on without durability. The
+    message starts with "disk full: <path>: " (or "disk error: " for the others)."""
+
+    def __init__(self, path: object, cause: OSError, consequence: str = "") -> None:
+        kind = "disk full" if is_disk_full(cause) else "disk error"
+        reason = cause.strerror or str(cause)
+        super().__init__(f"{kind}: {path}: {reason}" + (f"; {consequence}" if consequence else ""))
+        self.path = str(path)
+        self.cause = cause
+
+
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS})
+"""The errors of a write that mean the disk, not the program, is at fault."""
+
+
+def is_disk_error(e: BaseException) -> bool:
+    """Whether `e` is an OSError of DISK_ERRNOS."""
+    return isinstance(e, OSError) and e.errno in DISK_ERRNOS
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """Whether `e` says there is no space (or quota) left."""
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 class CorruptLogError(LogError):

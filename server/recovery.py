@@ -17,7 +17,7 @@ from server.eventlog import EventLog
 from server.ingest import Ingestor
 from server.prefetch import Prefetch
 from server.shards import ShardSet
-from server.snapshot import SnapshotStore
+from server.snapshot import LoadedSnapshot, SnapshotStore
 
 __all__ = ["Recovered", "recover"]
 
@@ -86,7 +86,7 @@ async def _restore(
     covers (0 without one)."""
     # The log's own recovery (reading and checking every segment) runs beside the snapshot's
     # reading: both are mostly I/O and checksums, which leave the GIL.
-    loaded, _ = await asyncio.gather(asyncio.to_thread(store.load_latest), event_log.open())
+    loaded, _ = await asyncio.gather(asyncio.to_thread(_load_latest, store), event_log.open())
     if loaded is None:
         return 0
     shards.restore(loaded.shards)
@@ -100,6 +100,12 @@ async def _restore(
         len(seen),
     )
     return loaded.seq
+
+
+def _load_latest(store: SnapshotStore) -> LoadedSnapshot | None:
+    """The newest usable snapshot, once what a failed or interrupted write left is gone."""
+    store.remove_temporary()
+    return store.load_latest()
 
 
 def _replay(

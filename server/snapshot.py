@@ -9,7 +9,8 @@ its arrays raw, in parts of at most 8 MiB), and last an END frame with the count
 a whole END frame is not a snapshot. Version 1 files, which kept the ids in protobuf chunks, are
 still read.
 
-Writing: to `<seq>.snap.tmp`, fsync, rename, fsync the directory; the two newest are kept, and
+Writing: to `<seq>.snap.tmp`, fsync, rename, fsync the directory (a write that fails removes its
+`.tmp`, and a start removes any left by a crash); the two newest are kept, and
 log segments wholly covered by the oldest kept one are deleted. The pipelines are dumped a chunk
 at a time while ingestion goes on (see shards.SnapshotJob), and so is the ids' table.
 """
@@ -34,6 +35,7 @@ import crc32c
 from pipewarden.storage.v1 import storage_pb2
 from server import failpoints, metrics
 from server.dedup import ImageBuilder, Remembered, SeenExecutions
+from server.errors import DiskError, is_disk_error
 from server.eventlog import EventLog
 from server.readonly import mapped
 from server.shards import ShardSet
@@ -257,10 +259,42 @@ class SnapshotStore:
         alerts: Callable[[], storage_pb2.AlertsSnapshot] | None = None,
     ) -> Path:
         """Write a snapshot of the state as it is now, yielding to ingestion while it works.
-        `alerts` dumps the alerting state; it is called at once, at the snapshot's position."""
+        `alerts` dumps the alerting state; it is called at once, at the snapshot's position.
+        A write that fails leaves no file behind; for want of space or of a working disk, it
+        raises DiskError."""
+        seq = event_log.last_seq
+        tmp = self.directory / (_snapshot_name(seq) + ".tmp")
+        try:
+            return await self._write(seq, shards, seen, event_log, alerts)
+        except BaseException as e:
+            # A half-written snapshot must not keep the space that the log needs next.
+            with contextlib.suppress(OSError):
+                await asyncio.shield(asyncio.to_thread(_remove, tmp))
+            if isinstance(e, OSError) and is_disk_error(e):
+                raise DiskError(e.filename or tmp, e, "no snapshot was written") from e
+            raise
+
+    def remove_temporary(self) -> int:
+        """Delete the temporary files of snapshots that were never finished (at start, before
+        anything writes one); returns how many there were."""
+        if not self.directory.is_dir():
+            return 0
+        stale = list(self.directory.glob("*.tmp"))
+        for path in stale:
+            log.warning("removing %s, a snapshot that was never finished", path)
+            _remove(path)
+        return len(stale)
+
+    async def _write(
+        self,
+        seq: int,
+        shards: ShardSet,
+        seen: SeenExecutions,
+        event_log: EventLog,
+        alerts: Callable[[], storage_pb2.AlertsSnapshot] | None,
+    ) -> Path:
         loop = asyncio.get_running_loop()
         began = time.perf_counter()
-        seq = event_log.last_seq
         alerting = alerts() if alerts is not None else None
         job = shards.begin_snapshot()
         try:
@@ -341,8 +375,7 @@ class SnapshotStore:
             with contextlib.suppress(FileNotFoundError):
                 old.unlink()
         for tmp in self.directory.glob("*.tmp"):
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+            _remove(tmp)
         kept = paths[: self.keep]
         return int(kept[-1].stem) if kept else None
 
@@ -426,6 +459,11 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
 
 
 def _fsync_dir(path: Path) -> None:

@@ -1,16 +1,56 @@
 """TLS for the two ports, from `server.tls`: the certificate and key, and with `client_ca` a
-client certificate required (mutual TLS)."""
+client certificate required (mutual TLS). The files are checked when the configuration is read
+(`check_files`), so that a wrong one is named by its key rather than found by a failing bind."""
 
 from __future__ import annotations
 
 import ssl
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
-from server.config import TLSConfig
+from server.errors import ConfigError
 
-__all__ = ["grpc_credentials", "http_context"]
+if TYPE_CHECKING:
+    from server.config import TLSConfig
+
+__all__ = ["check_files", "grpc_credentials", "http_context"]
+
+_PEM = {
+    "cert": (b"-----BEGIN CERTIFICATE-----", "a PEM certificate"),
+    "key": (b"PRIVATE KEY-----", "a PEM private key"),
+    "client_ca": (b"-----BEGIN CERTIFICATE-----", "a PEM certificate"),
+}
+
+
+def check_files(tls: TLSConfig, key: str) -> None:
+    """Read each file and check that it is what its key says (ConfigError naming the key when
+    not): PEM, a key that belongs to the certificate, CA certificates that load."""
+    for name, (marker, what) in _PEM.items():
+        path = getattr(tls, name)
+        if not path:
+            continue
+        try:
+            data = Path(path).read_bytes()
+        except OSError as e:
+            raise ConfigError(f"{key}.{name}", f"cannot read {path!r}: {e.strerror}") from e
+        if b"-----BEGIN " not in data or marker not in data:
+            raise ConfigError(f"{key}.{name}", f"{path!r} is not {what}")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(tls.cert, tls.key, password=lambda: b"")  # never prompt
+    except ssl.SSLError as e:
+        raise ConfigError(
+            f"{key}.key", f"{tls.key!r} and {tls.cert!r} do not load as a pair: {e.reason or e}"
+        ) from e
+    if tls.client_ca:
+        try:
+            context.load_verify_locations(tls.client_ca)
+        except ssl.SSLError as e:
+            raise ConfigError(
+                f"{key}.client_ca", f"{tls.client_ca!r} does not load: {e.reason or e}"
+            ) from e
 
 
 def grpc_credentials(tls: TLSConfig) -> grpc.ServerCredentials:

@@ -16,9 +16,13 @@ off the event loop; then every waiter up to that number is released. A write or 
 every waiter and the log refuses all further work: nothing that may not be on disk is
 acknowledged.
 
-Recovery: a torn or corrupt tail of the newest segment is cut at the last whole record, with a
-warning saying how much was cut. Corruption in an older segment stops the start, unless
-`repair` is set, which cuts the log there and drops the segments after it.
+Recovery: a torn tail of the newest segment (damage that runs to the end of the file, as a crash
+in the middle of a write leaves it) is cut at the last whole record, with a warning saying how
+much was cut. Damage that a crash cannot leave stops the start, with an error naming the file,
+the byte and what `repair` would drop: a bad record followed by a whole one (found by scanning
+past the damage for a record that frames and checksums), a segment header that is torn or
+damaged (a segment is named only once its header is synced, so a crash never leaves one), or
+any damage in an older segment. `repair` cuts the log there and drops the segments after it.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import errno
 import itertools
 import logging
 import os
+import re
 import struct
 import time
 from collections import deque
@@ -41,7 +46,7 @@ from typing import Protocol
 import crc32c
 
 from server import failpoints, metrics
-from server.errors import CorruptLogError, LogError
+from server.errors import CorruptLogError, DiskError, LogError, is_disk_error
 from server.readonly import Buffer, mapped
 
 __all__ = [
@@ -63,6 +68,7 @@ RECORD_HEADER = struct.Struct("<IIQI")  # length, crc, first_seq, count
 ENTRY = struct.Struct("<I")
 MAX_RECORD_BYTES = 1 << 30
 FSYNC_POLICIES = ("always", "interval", "off")
+_NONZERO = re.compile(b"[^\x00]")
 
 
 class FileIO(Protocol):
@@ -188,6 +194,86 @@ def _scan(data: Buffer, first_seq: int, keep_after: int | None) -> _Scan:
     return _Scan(records, offset, expected - 1, None)
 
 
+def _whole_record_at(
+    data: Buffer, offset: int, lowest: int, highest: int
+) -> tuple[int, int] | None:
+    """(its end, its entry count) when a record that frames and checksums starts at `offset`,
+    numbered from `lowest` to `highest`; else None."""
+    size = len(data)
+    if size - offset < RECORD_HEADER.size:
+        return None
+    length, crc, seq, count = RECORD_HEADER.unpack_from(data, offset)
+    end = offset + RECORD_HEADER.size + length
+    if not lowest <= seq <= highest or count < 1 or 4 * count > length or end > size:
+        return None
+    if crc32c.crc32c(memoryview(data)[offset + 8 : end]) != crc:
+        return None
+    pos = offset + RECORD_HEADER.size
+    for _ in range(count):
+        if pos + 4 > end:
+            return None
+        pos += 4 + ENTRY.unpack_from(data, pos)[0]
+    return (end, count) if pos == end else None
+
+
+@dataclass
+class _Damage:
+    """What follows a bad record: the whole records found past it."""
+
+    offset: int
+    """Where the first of them starts."""
+    records: int
+    entries: int
+
+
+def _past_damage(data: Buffer, good_end: int, expected: int) -> _Damage | None:
+    """The whole records after the bad one at `good_end` (whose first entry would have been
+    number `expected`), or None when there are none: then the damage runs to the end of the file,
+    as a crash leaves it, and is a torn tail.
+
+    Every later byte offset is a candidate, but only where the record's sequence number could be:
+    at least `expected`, and at most one more per 4 bytes skipped (an entry takes at least that).
+    The candidates are found with `find` on the high bytes all those numbers share, so that the
+    torn tail of a large record is scanned at the speed of memchr rather than of Python."""
+    size = len(data)
+    low = struct.pack("<Q", expected)
+    high = struct.pack("<Q", expected + size // 4)
+    shared = 0
+    while shared < 8 and low[7 - shared] == high[7 - shared]:
+        shared += 1
+    needle = low[8 - shared :]  # the high bytes, little-endian: the sequence number's last ones
+    before = 16 - shared  # from a record's start to those bytes
+    offset = good_end + 1
+    while True:
+        if needle:
+            hit = data.find(needle, offset + before)
+            if hit < 0:
+                return None
+            offset = hit - before
+        if offset + RECORD_HEADER.size > size:
+            return None
+        found = _whole_record_at(data, offset, expected, expected + (offset - good_end) // 4)
+        if found is not None:
+            break
+        # A record's count (its bytes 16 to 19) is not 0: skip a run of zeros (a preallocated
+        # tail) at the speed of a regular expression too.
+        nonzero = _NONZERO.search(data, offset + 16)
+        if nonzero is None:
+            return None
+        offset = max(offset + 1, nonzero.start() - 19)
+    damage = _Damage(offset, 1, found[1])
+    end = found[0]
+    while size - end >= RECORD_HEADER.size:  # and the whole records that follow on from it
+        seq = RECORD_HEADER.unpack_from(data, end)[2]
+        more = _whole_record_at(data, end, seq, seq)
+        if more is None:
+            break
+        damage.records += 1
+        damage.entries += more[1]
+        end = more[0]
+    return damage
+
+
 def _read_header(data: bytes, path: Path) -> int | str:
     """The first sequence number from a segment's header, or what is wrong with it."""
     if len(data) < SEGMENT_HEADER.size:
@@ -310,7 +396,12 @@ class WriteAheadLog:
         if self._opened:
             return
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._recover)
+        try:
+            await loop.run_in_executor(self._executor, self._recover)
+        except OSError as e:
+            if is_disk_error(e):
+                raise DiskError(e.filename or self.directory, e, "the log cannot be opened") from e
+            raise
         self._opened = True
         self._writer = asyncio.create_task(self._write_loop(), name="wal-writer")
         if self.fsync == "interval":
@@ -410,7 +501,7 @@ class WriteAheadLog:
 
     def _recover(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        for tmp in self.directory.glob("*.tmp"):
+        for tmp in self.directory.glob("*.tmp"):  # a segment whose creation a crash cut short
             tmp.unlink()
         paths = _segment_paths(self.directory)
         report = self.report
@@ -422,36 +513,27 @@ class WriteAheadLog:
             data = path.read_bytes()
             first = _read_header(data, path)
             if isinstance(first, str):
-                if newest:
-                    # A rotation that died before the header was whole, or a damaged header: the
-                    # newest segment's numbering cannot be trusted, so it is all tail.
-                    log.warning(
-                        "%s: %s; cutting the whole newest segment (%d bytes)",
-                        path,
-                        first,
-                        len(data),
-                    )
-                    path.unlink()
-                    report.cut_bytes += len(data)
-                    floor = max(floor, int(path.stem))
-                    continue
-                self._corrupt(path, first, paths[i:], 0, len(data))
+                # Never a crash's doing: a segment gets its name only once its header is synced.
+                self._corrupt(path, f"{first} (at byte 0)", paths[i + 1 :], 0, len(data))
+                floor = max(floor, int(path.stem))
                 break
             if expected is not None and first != expected:
                 self._corrupt(
                     path,
                     f"starts at {first} but the previous segment ends at {expected - 1}",
-                    paths[i:],
+                    paths[i + 1 :],
                     0,
                     len(data),
                 )
+                floor = max(floor, first)
                 break
             scan = _scan(data, first, None)
             if scan.error is not None:
                 cut = len(data) - scan.good_end
-                if newest:
+                after = _past_damage(data, scan.good_end, scan.last_seq + 1) if newest else None
+                if newest and after is None:
                     log.warning(
-                        "%s: %s; cutting the log's tail there (%d bytes) and keeping %d entries "
+                        "%s: %s; a torn tail: cutting it (%d bytes) and keeping %d entries "
                         "before it",
                         path,
                         scan.error,
@@ -461,7 +543,13 @@ class WriteAheadLog:
                     self._truncate(path, scan.good_end)
                     report.cut_bytes += cut
                 else:
-                    self._corrupt(path, scan.error, paths[i + 1 :], scan.good_end, len(data))
+                    problem = scan.error
+                    if after is not None:
+                        problem += (
+                            f", followed by {after.records} whole record(s) of {after.entries} "
+                            f"entries from byte {after.offset} on: not a torn tail"
+                        )
+                    self._corrupt(path, problem, paths[i + 1 :], scan.good_end, len(data))
                     segments.append(Segment(path, first, scan.last_seq, scan.good_end))
                     break
             segments.append(Segment(path, first, scan.last_seq, scan.good_end))
@@ -481,26 +569,24 @@ class WriteAheadLog:
     def _corrupt(
         self, path: Path, problem: str, later: list[Path], good_end: int, size: int
     ) -> None:
+        """Damage a crash cannot leave, at `good_end` of `path`: stop the start, or with `repair`
+        cut the log there and delete the `later` segments."""
+        later_bytes = sum(p.stat().st_size for p in later)
+        drops = f"{size - good_end} bytes of this segment from byte {good_end} on"
+        if later:
+            drops += f" and the {len(later)} later segment(s) ({later_bytes} bytes)"
         if not self.repair:
             raise CorruptLogError(
-                f"{path}: {problem}. The write-ahead log is corrupt before its newest segment, "
-                "so entries after this point cannot be trusted. Start with --repair to cut the log "
-                f"here, losing {size - good_end} bytes of this segment and the {len(later)} "
-                "segment(s) after it; keep a copy of the data directory first."
+                f"{path}: {problem}. The write-ahead log is damaged where a crash cannot have "
+                "left it, so entries after this point cannot be trusted and nothing was changed. "
+                f"Start with --repair to cut the log here, dropping {drops}; keep a copy of the "
+                "data directory first."
             )
-        log.warning(
-            "%s: %s; --repair: cutting the log here (%d bytes) and dropping %d later segment(s)",
-            path,
-            problem,
-            size - good_end,
-            len(later),
-        )
-        self.report.cut_bytes += size - good_end
+        log.warning("%s: %s; --repair: cutting the log here, dropping %s", path, problem, drops)
+        self.report.cut_bytes += size - good_end + later_bytes
         self.report.dropped_segments += len(later)
         for p in later:
-            if p != path:
-                self.report.cut_bytes += p.stat().st_size
-                p.unlink()
+            p.unlink()
         if good_end < SEGMENT_HEADER.size:
             path.unlink()
         else:
@@ -519,14 +605,20 @@ class WriteAheadLog:
         """Create and switch to a new segment (in the writer thread or during recovery)."""
         path = self.directory / _segment_name(first_seq)
         tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            self._write_all(fd, _segment_header(first_seq))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        failpoints.hit("wal-mid-rotate")
-        os.rename(tmp, path)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                self._write_all(fd, _segment_header(first_seq))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            failpoints.hit("wal-mid-rotate")
+            os.rename(tmp, path)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            e.filename = e.filename or str(tmp)
+            raise
         _fsync_dir(self.directory)
         if self._fd >= 0:
             os.close(self._fd)
@@ -611,12 +703,18 @@ class WriteAheadLog:
                     return
 
     def _fail(self, cause: OSError, first_unsure: int) -> None:
-        error = LogError(
-            f"the write-ahead log cannot write to {self.directory}: {cause}. Entries from "
-            f"{first_unsure} on are not acknowledged; stopping."
-        )
+        consequence = f"entries from {first_unsure} on were not acknowledged"
+        error: LogError
+        if is_disk_error(cause):
+            where = cause.filename or (self.segments[-1].path if self.segments else self.directory)
+            error = DiskError(where, cause, consequence)
+        else:
+            error = LogError(
+                f"the write-ahead log cannot write to {self.directory}: {cause}; {consequence}"
+            )
         self._error = error
-        log.error("%s", error)
+        if self.on_failure is None:  # else the owner says it, once
+            log.error("%s", error)
         while self._waiters:
             _, future = self._waiters.popleft()
             if not future.done():

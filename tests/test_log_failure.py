@@ -29,7 +29,10 @@ async def test_a_failing_disk_answers_unavailable_and_requests_a_stop(tmp_path: 
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await stub.Ingest(request(run("during")))
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE
-            assert "No space left on device" in (info.value.details() or "")
+            details = info.value.details() or ""
+            assert (
+                details.startswith(f"disk full: {tmp_path / 'wal'}") and "No space left" in details
+            )
             assert node.stop_requested.is_set() and node.failure is not None
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await stub.Ingest(request(run("after")))

@@ -10,19 +10,22 @@ It is kept apart from the write-ahead log on purpose: the executions logged alre
 upstream ids computed from it, so replaying the log never needs the map, and the map never
 needs the log; a pair learned from an event whose answer was lost is harmless (the runner
 sends the event again). On start the file is read whole (a torn last line, from a crash in the
-middle of an append, is dropped with a warning) and rewritten compactly when it has grown.
+middle of an append, is dropped with a warning) and rewritten compactly when it has grown (to a
+`.tmp` file renamed over it; a rewrite that fails removes its `.tmp`, and a start removes one a
+crash left).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from server.errors import LogError
+from server.errors import DiskError, LogError, is_disk_error
 from server.openlineage.mapping import DatasetKey
 
 __all__ = ["MAX_PRODUCERS_PER_DATASET", "DatasetProducers"]
@@ -44,6 +47,8 @@ class DatasetProducers:
         self._map: dict[DatasetKey, list[str]] = {}
         self._pending: list[bytes] = []
         self._lock = asyncio.Lock()
+        self.on_disk_error: Callable[[DiskError], None] | None = None
+        """Told when a write fails for want of space or of a working disk (the server stops)."""
 
     def __len__(self) -> int:
         return len(self._map)
@@ -74,12 +79,18 @@ class DatasetProducers:
                 await asyncio.to_thread(self._append, b"".join(lines))
             except OSError as e:
                 self._pending[:0] = lines
+                if is_disk_error(e):
+                    error = DiskError(self.path, e, "the dataset producers were not written")
+                    if self.on_disk_error is not None:
+                        self.on_disk_error(error)
+                    raise error from e
                 raise LogError(f"cannot write the dataset producers to {self.path}: {e}") from e
 
     def load(self) -> None:
         """Read the file (blocking: at start, before serving)."""
         self.directory.mkdir(parents=True, exist_ok=True)
         self._map = {}
+        _remove(self.path.with_name(FILE_NAME + ".tmp"))  # a rewrite a crash cut short
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:
@@ -101,7 +112,15 @@ class DatasetProducers:
             kept += 1
         entries = sum(len(v) for v in self._map.values())
         if tail or kept != len(lines) or kept > 2 * entries + 1000:
-            self._rewrite()
+            try:
+                self._rewrite()
+            except OSError as e:
+                if not tail:  # the file as it is reads the same: compacting it can wait
+                    log.warning("%s: not compacted (%s); it is read as it is", self.path, e)
+                    return
+                # The next append must not run on from the torn line; cutting it needs no space.
+                log.warning("%s: not compacted (%s); cutting its torn line in place", self.path, e)
+                _truncate(self.path, len(data) - len(tail))
 
     def _learn(self, dataset: DatasetKey, producer: str) -> bool:
         known = self._map.get(dataset)
@@ -130,15 +149,33 @@ class DatasetProducers:
 
     def _rewrite(self) -> None:
         tmp = self.path.with_name(FILE_NAME + ".tmp")
-        with tmp.open("wb") as f:
-            for (namespace, name), producers in self._map.items():
-                for producer in producers:
-                    line = {"namespace": namespace, "name": name, "producer": producer}
-                    f.write(json.dumps(line, separators=(",", ":")).encode() + b"\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, self.path)
+        try:
+            with tmp.open("wb") as f:
+                for (namespace, name), producers in self._map.items():
+                    for producer in producers:
+                        line = {"namespace": namespace, "name": name, "producer": producer}
+                        f.write(json.dumps(line, separators=(",", ":")).encode() + b"\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.rename(tmp, self.path)
+        except BaseException:
+            _remove(tmp)
+            raise
         _fsync_dir(self.directory)
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def _truncate(path: Path, size: int) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.ftruncate(fd, size)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(path: Path) -> None:
