@@ -173,6 +173,7 @@ def facts(event: alert_pb2.AlertEvent) -> list[tuple[str, str]]:
         ("First seen", iso_time(a.first_seen)),
         ("Last seen", iso_time(a.last_seen)),
         ("Caused by", a.caused_by),
+        ("Likely caused by (untrusted lineage)", a.untrusted_cause),
         ("Impacted pipelines", ", ".join(a.impacted_pipelines)),
         ("Impacted teams", ", ".join(a.impacted_teams)),
         ("Acknowledged by", a.acknowledged_by),
