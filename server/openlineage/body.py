@@ -9,6 +9,7 @@ deeper than MAX_DEPTH, and text that is not Unicode text (a lone UTF-16 surrogat
 from __future__ import annotations
 
 import json
+import re
 import zlib
 from typing import Any
 
@@ -22,6 +23,9 @@ few levels (a schema facet's fields, perhaps a dozen); deeper is refused, before
 walks the document could run out of stack."""
 
 _GZIP_MAGIC = b"\x1f\x8b"
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+"""A JSON escape of a UTF-16 surrogate: only a body with one can decode to a lone surrogate
+(JSON in UTF-8 or UTF-16 cannot hold one otherwise: their decoders refuse it)."""
 
 
 class BodyTooLargeError(Exception):
@@ -41,18 +45,22 @@ def decode(body: bytes, limit: int) -> Any:
         if len(body) > limit:
             raise BodyTooLargeError(f"the event is larger than {limit} bytes")
     try:
-        doc = json.loads(body)
+        text = body.decode(json.detect_encoding(body))
+        doc = json.loads(text)
     except RecursionError as e:
         raise BadEventError(f"the body nests deeper than {MAX_DEPTH} levels") from e
-    except (ValueError, UnicodeDecodeError) as e:
+    except ValueError as e:  # UnicodeDecodeError and JSONDecodeError among them
         raise BadEventError(f"the body is not JSON: {e}") from e
-    check_text_and_depth(doc)
+    check_text_and_depth(doc, text=_SURROGATE_ESCAPE.search(text) is not None)
     return doc
 
 
-def check_text_and_depth(doc: Any) -> None:
-    """Raise BadEventError when `doc` nests deeper than MAX_DEPTH or holds a string (a key or a
-    value) that is not valid Unicode text. Walks without recursion."""
+def check_text_and_depth(doc: Any, *, text: bool = True) -> None:
+    """Raise BadEventError when `doc` nests deeper than MAX_DEPTH or (with `text`) holds a
+    string, key or value, that is not valid Unicode text. Walks without recursion."""
+    if not text:
+        _check_depth(doc)
+        return
     stack: list[tuple[Any, int, str]] = [(doc, 1, "the body")]
     while stack:
         value, depth, where = stack.pop()
@@ -67,6 +75,21 @@ def check_text_and_depth(doc: Any) -> None:
                     stack.append((item, depth + 1, _path(where, key)))
             else:
                 stack.extend((item, depth + 1, f"{where}[{i}]") for i, item in enumerate(value))
+
+
+def _check_depth(doc: Any) -> None:
+    """The depth check alone, visiting containers only."""
+    level: list[Any] = [doc]
+    depth = 0
+    while level:
+        depth += 1
+        if depth > MAX_DEPTH:
+            raise BadEventError(f"the body nests deeper than {MAX_DEPTH} levels")
+        below: list[Any] = []
+        for value in level:
+            items = value.values() if isinstance(value, dict) else value
+            below.extend(v for v in items if isinstance(v, dict | list))
+        level = below
 
 
 def _path(where: str, key: str) -> str:
