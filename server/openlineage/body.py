@@ -79,7 +79,7 @@ def check_text_and_depth(doc: Any, *, text: bool = True) -> None:
 
 def _check_depth(doc: Any) -> None:
     """The depth check alone, visiting containers only."""
-    level: list[Any] = [doc]
+    level: list[Any] = [doc] if isinstance(doc, dict | list) else []
     depth = 0
     while level:
         depth += 1
