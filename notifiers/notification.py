@@ -164,6 +164,8 @@ def facts(event: alert_pb2.AlertEvent) -> list[tuple[str, str]]:
     rows = [
         ("Pipeline", a.pipeline_id),
         ("Team", a.team),
+        # Early, so that chat's first fields keep it: it is why this alert pages at all.
+        ("Likely caused by (untrusted lineage)", a.untrusted_cause),
         ("Severity", severity_name(a.severity)),
         ("Kind", kind_name(a.kind)),
         ("State", state_name(a.state)),
@@ -173,7 +175,6 @@ def facts(event: alert_pb2.AlertEvent) -> list[tuple[str, str]]:
         ("First seen", iso_time(a.first_seen)),
         ("Last seen", iso_time(a.last_seen)),
         ("Caused by", a.caused_by),
-        ("Likely caused by (untrusted lineage)", a.untrusted_cause),
         ("Impacted pipelines", ", ".join(a.impacted_pipelines)),
         ("Impacted teams", ", ".join(a.impacted_teams)),
         ("Acknowledged by", a.acknowledged_by),
