@@ -164,6 +164,8 @@ def facts(event: alert_pb2.AlertEvent) -> list[tuple[str, str]]:
     rows = [
         ("Pipeline", a.pipeline_id),
         ("Team", a.team),
+        # Early, so that chat's first fields keep it: it is why this alert pages at all.
+        ("Likely caused by (untrusted lineage)", a.untrusted_cause),
         ("Severity", severity_name(a.severity)),
         ("Kind", kind_name(a.kind)),
         ("State", state_name(a.state)),

@@ -86,6 +86,8 @@ def event_body(receiver: PagerDutyReceiver, n: Notification) -> dict[str, Any]:
     }
     if a.caused_by:
         details["caused_by"] = a.caused_by
+    if a.untrusted_cause:
+        details["untrusted_cause"] = a.untrusted_cause
     if a.impacted_pipelines:
         details["impacted_pipelines"] = list(a.impacted_pipelines)
         details["impacted_teams"] = list(a.impacted_teams)

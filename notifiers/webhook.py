@@ -20,6 +20,7 @@ Any 2xx is accepted. The body, version 1 (fields are only ever added within a ve
         "message": "…", "observed": 5.0, "expected": 0.0, "occurrences": 3,
         "first_seen": "…Z", "last_seen": "…Z", "silenced": false,
         "caused_by": null,                  # the upstream root-cause pipeline, when there is one
+        "untrusted_cause": null,            # a likely cause the team does not trust (it notifies)
         "impacted_pipelines": [], "impacted_teams": [],
         "acknowledged_by": null, "acknowledged_at": null, "resolved_at": null
       },
@@ -86,6 +87,7 @@ def body(receiver: WebhookReceiver, n: Notification) -> dict[str, Any]:
             "last_seen": time_or_none(a.last_seen),
             "silenced": a.silenced,
             "caused_by": a.caused_by or None,
+            "untrusted_cause": a.untrusted_cause or None,
             "impacted_pipelines": list(a.impacted_pipelines),
             "impacted_teams": list(a.impacted_teams),
             "acknowledged_by": a.acknowledged_by or None,

@@ -621,6 +621,8 @@ def _alert_notes(a: alert_pb2.Alert) -> str:
     notes = []
     if a.caused_by:
         notes.append(f"caused by [bold]{a.caused_by}[/]")
+    if a.untrusted_cause:
+        notes.append(f"likely caused by {a.untrusted_cause} (untrusted lineage)")
     if a.impacted_pipelines:
         teams = ", ".join(a.impacted_teams)
         notes.append(f"root cause of {len(a.impacted_pipelines)} downstream ({teams})")

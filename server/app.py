@@ -161,7 +161,9 @@ class App:
             alerts=self.alerts,
             auth=self.auth,
         )
-        self.producers = DatasetProducers(data / "lineage")
+        self.producers = DatasetProducers(
+            data / "lineage", max_per_team=config.openlineage.max_datasets_per_team
+        )
         self.producers.on_disk_error = self._log_failed
         self.registry = node_registry(self.shards, config.metrics)
         """What this node's /metrics shows; parts with state to show register on it."""
@@ -223,7 +225,7 @@ class App:
             # aiohttp's server is imported only for a node with an HTTP port (it takes a tenth
             # of a second of every start).
             from server.http import HttpServer
-            from server.openlineage.endpoint import LineageEndpoint
+            from server.openlineage.endpoint import LineageEndpoint, event_limits
 
             host, port = parse_hostport(sc.http_listen, "server.http_listen")
             lineage = LineageEndpoint(
@@ -234,10 +236,12 @@ class App:
                     self.shards,
                     self.producers,
                     max_upstreams=sc.limits.max_upstreams,
+                    max_id_length=sc.limits.max_id_length,
                 ),
                 self.producers,
                 ready=lambda: self.ready,
                 max_body_bytes=sc.limits.max_request_bytes,
+                limits=event_limits(sc.limits, self.config.openlineage),
             )
             self.http = HttpServer(
                 host,

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import yaml
 
 from notifiers.config import Receiver, Route, parse_receivers, parse_routes
-from server.alerting.settings import AlertSettings
+from server.alerting.settings import AlertSettings, parse_trusted_teams
 from server.collector import MetricsSettings
 from server.confparse import INT32_MAX
 from server.confparse import mapping as _mapping
@@ -268,6 +268,8 @@ def _settings(defaults: T, raw: Any, key: str) -> T:
         where = f"{key}.{name}"
         if dataclasses.is_dataclass(default):
             values[name] = _settings(default, value, where)
+        elif name == "trusted_teams":
+            values[name] = parse_trusted_teams(value, where)
         elif isinstance(default, bool):
             if not isinstance(value, bool):
                 raise ConfigError(where, f"expected true or false, got {value!r}")

@@ -378,3 +378,33 @@ async def test_openlineage_events_need_a_writer_of_their_team(
         )
         counted = {t.team: t.total_executions for t in teams.teams}
         assert counted.get(team, 0) == (1 if status == 201 else 0)
+
+
+@pytest.mark.parametrize(
+    ("caller", "team", "status"),
+    [("reader", OWN, 403), ("writer", OWN, 201), ("writer", OTHER, 403), ("admin", OTHER, 201)],
+)
+@pytest.mark.parametrize("shape", ["job", "other"])
+async def test_openlineage_lineage_claims_need_a_writer_of_the_jobs_team(
+    tmp_path: Path, caller: str, team: str, status: int, shape: str
+) -> None:
+    """A JobEvent, or a run event that changes no run (OTHER), teaches which job writes a
+    dataset: only a writer of the job's team may make that claim."""
+    doc = _lineage_event(team)
+    doc["outputs"] = [{"namespace": "warehouse", "name": "customers"}]
+    if shape == "job":
+        del doc["run"], doc["eventType"]
+    else:
+        doc["eventType"] = "OTHER"
+    cfg = dataclasses.replace(config(tmp_path), tokens=CONFIGURED)
+    async with serving(cfg, Clock(NOW)) as (app, _stub):
+        assert app.http is not None
+        url = f"http://127.0.0.1:{app.http.port}/api/v1/lineage"
+        headers = {k: v for k, v in metadata(caller)}
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(url, json=doc, headers=headers) as r,
+        ):
+            assert r.status == status, await r.text()
+        writers = app.producers.producers_of(("warehouse", "customers"))
+        assert list(writers) == ([f"airflow/load_{team}"] if status == 201 else [])

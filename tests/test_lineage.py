@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.alerting.lineage import Lineage, root_causes
+from server.alerting.lineage import Lineage, TeamTrust, root_causes
 from server.alerting.settings import BlastRadiusSettings
 from tests.alerting import (
     CRITICAL,
@@ -31,6 +31,9 @@ from tests.alerting import (
 from tests.helpers import T0
 
 NOW = T0 + 100 * 3600
+TRUST_EVERYONE = {"*": ("*",)}
+"""alerts.trusted_teams for tests of explanations across teams (by default a team trusts only
+its own lineage: see test_lineage_trust)."""
 
 
 def graph(edges: str) -> Lineage:
@@ -88,7 +91,7 @@ def test_lineage_follows_changed_upstreams_and_walks_cycles_once() -> None:
 
 async def test_a_linear_chain_pages_the_root_only(tmp_path: Path) -> None:
     clock = Clock(NOW)
-    async with serving(config(tmp_path), clock) as (app, stub):
+    async with serving(config(tmp_path, trusted_teams=TRUST_EVERYONE), clock) as (app, stub):
         watcher = Watcher(stub)
         await watcher.ready()
         # All three fail in the same request: the downstream ones are explained all the same.
@@ -150,7 +153,7 @@ async def test_a_diamond_names_its_root_once_and_raises_it_by_blast_radius(
 ) -> None:
     clock = Clock(NOW)
     blast = BlastRadiusSettings(high_pipelines=2, critical_pipelines=3)
-    cfg = config(tmp_path, blast_radius=blast)
+    cfg = config(tmp_path, blast_radius=blast, trusted_teams=TRUST_EVERYONE)
     async with serving(cfg, clock) as (_app, stub):
         watcher = Watcher(stub)
         await watcher.ready()
@@ -226,3 +229,38 @@ def test_root_causes_on_any_graph(edges: list[tuple[int, int]], open_: set[int])
             assert pid == min([pid, *(a for a in above if a in names)])
         known = {p: (root or p) for p, root in causes.items() if p != pid}
         assert root_causes(lineage, names, known=known.get, of=[pid]) == {pid: cause}
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    edges=st.lists(st.tuples(st.integers(0, 7), st.integers(0, 7)), max_size=16),
+    open_=st.sets(st.integers(0, 7), min_size=1),
+    teams=st.lists(st.sampled_from("abc"), min_size=8, max_size=8),
+    trusted=st.dictionaries(st.sampled_from("abc*"), st.lists(st.sampled_from("abc*"))),
+)
+def test_trusted_root_causes_are_those_of_the_trusted_edges_alone(
+    edges: list[tuple[int, int]],
+    open_: set[int],
+    teams: list[str],
+    trusted: dict[str, list[str]],
+) -> None:
+    """With teams and trust, the roots are exactly those of the graph of the trusted edges
+    alone; and the untrusted judgement, those of every edge."""
+    trust = TeamTrust(trusted)
+    lineage = Lineage(trust)
+    alone = Lineage()
+    upstream: dict[int, list[int]] = {}
+    for up, down in edges:
+        upstream.setdefault(down, []).append(up)
+    for i in range(8):
+        ups = tuple(dict.fromkeys(f"p{u}" for u in upstream.get(i, [])))
+        lineage.update(f"p{i}", ups, teams[i])
+    for i in range(8):
+        ups = tuple(dict.fromkeys(u for u in upstream.get(i, []) if trust(teams[i], teams[u])))
+        alone.update(f"p{i}", tuple(f"p{u}" for u in ups))
+    names = {f"p{i}" for i in open_}
+    assert root_causes(lineage, names) == root_causes(alone, names)
+    everything = Lineage()
+    for i in range(8):
+        everything.update(f"p{i}", lineage.upstream(f"p{i}"))
+    assert root_causes(lineage, names, trusted=False) == root_causes(everything, names)

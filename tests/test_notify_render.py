@@ -180,3 +180,15 @@ def test_retry_after_seconds_and_dates() -> None:
     assert parse_retry_after(None) is None and parse_retry_after("soon") is None
     when = format_datetime(datetime.fromtimestamp(T0 + 30, UTC), usegmt=True)
     assert parse_retry_after(when, now=T0) == pytest.approx(30.0)
+
+
+def test_an_untrusted_likely_cause_is_in_every_notifications_text() -> None:
+    """An alert that another team's lineage would explain still pages, and says so."""
+    e = event("a-8", "critical", caused_by="", untrusted_cause="nsa/fake")
+    n = note(e)
+    assert event_body(PD, n)["payload"]["custom_details"]["untrusted_cause"] == "nsa/fake"
+    assert body(HOOK, n)["alert"]["untrusted_cause"] == "nsa/fake"
+    assert "nsa/fake" in json.dumps(message(SLACK, n))
+    for part in build_message(MAIL, n).iter_parts():
+        text = part.get_content()
+        assert "Likely caused by (untrusted lineage)" in text and "nsa/fake" in text

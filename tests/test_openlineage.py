@@ -18,7 +18,7 @@ import requests
 
 from pipewarden.v1 import execution_pb2, service_pb2, service_pb2_grpc
 from server.app import App
-from server.config import parse
+from server.config import IngestLimits, parse
 from server.errors import ConfigError
 from server.openlineage.mapping import BadEventError, parse_event
 from server.openlineage.producers import DatasetProducers
@@ -373,3 +373,306 @@ def test_configuration() -> None:
         with pytest.raises(ConfigError) as info:
             parse(bad)
         assert info.value.key == key, bad
+
+
+async def post_json(app: App, data: bytes | dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """POST a body (bytes as they are, or a document as JSON) to the lineage endpoint."""
+    assert app.http is not None
+    url = f"http://127.0.0.1:{app.http.port}/api/v1/lineage"
+    raw = data if isinstance(data, bytes) else json.dumps(data).encode()
+    async with aiohttp.ClientSession() as session, session.post(url, data=raw) as r:
+        return r.status, await r.json()
+
+
+def claim(namespace: str, name: str, *outputs: str, owner: str | None = None) -> dict[str, Any]:
+    """A static JobEvent: job namespace/name writes the datasets warehouse/<outputs>."""
+    job: dict[str, Any] = {"namespace": namespace, "name": name}
+    if owner is not None:
+        job["facets"] = {"ownership": {"owners": [{"name": f"team:{owner}"}]}}
+    return {
+        "job": job,
+        "outputs": [{"namespace": "warehouse", "name": n} for n in outputs],
+        "producer": "tests",
+    }
+
+
+def reader_run(*inputs: str, name: str = "report") -> dict[str, Any]:
+    return body(
+        job={"namespace": "nsb", "name": name},
+        inputs=[{"namespace": "warehouse", "name": n} for n in inputs],
+    )
+
+
+SURROGATE = '"nsa\\ud800"'  # JSON's escape of a lone UTF-16 surrogate
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        # The issue's JobEvent: a lone surrogate in a namespace, naming B's dataset.
+        (
+            b'{"job": {"namespace": ' + SURROGATE.encode() + b', "name": "fake"},'
+            b' "outputs": [{"namespace": "warehouse", "name": "customers"}]}',
+            "job.namespace holds '\\ud800' at 3: not Unicode text",
+        ),
+        (
+            json.dumps(body(run={"runId": "x"})).replace('"x"', '"\\udfff"').encode(),
+            "run.runId holds '\\udfff'",
+        ),
+        (
+            json.dumps(body(producer="x")).replace('"producer"', '"\\ud83d"').encode(),
+            "a key in the body",
+        ),
+        (b"[" * 100_000 + b"]" * 100_000, "nests deeper than 64 levels"),  # RecursionError
+        (json.dumps({"a": [[[[{"b": 1}]]]] * 1, "deep": [[]] * 1}).encode(), "no run, job"),
+        (
+            json.dumps(
+                body(run={"runId": "r", "facets": {"x": json.loads("[" * 70 + "]" * 70)}})
+            ).encode(),
+            "nests deeper than 64 levels",
+        ),
+        (b'{"eventType": "COMPLETE", "run": {"runId": ' + b"1" * 5000 + b"}}", "not JSON"),
+    ],
+)
+async def test_bodies_that_are_not_text_or_nest_too_deep_are_400(
+    app: App, raw: bytes, reason: str
+) -> None:
+    status, answer = await post_json(app, raw)
+    assert (status, answer["code"]) == (400, 400), answer
+    assert reason in answer["message"]
+    assert len(app.shards) == 0 and len(app.producers) == 0
+
+
+async def test_a_surrogate_claim_never_breaks_the_readers_of_the_dataset(tmp_path: Path) -> None:
+    """The issue's case: the claim is refused at the door; and a producers.jsonl that holds
+    such a line anyway (or any other bad line) is read without it, so that the runs of the
+    dataset's readers are still accepted, across restarts."""
+    config = make_config(tmp_path)
+    lineage = tmp_path / "data" / "lineage"
+    lineage.mkdir(parents=True)
+    good = {"namespace": "warehouse", "name": "customers", "producer": "nsb/load", "team": "b"}
+    (lineage / "producers.jsonl").write_bytes(
+        b'{"namespace":"warehouse","name":"customers","producer":"nsa\\ud800/fake"}\n'
+        b'{"namespace":"warehouse","name":"customers","producer":"\xff\xfe"}\n'
+        b'{"namespace":"warehouse","name":"customers","producer":7}\n'
+        b'["warehouse","customers","nsa/list"]\n'
+        b'{"namespace":"warehouse","name":"customers","producer":""}\n'
+        + json.dumps(good).encode()
+        + b"\n"
+    )
+    for _restart in range(2):
+        node = App(config)
+        await node.start()
+        try:
+            assert node.producers.producers_of(("warehouse", "customers")) == ["nsb/load"]
+            raw = json.dumps(claim("nsa", "fake", "customers")).replace('"nsa"', SURROGATE)
+            status, answer = await post_json(node, raw.encode())
+            assert status == 400, answer
+            for _ in range(2):
+                status, answer = await post_json(node, reader_run("customers"))
+                assert status == 201, answer
+            state = node.shards.get("nsb/report")
+            assert state is not None and state.upstream == ("nsb/load",)
+        finally:
+            await node.close()
+    assert b"\\ud800" not in (lineage / "producers.jsonl").read_bytes()  # rewritten without
+
+
+@pytest.mark.parametrize(
+    ("time", "ok"),
+    [
+        ("0001-01-01T00:00:00+23:59", False),  # UTC: year 0
+        ("9999-12-31T23:59:59-23:59", False),  # UTC: year 10000
+        ("0001-01-01T00:00:00+00:00", True),
+        ("0001-01-01T23:59:00+23:59", True),
+        ("9999-12-31T23:59:59.999999+00:00", True),
+        ("9999-12-31T00:00:01-23:59", True),
+    ],
+)
+async def test_event_times_must_lie_in_years_1_to_9999_in_utc(
+    app: App, time: str, ok: bool
+) -> None:
+    status, answer = await post_json(app, body(eventTime=time))
+    if ok:
+        assert status == 201, answer
+        state = app.shards.get("ns/raw")
+        assert state is not None and state.succeeded == 1
+    else:
+        assert status == 400 and "outside years 1 to 9999 once in UTC" in answer["message"]
+        assert len(app.shards) == 0
+
+
+LONG = 257
+UPSTREAMS = IngestLimits().max_upstreams
+
+
+@pytest.mark.parametrize(
+    ("doc", "reason"),
+    [
+        (body(run={"runId": "r" * LONG}), "run.runId is 257 characters long; the limit is 256"),
+        (
+            body(job={"namespace": "n", "name": "x" * 255}),
+            "pipeline_id is 257 characters long (job.namespace/job.name); the limit is 256",
+        ),
+        (
+            body(
+                job={
+                    "namespace": "ns",
+                    "name": "raw",
+                    "facets": {"ownership": {"owners": [{"name": "team:" + "t" * 129}]}},
+                }
+            ),
+            "the ownership facet's team is 129 characters long; the limit is 128",
+        ),
+        (
+            body(
+                job={
+                    "namespace": "ns",
+                    "name": "raw",
+                    "facets": {"jobType": {"integration": "i" * LONG}},
+                }
+            ),
+            "the jobType facet's integration is 257 characters long",
+        ),
+        (
+            body(outputs=[{"namespace": "w", "name": "d" * 1025}]),
+            "outputs[0].name is 1025 characters long; the limit is 1024",
+        ),
+        (
+            body(inputs=[{"namespace": "w" * 1025, "name": "d"}]),
+            "inputs[0].namespace is 1025 characters long",
+        ),
+        (
+            body(outputs=[{"namespace": "w", "name": f"d{i}"} for i in range(1001)]),
+            "the event names 1001 datasets (inputs and outputs); the limit is 1000",
+        ),
+        (
+            claim("ns", "static", *(f"d{i}" for i in range(1001))),
+            "the event names 1001 datasets",
+        ),
+        (
+            body(
+                run={
+                    "runId": "r",
+                    "facets": {"parent": {"job": {"namespace": "p", "name": "q" * 255}}},
+                }
+            ),
+            "the parent facet's job makes a pipeline id of 257 characters",
+        ),
+        (
+            body(
+                run={
+                    "runId": "r",
+                    "facets": {
+                        "jobDependencies": {
+                            "upstream": [
+                                {"job": {"namespace": "a", "name": f"j{i}"}}
+                                for i in range(UPSTREAMS + 1)
+                            ]
+                        }
+                    },
+                }
+            ),
+            f"the jobDependencies facet names {UPSTREAMS + 1} upstream jobs; "
+            f"the limit is {UPSTREAMS}",
+        ),
+    ],
+)
+async def test_strings_and_datasets_beyond_their_limits_are_400(
+    app: App, doc: dict[str, Any], reason: str
+) -> None:
+    status, answer = await post_json(app, doc)
+    assert status == 400, answer
+    assert reason in answer["message"]
+    assert len(app.shards) == 0 and len(app.producers) == 0
+
+
+async def test_strings_at_their_limits_are_accepted_and_error_messages_cut(app: App) -> None:
+    doc = body(
+        eventType="FAIL",
+        run={
+            "runId": "r" * 256,
+            "facets": {"errorMessage": {"message": "e" * 5000, "programmingLanguage": "x"}},
+        },
+        job={
+            "namespace": "n",
+            "name": "x" * 254,
+            "facets": {"ownership": {"owners": [{"name": "team:" + "t" * 128}]}},
+        },
+        outputs=[{"namespace": "w", "name": f"d{i}"} for i in range(998)]
+        + [{"namespace": "w", "name": "d" * 1024}, {"namespace": "w" * 1024, "name": "d"}],
+    )
+    status, answer = await post_json(app, doc)
+    assert status == 201, answer
+    state = app.shards.get("n/" + "x" * 254)
+    assert state is not None and state.team == "t" * 128 and state.failed == 1
+    assert state.last_error == "e" * IngestLimits().max_error_message_length
+    assert len(app.producers) == 1000
+
+
+async def test_datasets_per_team_are_bounded_and_other_teams_unaffected(tmp_path: Path) -> None:
+    settings = OpenLineageSettings(
+        namespace_teams={"nsa": "team-a", "nsb": "team-b"}, max_datasets_per_team=3
+    )
+    config = dataclasses.replace(make_config(tmp_path), openlineage=settings)
+    for restart in range(2):
+        node = App(config)
+        await node.start()
+        try:
+            if not restart:
+                status, _ = await post_json(node, claim("nsa", "one", "a1", "a2"))
+                assert status == 201
+                status, _ = await post_json(node, claim("nsa", "two", "a2"))
+                assert status == 201
+                assert node.producers.team_count("team-a") == 3
+            # At the limit: nothing new from team A; what it taught before stays known, and
+            # an event teaching nothing new is still welcome.
+            status, answer = await post_json(node, claim("nsa", "three", "a3"))
+            assert status == 400
+            assert answer["message"] == (
+                "team 'team-a' already has 3 dataset producers on record; 1 more would pass "
+                "its limit of 3 (openlineage.max_datasets_per_team)"
+            )
+            run = body(
+                job={"namespace": "nsa", "name": "one"},
+                outputs=[{"namespace": "warehouse", "name": "new"}],
+            )
+            status, answer = await post_json(node, run)
+            assert status == 400 and "max_datasets_per_team" in answer["message"]
+            assert node.shards.get("nsa/one") is None  # the run was not counted either
+            assert (await post_json(node, claim("nsa", "one", "a1")))[0] == 201
+            assert node.producers.producers_of(("warehouse", "a2")) == ["nsa/one", "nsa/two"]
+            assert not node.producers.producers_of(("warehouse", "a3"))
+            # Team B has its own allowance.
+            status, _ = await post_json(node, claim("nsb", f"load{restart}", f"b{restart}"))
+            assert status == 201
+        finally:
+            await node.close()
+
+
+async def test_another_teams_claims_do_not_push_out_a_datasets_writer(tmp_path: Path) -> None:
+    settings = OpenLineageSettings(namespace_teams={"nsa": "team-a", "nsb": "team-b"})
+    node = App(dataclasses.replace(make_config(tmp_path), openlineage=settings))
+    await node.start()
+    try:
+        assert (await post_json(node, claim("nsb", "load", "customers")))[0] == 201
+        for i in range(20):
+            assert (await post_json(node, claim("nsa", f"fake{i}", "customers")))[0] == 201
+        writers = node.producers.producers_of(("warehouse", "customers"))
+        assert writers[0] == "nsb/load" and len(writers) == 8
+        # A team's own new writer replaces its own oldest one.
+        assert (await post_json(node, claim("nsb", "load2", "customers")))[0] == 201
+        writers = node.producers.producers_of(("warehouse", "customers"))
+        assert "nsb/load" not in writers and "nsb/load2" in writers and len(writers) == 8
+    finally:
+        await node.close()
+
+
+async def test_the_server_answers_after_every_refusal(app: App) -> None:
+    """A few refusals in a row, then a good event and a read: nothing stuck or lost."""
+    for raw in (b"[" * 5000, b'{"run": {"runId": "\\ud800"}}', b"\x1f\x8b\x08broken"):
+        assert (await post_json(app, raw))[0] == 400
+    assert (await post_json(app, body()))[0] == 201
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as ch:
+        h = await health(service_pb2_grpc.PipelineMonitorStub(ch), "ns/raw")
+    assert h.succeeded == 1

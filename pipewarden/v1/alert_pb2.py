@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from pipewarden.v1 import anomaly_pb2 as pipewarden_dot_v1_dot_anomaly__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19pipewarden/v1/alert.proto\x12\rpipewarden.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bpipewarden/v1/anomaly.proto\"\xd1\x04\n\x05\x41lert\x12\x10\n\x08\x61lert_id\x18\x01 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\x12\x13\n\x0bpipeline_id\x18\x03 \x01(\t\x12\x0c\n\x04team\x18\x04 \x01(\t\x12(\n\x04kind\x18\x05 \x01(\x0e\x32\x1a.pipewarden.v1.AnomalyKind\x12)\n\x08severity\x18\x06 \x01(\x0e\x32\x17.pipewarden.v1.Severity\x12\x0f\n\x07message\x18\x07 \x01(\t\x12(\n\x05state\x18\x08 \x01(\x0e\x32\x19.pipewarden.v1.AlertState\x12.\n\nfirst_seen\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tlast_seen\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0boccurrences\x18\x0b \x01(\x03\x12\x10\n\x08silenced\x18\x0c \x01(\x08\x12\x11\n\tcaused_by\x18\r \x01(\t\x12\x17\n\x0f\x61\x63knowledged_by\x18\x0e \x01(\t\x12\x33\n\x0f\x61\x63knowledged_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bresolved_at\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12impacted_pipelines\x18\x11 \x03(\t\x12\x16\n\x0eimpacted_teams\x18\x12 \x03(\t\x12\x10\n\x08observed\x18\x13 \x01(\x01\x12\x10\n\x08\x65xpected\x18\x14 \x01(\x01\"~\n\nTeamAlerts\x12&\n\x08\x63ritical\x18\x01 \x03(\x0b\x32\x14.pipewarden.v1.Alert\x12\"\n\x04high\x18\x02 \x03(\x0b\x32\x14.pipewarden.v1.Alert\x12$\n\x06medium\x18\x03 \x03(\x0b\x32\x14.pipewarden.v1.Alert\"\x8e\x01\n\x0cRoutedAlerts\x12\x35\n\x05teams\x18\x01 \x03(\x0b\x32&.pipewarden.v1.RoutedAlerts.TeamsEntry\x1aG\n\nTeamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12(\n\x05value\x18\x02 \x01(\x0b\x32\x19.pipewarden.v1.TeamAlerts:\x02\x38\x01\"\xdc\x01\n\nAlertEvent\x12#\n\x05\x61lert\x18\x01 \x01(\x0b\x32\x14.pipewarden.v1.Alert\x12+\n\x04type\x18\x02 \x01(\x0e\x32\x1d.pipewarden.v1.AlertEventType\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06notify\x18\x04 \x01(\x08\x12\x32\n\x11previous_severity\x18\x05 \x01(\x0e\x32\x17.pipewarden.v1.Severity\x12\x0e\n\x06reason\x18\x06 \x01(\t\"\xeb\x01\n\x07Silence\x12\x12\n\nsilence_id\x18\x01 \x01(\t\x12\x0c\n\x04team\x18\x02 \x01(\t\x12\x13\n\x0bpipeline_id\x18\x03 \x01(\t\x12(\n\x04kind\x18\x04 \x01(\x0e\x32\x1a.pipewarden.v1.AnomalyKind\x12-\n\tstarts_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07\x65nds_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncreated_by\x18\x07 \x01(\t\x12\x0f\n\x07\x63omment\x18\x08 \x01(\t*y\n\nAlertState\x12\x1b\n\x17\x41LERT_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x41LERT_STATE_FIRING\x10\x01\x12\x1c\n\x18\x41LERT_STATE_ACKNOWLEDGED\x10\x02\x12\x18\n\x14\x41LERT_STATE_RESOLVED\x10\x03*\xcf\x01\n\x0e\x41lertEventType\x12 \n\x1c\x41LERT_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x41LERT_EVENT_TYPE_FIRED\x10\x01\x12\x1e\n\x1a\x41LERT_EVENT_TYPE_ESCALATED\x10\x02\x12!\n\x1d\x41LERT_EVENT_TYPE_ACKNOWLEDGED\x10\x03\x12\x1d\n\x19\x41LERT_EVENT_TYPE_RESOLVED\x10\x04\x12\x1d\n\x19\x41LERT_EVENT_TYPE_REPEATED\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19pipewarden/v1/alert.proto\x12\rpipewarden.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bpipewarden/v1/anomaly.proto\"\xea\x04\n\x05\x41lert\x12\x10\n\x08\x61lert_id\x18\x01 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\x12\x13\n\x0bpipeline_id\x18\x03 \x01(\t\x12\x0c\n\x04team\x18\x04 \x01(\t\x12(\n\x04kind\x18\x05 \x01(\x0e\x32\x1a.pipewarden.v1.AnomalyKind\x12)\n\x08severity\x18\x06 \x01(\x0e\x32\x17.pipewarden.v1.Severity\x12\x0f\n\x07message\x18\x07 \x01(\t\x12(\n\x05state\x18\x08 \x01(\x0e\x32\x19.pipewarden.v1.AlertState\x12.\n\nfirst_seen\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tlast_seen\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0boccurrences\x18\x0b \x01(\x03\x12\x10\n\x08silenced\x18\x0c \x01(\x08\x12\x11\n\tcaused_by\x18\r \x01(\t\x12\x17\n\x0f\x61\x63knowledged_by\x18\x0e \x01(\t\x12\x33\n\x0f\x61\x63knowledged_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bresolved_at\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12impacted_pipelines\x18\x11 \x03(\t\x12\x16\n\x0eimpacted_teams\x18\x12 \x03(\t\x12\x10\n\x08observed\x18\x13 \x01(\x01\x12\x10\n\x08\x65xpected\x18\x14 \x01(\x01\x12\x17\n\x0funtrusted_cause\x18\x15 \x01(\t\"~\n\nTeamAlerts\x12&\n\x08\x63ritical\x18\x01 \x03(\x0b\x32\x14.pipewarden.v1.Alert\x12\"\n\x04high\x18\x02 \x03(\x0b\x32\x14.pipewarden.v1.Alert\x12$\n\x06medium\x18\x03 \x03(\x0b\x32\x14.pipewarden.v1.Alert\"\x8e\x01\n\x0cRoutedAlerts\x12\x35\n\x05teams\x18\x01 \x03(\x0b\x32&.pipewarden.v1.RoutedAlerts.TeamsEntry\x1aG\n\nTeamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12(\n\x05value\x18\x02 \x01(\x0b\x32\x19.pipewarden.v1.TeamAlerts:\x02\x38\x01\"\xdc\x01\n\nAlertEvent\x12#\n\x05\x61lert\x18\x01 \x01(\x0b\x32\x14.pipewarden.v1.Alert\x12+\n\x04type\x18\x02 \x01(\x0e\x32\x1d.pipewarden.v1.AlertEventType\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06notify\x18\x04 \x01(\x08\x12\x32\n\x11previous_severity\x18\x05 \x01(\x0e\x32\x17.pipewarden.v1.Severity\x12\x0e\n\x06reason\x18\x06 \x01(\t\"\xeb\x01\n\x07Silence\x12\x12\n\nsilence_id\x18\x01 \x01(\t\x12\x0c\n\x04team\x18\x02 \x01(\t\x12\x13\n\x0bpipeline_id\x18\x03 \x01(\t\x12(\n\x04kind\x18\x04 \x01(\x0e\x32\x1a.pipewarden.v1.AnomalyKind\x12-\n\tstarts_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07\x65nds_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncreated_by\x18\x07 \x01(\t\x12\x0f\n\x07\x63omment\x18\x08 \x01(\t*y\n\nAlertState\x12\x1b\n\x17\x41LERT_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x41LERT_STATE_FIRING\x10\x01\x12\x1c\n\x18\x41LERT_STATE_ACKNOWLEDGED\x10\x02\x12\x18\n\x14\x41LERT_STATE_RESOLVED\x10\x03*\xcf\x01\n\x0e\x41lertEventType\x12 \n\x1c\x41LERT_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x41LERT_EVENT_TYPE_FIRED\x10\x01\x12\x1e\n\x1a\x41LERT_EVENT_TYPE_ESCALATED\x10\x02\x12!\n\x1d\x41LERT_EVENT_TYPE_ACKNOWLEDGED\x10\x03\x12\x1d\n\x19\x41LERT_EVENT_TYPE_RESOLVED\x10\x04\x12\x1d\n\x19\x41LERT_EVENT_TYPE_REPEATED\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,20 +35,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ROUTEDALERTS_TEAMSENTRY']._loaded_options = None
   _globals['_ROUTEDALERTS_TEAMSENTRY']._serialized_options = b'8\001'
-  _globals['_ALERTSTATE']._serialized_start=1436
-  _globals['_ALERTSTATE']._serialized_end=1557
-  _globals['_ALERTEVENTTYPE']._serialized_start=1560
-  _globals['_ALERTEVENTTYPE']._serialized_end=1767
+  _globals['_ALERTSTATE']._serialized_start=1461
+  _globals['_ALERTSTATE']._serialized_end=1582
+  _globals['_ALERTEVENTTYPE']._serialized_start=1585
+  _globals['_ALERTEVENTTYPE']._serialized_end=1792
   _globals['_ALERT']._serialized_start=107
-  _globals['_ALERT']._serialized_end=700
-  _globals['_TEAMALERTS']._serialized_start=702
-  _globals['_TEAMALERTS']._serialized_end=828
-  _globals['_ROUTEDALERTS']._serialized_start=831
-  _globals['_ROUTEDALERTS']._serialized_end=973
-  _globals['_ROUTEDALERTS_TEAMSENTRY']._serialized_start=902
-  _globals['_ROUTEDALERTS_TEAMSENTRY']._serialized_end=973
-  _globals['_ALERTEVENT']._serialized_start=976
-  _globals['_ALERTEVENT']._serialized_end=1196
-  _globals['_SILENCE']._serialized_start=1199
-  _globals['_SILENCE']._serialized_end=1434
+  _globals['_ALERT']._serialized_end=725
+  _globals['_TEAMALERTS']._serialized_start=727
+  _globals['_TEAMALERTS']._serialized_end=853
+  _globals['_ROUTEDALERTS']._serialized_start=856
+  _globals['_ROUTEDALERTS']._serialized_end=998
+  _globals['_ROUTEDALERTS_TEAMSENTRY']._serialized_start=927
+  _globals['_ROUTEDALERTS_TEAMSENTRY']._serialized_end=998
+  _globals['_ALERTEVENT']._serialized_start=1001
+  _globals['_ALERTEVENT']._serialized_end=1221
+  _globals['_SILENCE']._serialized_start=1224
+  _globals['_SILENCE']._serialized_end=1459
 # @@protoc_insertion_point(module_scope)

@@ -115,6 +115,7 @@ class Alert(_message.Message):
     IMPACTED_TEAMS_FIELD_NUMBER: _builtins.int
     OBSERVED_FIELD_NUMBER: _builtins.int
     EXPECTED_FIELD_NUMBER: _builtins.int
+    UNTRUSTED_CAUSE_FIELD_NUMBER: _builtins.int
     alert_id: _builtins.str
     """Unique id of this alert."""
     fingerprint: _builtins.str
@@ -136,13 +137,22 @@ class Alert(_message.Message):
     silenced: _builtins.bool
     """Whether a silence currently mutes this alert's notifications."""
     caused_by: _builtins.str
-    """The pipeline_id of an upstream pipeline whose own alert explains this one; empty when none."""
+    """The pipeline_id of an upstream pipeline whose own alert explains this one, and so mutes its
+    notifications; empty when none. Only lineage this alert's team trusts counts (its own
+    team's pipelines, and the teams of alerts.trusted_teams); see untrusted_cause.
+    """
     acknowledged_by: _builtins.str
     """Who acknowledged the alert; empty when nobody has."""
     observed: _builtins.float
     """The observed value of the latest anomaly."""
     expected: _builtins.float
     """The expected value of the latest anomaly."""
+    untrusted_cause: _builtins.str
+    """When no trusted upstream explains this alert (caused_by is empty): the upstream pipeline
+    whose open alert would explain it through lineage that this alert's team does not trust
+    (another team's pipeline or claim, see alerts.trusted_teams). Shown to help, but it does
+    not mute: the alert notifies. Empty when none.
+    """
     @_builtins.property
     def first_seen(self) -> _timestamp_pb2.Timestamp:
         """When the problem was first seen."""
@@ -190,10 +200,11 @@ class Alert(_message.Message):
         impacted_teams: _abc.Iterable[_builtins.str] | None = ...,
         observed: _builtins.float = ...,
         expected: _builtins.float = ...,
+        untrusted_cause: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["acknowledged_at", b"acknowledged_at", "first_seen", b"first_seen", "last_seen", b"last_seen", "resolved_at", b"resolved_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledged_at", b"acknowledged_at", "acknowledged_by", b"acknowledged_by", "alert_id", b"alert_id", "caused_by", b"caused_by", "expected", b"expected", "fingerprint", b"fingerprint", "first_seen", b"first_seen", "impacted_pipelines", b"impacted_pipelines", "impacted_teams", b"impacted_teams", "kind", b"kind", "last_seen", b"last_seen", "message", b"message", "observed", b"observed", "occurrences", b"occurrences", "pipeline_id", b"pipeline_id", "resolved_at", b"resolved_at", "severity", b"severity", "silenced", b"silenced", "state", b"state", "team", b"team"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledged_at", b"acknowledged_at", "acknowledged_by", b"acknowledged_by", "alert_id", b"alert_id", "caused_by", b"caused_by", "expected", b"expected", "fingerprint", b"fingerprint", "first_seen", b"first_seen", "impacted_pipelines", b"impacted_pipelines", "impacted_teams", b"impacted_teams", "kind", b"kind", "last_seen", b"last_seen", "message", b"message", "observed", b"observed", "occurrences", b"occurrences", "pipeline_id", b"pipeline_id", "resolved_at", b"resolved_at", "severity", b"severity", "silenced", b"silenced", "state", b"state", "team", b"team", "untrusted_cause", b"untrusted_cause"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

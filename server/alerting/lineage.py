@@ -1,30 +1,75 @@
 """Lineage: which pipelines feed which, and the root cause of an alert along them.
 
-Edges come from `upstream_pipeline_ids` as each pipeline last reported them. Every walk keeps a
-visited set, so cycles end; a diamond (two paths to one upstream) visits it once.
+Edges come from `upstream_pipeline_ids` as each pipeline last reported them, whatever taught
+them: a runner over gRPC, or OpenLineage (the producers of a run's inputs, its job dependencies,
+its parent). Every walk keeps a visited set, so cycles end; a diamond (two paths to one
+upstream) visits it once.
+
+Trust is decided here, once for every source: an edge from a pipeline to an upstream one is
+*trusted* when the downstream pipeline's team trusts the upstream pipeline's team (a team always
+trusts itself; `alerts.trusted_teams` adds others). Only trusted edges explain, and so mute, an
+alert; an untrusted one (another team's pipeline, perhaps named as the producer of a dataset by
+a claim of that other team) can only be shown as a likely cause while the alert still notifies.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from typing import Any
 
-__all__ = ["Lineage", "root_causes"]
+__all__ = ["ANY_TEAM", "Lineage", "TeamTrust", "root_causes"]
+
+ANY_TEAM = "*"
+"""In `alerts.trusted_teams`: as a key, every team; in a list, every team is trusted."""
+
+
+class TeamTrust:
+    """Whose alerts may explain (and mute) whose: `trusted[team]` lists the other teams whose
+    upstream pipelines may explain `team`'s alerts, ANY_TEAM standing for every team."""
+
+    def __init__(self, trusted: Mapping[str, Collection[str]] | None = None) -> None:
+        self._trusted = {team: frozenset(others) for team, others in (trusted or {}).items()}
+        self._everyone = self._trusted.get(ANY_TEAM, frozenset())
+
+    def __call__(self, downstream_team: str, upstream_team: str) -> bool:
+        """Whether `downstream_team` trusts `upstream_team`'s pipelines (and the lineage they
+        and their team claim) to explain its alerts. An unknown team ("") is not trusted."""
+        if not downstream_team or not upstream_team:
+            return False
+        if downstream_team == upstream_team:
+            return True
+        own = self._trusted.get(downstream_team, frozenset())
+        return any(upstream_team in teams or ANY_TEAM in teams for teams in (own, self._everyone))
+
+
+def _trust_all(downstream_team: str, upstream_team: str) -> bool:
+    return True
 
 
 class Lineage:
-    """The dependency graph, both ways: upstream as reported, downstream as its inverse."""
+    """The dependency graph, both ways: upstream as reported, downstream as its inverse; and
+    each pipeline's team, for the trust rule."""
 
-    def __init__(self) -> None:
+    def __init__(self, trust: Callable[[str, str], bool] = _trust_all) -> None:
+        self.trust = trust
+        """`trust(downstream_team, upstream_team)`: whether an edge between them is trusted.
+        The default trusts every edge (the pure graph, as in tests of the rule)."""
         self._upstream: dict[str, tuple[str, ...]] = {}
         self._downstream: dict[str, set[str]] = {}
+        self._teams: dict[str, str] = {}
 
-    def update(self, pipeline_id: str, upstream: tuple[str, ...]) -> bool:
-        """Record `pipeline_id`'s upstream pipelines; True when they changed."""
+    def update(self, pipeline_id: str, upstream: tuple[str, ...], team: str = "") -> bool:
+        """Record `pipeline_id`'s upstream pipelines (and its team, when given); True when
+        either changed."""
         before = self._upstream.get(pipeline_id, ())
+        team_changed = bool(team) and self._teams.get(pipeline_id) != team
+        if team_changed:
+            self._teams[pipeline_id] = team
+            # Which edges are trusted changes only for a pipeline on some edge.
+            team_changed = bool(before) or pipeline_id in self._downstream
         if before == upstream:
-            return False
+            return team_changed
         for u in before:
             children = self._downstream.get(u)
             if children is not None:
@@ -41,8 +86,21 @@ class Lineage:
         return True
 
     def upstream(self, pipeline_id: str) -> tuple[str, ...]:
-        """The pipelines `pipeline_id` reads from."""
+        """The pipelines `pipeline_id` reads from, as reported."""
         return self._upstream.get(pipeline_id, ())
+
+    def trusted_upstream(self, pipeline_id: str) -> tuple[str, ...]:
+        """The pipelines `pipeline_id` reads from whose team its team trusts: the only edges
+        along which an upstream alert explains (and mutes) a downstream one."""
+        upstream = self._upstream.get(pipeline_id, ())
+        if not upstream or self.trust is _trust_all:
+            return upstream
+        team = self._teams.get(pipeline_id, "")
+        return tuple(u for u in upstream if self.trust(team, self._teams.get(u, "")))
+
+    def team_of(self, pipeline_id: str) -> str:
+        """The team of a pipeline seen by `update`; "" when unknown."""
+        return self._teams.get(pipeline_id, "")
 
     def ancestors(self, pipeline_id: str) -> dict[str, int]:
         """Every pipeline upstream of `pipeline_id`, transitively, with its distance in hops."""
@@ -73,6 +131,7 @@ def root_causes(
     rank: Callable[[str], Any] = str,
     known: Callable[[str], str | None] | None = None,
     of: Collection[str] | None = None,
+    trusted: bool = True,
 ) -> dict[str, str]:
     """The root cause of each pipeline of `of` (default: every one of `open_`, the pipelines
     with open alerts): the upstream pipeline whose open alert explains its own, or "" when none
@@ -90,7 +149,11 @@ def root_causes(
     costs only the way up to the nearest open ones. Otherwise one walk up and one pass over the
     strongly connected components of what it reaches, upstream first: linear in that part of
     the graph.
+
+    Only trusted edges are followed (see the module's docstring), unless `trusted` is false:
+    then every reported edge is, which gives the likely cause an untrusted claim would point at.
     """
+    edges = lineage.trusted_upstream if trusted else lineage.upstream
     asked = open_ if of is None else of
     judged: dict[str, str | None] = {}
 
@@ -102,7 +165,7 @@ def root_causes(
         return judged[node]
 
     def up(node: str) -> tuple[str, ...]:
-        return () if settled(node) is not None else lineage.upstream(node)
+        return () if settled(node) is not None else edges(node)
 
     reached = _upstream_closure(up, asked)
     components = _components(reached, up)

@@ -8,9 +8,11 @@ run) and `hold_seconds` resolves it. A timer (`tick`) escalates what nobody ackn
 repeats what still fires, and follows silences as they start and end.
 
 Receivers are told (an event's `notify`) unless a silence mutes the alert or an upstream
-pipeline's open alert explains it (`caused_by`, see lineage). Those alerts exist and are listed
-all the same; if they stop being muted before they resolve, they fire again with notify set, and
-when an alert resolves, whoever was told it fired is told it resolved, silenced or not.
+pipeline's open alert explains it (`caused_by`, see lineage) along lineage the alert's team
+trusts; an explanation it does not trust (another team's pipeline) is shown as
+`untrusted_cause` and mutes nothing. Muted alerts exist and are listed all the same; if they
+stop being muted before they resolve, they fire again with notify set, and when an alert
+resolves, whoever was told it fired is told it resolved, silenced or not.
 
 Every change is a log record holding the changed alerts whole (see storage), appended in the
 same step as the change; events reach subscribers (the feed) only once their record is durable.
@@ -40,7 +42,7 @@ from server.alerting.convert import (
     silence_message,
 )
 from server.alerting.feed import AlertFeed
-from server.alerting.lineage import Lineage
+from server.alerting.lineage import Lineage, TeamTrust
 from server.alerting.model import (
     ACKNOWLEDGED,
     ACKNOWLEDGED_EVENT,
@@ -101,7 +103,7 @@ class AlertManager:
         """The time for timers and requests; detection passes hand over their own `now`."""
         self.book = AlertBook(settings.history_size)
         """The alerts and their history: what reads read."""
-        self.lineage = Lineage()
+        self.lineage = Lineage(TeamTrust(settings.trusted_teams))
         self.silences = Silences()
         self._fresh: dict[str, Alert] = {}
         """Fired since the last flush; their FIRED events wait for lineage to settle."""
@@ -119,7 +121,7 @@ class AlertManager:
         """Take a pipeline's complete current anomalies (evaluated at `now`). Call `flush` at
         the end of a detection pass to log the changes and publish their events."""
         pid = pipeline.pipeline_id
-        if self.lineage.update(pid, pipeline.upstream):
+        if self.lineage.update(pid, pipeline.upstream, pipeline.team):
             self._lineage_changed = True
         if not anomalies and not self.book.has_alerts(pid):
             return
@@ -157,7 +159,10 @@ class AlertManager:
         """Take the upstream pipelines of every pipeline (after recovery), so that root causes
         are known before each pipeline is evaluated again."""
         for p in pipelines:
-            self.lineage.update(p.pipeline_id, p.upstream)
+            self.lineage.update(p.pipeline_id, p.upstream, p.team)
+        # Causes recovered from the log were judged by the rules of their time (trust may have
+        # been configured since): the next tick judges them again.
+        self._lineage_changed = True
 
     # -- the timer -------------------------------------------------------------------------------
 
@@ -402,6 +407,8 @@ class AlertManager:
         notify = not alert.muted
         if alert.caused_by:
             reason = f"explained by an open alert of upstream {alert.caused_by}"
+        elif alert.untrusted_cause:
+            reason = self._untrusted_reason(alert)
         elif alert.silenced:
             reason = "silenced"
         else:
@@ -464,6 +471,8 @@ class AlertManager:
             cause = causes.get(alert.pipeline_id, "")
             if alert.is_open and alert.caused_by != cause:
                 self._set_cause(alert, cause)
+        unexplained = {a.pipeline_id for a in self._fresh.values() if not a.caused_by}
+        self._settle_untrusted(unexplained, [a for a in self._fresh.values() if a.is_open])
 
     def _settle_lineage(self) -> list[Alert]:
         """Judge again the root cause of every open alert, if a pipeline's openness or upstream
@@ -480,7 +489,36 @@ class AlertManager:
                 if alert.is_open and alert.caused_by != cause:
                     self._set_cause(alert, cause)
                     changed.append(alert)
+        unexplained = {pid for pid, cause in causes.items() if not cause}
+        self._settle_untrusted(unexplained, self.book.open_alerts())
         return changed
+
+    def _settle_untrusted(self, unexplained: set[str], alerts: Iterable[Alert]) -> None:
+        """Set the untrusted cause of `alerts`: for those of the `unexplained` pipelines, what
+        explains them along every reported edge, trusted or not; for the others, none."""
+        likely = (
+            lineage_mod.root_causes(
+                self.lineage,
+                self.book.open_pipelines(),
+                rank=self.book.opened_at,
+                of=unexplained,
+                trusted=False,
+            )
+            if unexplained
+            else {}
+        )
+        for alert in alerts:
+            cause = "" if alert.caused_by else likely.get(alert.pipeline_id, "")
+            if alert.untrusted_cause != cause:
+                alert.untrusted_cause = cause
+                self._changed[alert.alert_id] = alert
+
+    def _untrusted_reason(self, alert: Alert) -> str:
+        cause = alert.untrusted_cause
+        return (
+            f"likely caused by upstream {cause} (team {self.lineage.team_of(cause) or 'unknown'})"
+            f", through lineage team {alert.team} does not trust to mute its alerts: notified"
+        )
 
     def _set_cause(self, alert: Alert, cause: str) -> None:
         if alert.caused_by:

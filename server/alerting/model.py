@@ -100,7 +100,11 @@ class Alert:
     silenced: bool = False
     """A silence mutes it now."""
     caused_by: str = ""
-    """The upstream pipeline whose open alert explains this one; empty when none."""
+    """The upstream pipeline whose open alert explains (and mutes) this one, along lineage its
+    team trusts; empty when none."""
+    untrusted_cause: str = ""
+    """When nothing trusted explains it: the upstream pipeline whose open alert would, along
+    lineage its team does not trust. Shown, never muting; empty when none."""
     acknowledged_by: str = ""
     """Who acknowledged it."""
     acknowledged_at: float | None = None

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
-__all__ = ["AlertSettings", "BlastRadiusSettings", "EscalationSettings"]
+from server.errors import ConfigError
+
+__all__ = ["AlertSettings", "BlastRadiusSettings", "EscalationSettings", "parse_trusted_teams"]
 
 HOUR = 3600.0
 
@@ -59,3 +63,29 @@ class AlertSettings:
     RESOURCE_EXHAUSTED (the client should reconnect)."""
     blast_radius: BlastRadiusSettings = field(default_factory=BlastRadiusSettings)
     """Severity of root causes by their impact downstream."""
+    trusted_teams: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """Whose lineage may explain, and so mute, a team's alerts: by team, the other teams it
+    trusts (`"*"` in a list: every team; `"*"` as a key: trusted by every team). A team always
+    trusts itself, and by default nobody else: an alert explained only through another team's
+    pipeline (or its claim to produce a dataset) notifies, showing that pipeline as its
+    `untrusted_cause`. Applies to every source of lineage (gRPC upstream ids, OpenLineage)."""
+
+
+def parse_trusted_teams(value: Any, key: str) -> dict[str, tuple[str, ...]]:
+    """Validate `alerts.trusted_teams`: a mapping of team to a list of teams."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(key, f"expected a mapping of team to a list of teams, got {value!r}")
+    out: dict[str, tuple[str, ...]] = {}
+    for team, others in value.items():
+        if not isinstance(team, str) or not team.strip():
+            raise ConfigError(key, f"{team!r} is not a team name")
+        where = f"{key}.{team}"
+        if not isinstance(others, list):
+            raise ConfigError(where, f"expected a list of teams, got {others!r}")
+        for other in others:
+            if not isinstance(other, str) or not other.strip():
+                raise ConfigError(where, f"{other!r} is not a team name")
+        out[team] = tuple(others)
+    return out

@@ -5,14 +5,17 @@ one execution event and takes the gRPC path: the same Ingestor validates, dedupl
 and logs it, and the answer (201) waits until it is durable, as Ingest does; the outputs it names
 teach the dataset producer map, durable before the answer too. Bad input is 400 with the reason
 and changes nothing; 503 while recovering or when the log cannot write.
+
+Whatever goes wrong while reading a client's body (decoding, parsing, mapping: see body and
+mapping) is that body's fault and a 400, never a 500: everything the event would change is
+decided, and checked, before anything changes.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -20,20 +23,24 @@ from aiohttp import web
 from pipewarden.v1 import service_pb2
 from server import metrics
 from server.auth import ANONYMOUS, Principal
+from server.config import IngestLimits
 from server.errors import LogError
 from server.eventlog import EventLog
 from server.http import PRINCIPAL
 from server.ingest import Ingestor
+from server.openlineage.body import BodyTooLargeError, decode
 from server.openlineage.mapping import (
     BadEventError,
+    EventLimits,
     LineageEvent,
     Translator,
     parse_event,
     pipeline_id,
 )
 from server.openlineage.producers import DatasetProducers
+from server.openlineage.settings import OpenLineageSettings
 
-__all__ = ["PATH", "Authorizer", "LineageEndpoint", "allow_all"]
+__all__ = ["PATH", "Authorizer", "LineageEndpoint", "allow_all", "event_limits"]
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +51,19 @@ Authorizer = Callable[[web.Request], str | None]
 (answered 401). The seam for bearer tokens (`auth.tokens`, a later issue): a writer token of the
 pipeline's team, checked here before the body is read."""
 
-_GZIP_MAGIC = b"\x1f\x8b"
+
+def event_limits(limits: IngestLimits, settings: OpenLineageSettings) -> EventLimits:
+    """The bounds of one event: the gRPC limits of the fields its strings become, and the
+    OpenLineage settings' for datasets."""
+    return EventLimits(
+        max_id_length=limits.max_id_length,
+        max_team_length=limits.max_team_length,
+        max_label_length=limits.max_label_length,
+        max_upstreams=limits.max_upstreams,
+        max_error_message_length=limits.max_error_message_length,
+        max_datasets=settings.max_datasets_per_event,
+        max_dataset_name_length=settings.max_dataset_name_length,
+    )
 
 
 def allow_all(request: web.Request) -> str | None:
@@ -65,6 +84,7 @@ class LineageEndpoint:
         ready: Callable[[], bool],
         max_body_bytes: int,
         authorize: Authorizer = allow_all,
+        limits: EventLimits | None = None,
     ) -> None:
         self.ingestor = ingestor
         self.log = event_log
@@ -73,6 +93,8 @@ class LineageEndpoint:
         self.ready = ready
         self.max_body_bytes = max_body_bytes
         self.authorize = authorize
+        self.limits = limits if limits is not None else EventLimits()
+        """Bounds on the strings and datasets of one event."""
 
     def add_to(self, app: web.Application) -> None:
         """Route POST /api/v1/lineage of `app` here."""
@@ -90,44 +112,68 @@ class LineageEndpoint:
         if who.role == "reader":
             return _error(403, "a reader token may not report runs")
         try:
-            doc = _decode(await request.read(), self.max_body_bytes)
-            return await self._apply(parse_event(doc), who)
+            doc = decode(await request.read(), self.max_body_bytes)
+            plan = self._plan(parse_event(doc, self.limits))
         except BadEventError as e:
             metrics.OPENLINEAGE_EVENTS.labels("UNKNOWN", "rejected").inc()
             return _error(400, str(e))
-        except _TooLarge as e:
+        except BodyTooLargeError as e:
             return _error(413, str(e))
+        except Exception as e:  # a client's body must never make a 500
+            log.warning("an OpenLineage event could not be read", exc_info=True)
+            metrics.OPENLINEAGE_EVENTS.labels("UNKNOWN", "rejected").inc()
+            return _error(400, f"the event cannot be read: {type(e).__name__}: {e}")
+        try:
+            return await self._apply(plan, who)
         except LogError as e:
             return _error(503, str(e))
 
-    async def _apply(self, event: LineageEvent, who: Principal) -> web.Response:
+    def _plan(self, event: LineageEvent) -> _Plan:
+        """What `event` would change, decided and checked (BadEventError) before anything
+        does: the execution event, its request's bytes, and the producer and team of its
+        outputs."""
         kind = (event.event_type or "OTHER") if event.kind == "run" else event.kind.upper()
+        if event.kind not in ("run", "job"):
+            return _Plan(event, kind)
+        pid = pipeline_id(event.namespace, event.name)
+        execution = self.translator.to_execution(event)
+        team = execution.team if execution is not None else self.translator.team_of(event)
+        request = None
+        data = b""
+        if execution is not None:
+            request = service_pb2.IngestRequest(executions=[execution])
+            data = request.SerializeToString()
+        return _Plan(event, kind, pid, team, request, data)
+
+    async def _apply(self, plan: _Plan, who: Principal) -> web.Response:
+        event, kind = plan.event, plan.kind
         body: dict[str, Any] = {}
         seq = 0
         outcome = "ignored"
-        if event.kind in ("run", "job"):
-            body["pipeline_id"] = pipeline_id(event.namespace, event.name)
-        execution = self.translator.to_execution(event)
-        if execution is not None and not who.can_write(execution.team):
-            metrics.OPENLINEAGE_EVENTS.labels(kind, "rejected").inc()
-            return _error(
-                403, f"a token of team {who.team!r} may not report runs of team {execution.team!r}"
-            )
-        if execution is not None:
+        if plan.pipeline_id:
+            body["pipeline_id"] = plan.pipeline_id
+            if not who.can_write(plan.team):
+                metrics.OPENLINEAGE_EVENTS.labels(kind, "rejected").inc()
+                return _error(
+                    403, f"a token of team {who.team!r} may not report jobs of team {plan.team!r}"
+                )
+            refusal = self.producers.check(plan.pipeline_id, plan.team, event.outputs)
+            if refusal is not None:
+                metrics.OPENLINEAGE_EVENTS.labels(kind, "rejected").inc()
+                return _error(400, refusal)
+        if plan.request is not None:
+            execution = plan.request.executions[0]
             body["execution_id"] = execution.execution_id
-            request = service_pb2.IngestRequest(executions=[execution])
             # Nothing awaits between reading the state (in to_execution) and applying the
             # event, so no other event changes the pipeline in between.
-            result, seq = self.ingestor.ingest(request.SerializeToString(), request)
+            result, seq = self.ingestor.ingest(plan.data, plan.request)
             if result.rejected:
                 metrics.OPENLINEAGE_EVENTS.labels(kind, "rejected").inc()
                 return _error(400, result.rejected[0][2])
             outcome = (
                 "accepted" if result.accepted else "duplicate" if result.duplicates else "running"
             )
-        if event.kind in ("run", "job") and self.producers.record(
-            body["pipeline_id"], event.outputs
-        ):
+        if plan.pipeline_id and self.producers.record(plan.pipeline_id, event.outputs, plan.team):
             await self.producers.flush()
         if seq:
             await self.log.wait_durable(seq)
@@ -136,25 +182,20 @@ class LineageEndpoint:
         return web.json_response(body, status=201)
 
 
-class _TooLarge(Exception):
-    pass
+@dataclass(frozen=True)
+class _Plan:
+    """What one event changes, decided before anything does."""
 
-
-def _decode(body: bytes, limit: int) -> Any:
-    """The JSON document of a body. aiohttp already inflates a body sent with
-    `Content-Encoding: gzip`; one gzipped without saying so is inflated here, within `limit`."""
-    if body[:2] == _GZIP_MAGIC:
-        inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-        try:
-            body = inflater.decompress(body, limit + 1)
-        except zlib.error as e:
-            raise BadEventError(f"the body looks gzip-encoded but does not inflate: {e}") from e
-        if len(body) > limit:
-            raise _TooLarge(f"the event is larger than {limit} bytes")
-    try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise BadEventError(f"the body is not JSON: {e}") from e
+    event: LineageEvent
+    kind: str
+    """The event's kind for metrics: its event type, or JOB or DATASET."""
+    pipeline_id: str = ""
+    """The job's pipeline (its producer of outputs); empty for a DatasetEvent."""
+    team: str = ""
+    request: service_pb2.IngestRequest | None = None
+    """The execution event to ingest; None when the event changes no run."""
+    data: bytes = b""
+    """`request` serialized."""
 
 
 def _error(status: int, message: str) -> web.Response:

@@ -14,6 +14,11 @@
 | producers of the inputs, `jobDependencies`    | `upstream_pipeline_ids`                   |
 | upstream jobs, the `parent` run facet's job   |                                           |
 
+Every string read is bounded (EventLimits: the gRPC limits of the PipelineExecution field it
+becomes, and `openlineage.max_dataset_name_length` for datasets), as are the datasets an event
+names, and every time must lie in years 1 to 9999 in UTC: beyond, the event is refused with the
+reason (BadEventError, a 400), before anything changes.
+
 The start time comes from the pipeline's state: a START is ingested as a RUNNING event, which
 the log keeps and the pipeline remembers as in flight (in snapshots too), so the terminal event
 finds it after a restart. When no START was seen, the duration is unknown (the run still counts).
@@ -23,7 +28,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -39,6 +44,7 @@ __all__ = [
     "STATUSES",
     "BadEventError",
     "DatasetKey",
+    "EventLimits",
     "LineageEvent",
     "ProducerLookup",
     "Translator",
@@ -62,6 +68,32 @@ DatasetKey = tuple[str, str]
 """A dataset's (namespace, name)."""
 
 _MAX_INT64 = 2**63 - 1
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# The range of google.protobuf.Timestamp, as in server.validation: 0001-01-01 to 9999-12-31.
+_MIN_SECONDS = -62_135_596_800
+_MAX_SECONDS = 253_402_300_799
+
+
+@dataclass(frozen=True)
+class EventLimits:
+    """Bounds on what one event may carry: a string beyond its bound, or more datasets, is
+    refused with the reason (an error message is cut instead, as over gRPC)."""
+
+    max_id_length: int = 256
+    """Longest run id and pipeline id (job namespace + "/" + name), as execution_id and
+    pipeline_id over gRPC; also the jobs named by the parent and jobDependencies facets."""
+    max_team_length: int = 128
+    """Longest team named by the ownership facet (`team:NAME`)."""
+    max_label_length: int = 256
+    """Longest label value read from the jobType facet."""
+    max_upstreams: int = 256
+    """Most jobs in the jobDependencies facet's upstream list."""
+    max_error_message_length: int = 4096
+    """Longer errorMessage facets are kept, cut to this length."""
+    max_datasets: int = 1000
+    """Most datasets (inputs and outputs together) one event may name."""
+    max_dataset_name_length: int = 1024
+    """Longest dataset namespace, and longest dataset name."""
 
 
 class BadEventError(PipewardenError):
@@ -99,21 +131,25 @@ def pipeline_id(namespace: str, name: str) -> str:
     return f"{namespace}/{name}"
 
 
-def parse_event(doc: Any) -> LineageEvent:
+def parse_event(doc: Any, limits: EventLimits | None = None) -> LineageEvent:
     """Read a decoded JSON body; BadEventError names the field that is wrong. Lenient about
     what Pipewarden does not use (schemaURL, producer, unknown facets)."""
+    limits = limits if limits is not None else EventLimits()
     if not isinstance(doc, dict):
         raise BadEventError(f"the body is a JSON {type(doc).__name__}, not an OpenLineage event")
     if "run" not in doc:
         if "job" in doc:
             job = _object(doc, "job")
-            return LineageEvent(
+            event = LineageEvent(
                 kind="job",
                 namespace=_string(job, "namespace", "job.namespace"),
                 name=_string(job, "name", "job.name"),
+                owner_team=_owner_team(_facets(job, "job.facets")),
                 inputs=_datasets(doc, "inputs"),
                 outputs=_datasets(doc, "outputs"),
             )
+            _check_limits(event, limits)
+            return event
         if "dataset" in doc:
             return LineageEvent(kind="dataset")
         raise BadEventError("not an OpenLineage event: it has no run, job or dataset")
@@ -129,7 +165,7 @@ def parse_event(doc: Any) -> LineageEvent:
     job = _object(doc, "job")
     run_facets = _facets(run, "run.facets")
     job_facets = _facets(job, "job.facets")
-    return LineageEvent(
+    event = LineageEvent(
         kind="run",
         event_type=event_type,
         event_time=_time(doc.get("eventTime")),
@@ -145,6 +181,63 @@ def parse_event(doc: Any) -> LineageEvent:
         depends_on=_depends_on(run_facets),
         labels=_labels(job_facets),
     )
+    _check_limits(event, limits)
+    if len(event.error_message) > limits.max_error_message_length:
+        event = replace(event, error_message=event.error_message[: limits.max_error_message_length])
+    return event
+
+
+def _check_limits(event: LineageEvent, limits: EventLimits) -> None:
+    """Raise BadEventError for the first string or list of `event` beyond its bound."""
+    pid = pipeline_id(event.namespace, event.name)
+    longest = limits.max_id_length
+    if len(pid) > longest:
+        raise BadEventError(
+            f"pipeline_id is {len(pid)} characters long (job.namespace/job.name); "
+            f"the limit is {longest}"
+        )
+    if len(event.run_id) > longest:
+        raise BadEventError(
+            f"run.runId is {len(event.run_id)} characters long; the limit is {longest}"
+        )
+    if event.owner_team is not None and len(event.owner_team) > limits.max_team_length:
+        raise BadEventError(
+            f"the ownership facet's team is {len(event.owner_team)} characters long; "
+            f"the limit is {limits.max_team_length}"
+        )
+    for key, value in event.labels.items():
+        if len(value) > limits.max_label_length:
+            raise BadEventError(
+                f"the jobType facet's {key} is {len(value)} characters long; "
+                f"the limit is {limits.max_label_length}"
+            )
+    named = len(event.inputs) + len(event.outputs)
+    if named > limits.max_datasets:
+        raise BadEventError(
+            f"the event names {named} datasets (inputs and outputs); the limit is "
+            f"{limits.max_datasets} (openlineage.max_datasets_per_event)"
+        )
+    for where, datasets in (("inputs", event.inputs), ("outputs", event.outputs)):
+        for i, (namespace, name) in enumerate(datasets):
+            for part, text in (("namespace", namespace), ("name", name)):
+                if len(text) > limits.max_dataset_name_length:
+                    raise BadEventError(
+                        f"{where}[{i}].{part} is {len(text)} characters long; the limit is "
+                        f"{limits.max_dataset_name_length} (openlineage.max_dataset_name_length)"
+                    )
+    if len(event.depends_on) > limits.max_upstreams:
+        raise BadEventError(
+            f"the jobDependencies facet names {len(event.depends_on)} upstream jobs; "
+            f"the limit is {limits.max_upstreams}"
+        )
+    jobs = [("the parent facet's job", event.parent)] if event.parent is not None else []
+    jobs.extend((f"jobDependencies.upstream[{i}]", job) for i, job in enumerate(event.depends_on))
+    for where, (namespace, name) in jobs:
+        upstream = pipeline_id(namespace, name)
+        if len(upstream) > longest:
+            raise BadEventError(
+                f"{where} makes a pipeline id of {len(upstream)} characters; the limit is {longest}"
+            )
 
 
 class ProducerLookup(Protocol):
@@ -166,11 +259,14 @@ class Translator:
         producers: ProducerLookup,
         *,
         max_upstreams: int = 256,
+        max_id_length: int = 256,
     ) -> None:
         self.settings = settings
         self.shards = shards
         self.producers = producers
         self.max_upstreams = max_upstreams
+        self.max_id_length = max_id_length
+        """Producers with longer ids (learned under other limits) are not named upstream."""
         self._warned: set[str] = set()
 
     def team_of(self, event: LineageEvent) -> str:
@@ -200,7 +296,8 @@ class Translator:
         found: dict[str, None] = {}
         for dataset in event.inputs:
             for producer in self.producers.producers_of(dataset):
-                found[producer] = None
+                if len(producer) <= self.max_id_length:
+                    found[producer] = None
         for namespace, name in event.depends_on:
             found[pipeline_id(namespace, name)] = None
         if event.parent is not None and self.settings.parent_as_upstream:
@@ -283,7 +380,16 @@ def _time(value: Any) -> float | None:
         raise BadEventError(f"eventTime {value!r} is not an ISO 8601 date and time") from e
     if t.tzinfo is None:
         t = t.replace(tzinfo=UTC)
-    return t.timestamp()
+    try:
+        since = t.astimezone(UTC) - _EPOCH
+    except OverflowError as e:
+        raise BadEventError(f"eventTime {value!r} is outside years 1 to 9999 once in UTC") from e
+    seconds = since.days * 86_400 + since.seconds
+    if not _MIN_SECONDS <= seconds <= _MAX_SECONDS:
+        raise BadEventError(f"eventTime {value!r} is outside years 1 to 9999 once in UTC")
+    if seconds == _MAX_SECONDS:
+        return float(seconds)  # a fraction of the last second would round past the range
+    return seconds + since.microseconds / 1e6
 
 
 def _datasets(doc: Mapping[str, Any], key: str) -> tuple[DatasetKey, ...]:

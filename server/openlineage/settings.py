@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from server.confparse import whole
 from server.errors import ConfigError
 
 __all__ = ["OpenLineageSettings", "parse_settings"]
@@ -25,6 +26,15 @@ class OpenLineageSettings:
     upstream pipelines, beside the producers of its inputs. Turn it off when parents are
     orchestrators that fail because their children do, so that a child's alert is not
     ascribed to its parent."""
+    max_datasets_per_event: int = 1000
+    """Most datasets (inputs and outputs together) one event may name; an event naming more is
+    refused (400) and changes nothing."""
+    max_datasets_per_team: int = 50_000
+    """Most (dataset, producing pipeline) pairs the producer map keeps for one team's
+    pipelines, so that one team's events cannot fill memory (and the map's file); an event
+    that would teach more is refused (400) and changes nothing; what is known stays known."""
+    max_dataset_name_length: int = 1024
+    """Longest dataset namespace, and longest dataset name, an event may name (400 beyond)."""
 
 
 def parse_settings(raw: Any, key: str) -> OpenLineageSettings:
@@ -33,7 +43,14 @@ def parse_settings(raw: Any, key: str) -> OpenLineageSettings:
         return OpenLineageSettings()
     if not isinstance(raw, Mapping):
         raise ConfigError(key, f"expected a mapping, got {type(raw).__name__}")
-    known = {"namespace_teams", "default_team", "parent_as_upstream"}
+    known = {
+        "namespace_teams",
+        "default_team",
+        "parent_as_upstream",
+        "max_datasets_per_event",
+        "max_datasets_per_team",
+        "max_dataset_name_length",
+    }
     for k in raw:
         if k not in known:
             raise ConfigError(f"{key}.{k}", f"unknown key (known: {', '.join(sorted(known))})")
@@ -51,6 +68,10 @@ def parse_settings(raw: Any, key: str) -> OpenLineageSettings:
     parent = raw.get("parent_as_upstream", True)
     if not isinstance(parent, bool):
         raise ConfigError(f"{key}.parent_as_upstream", f"expected true or false, got {parent!r}")
+    bounds = {
+        name: whole(raw.get(name, getattr(OpenLineageSettings, name)), f"{key}.{name}", minimum=1)
+        for name in ("max_datasets_per_event", "max_datasets_per_team", "max_dataset_name_length")
+    }
     return OpenLineageSettings(
-        namespace_teams=dict(teams), default_team=default, parent_as_upstream=parent
+        namespace_teams=dict(teams), default_team=default, parent_as_upstream=parent, **bounds
     )
