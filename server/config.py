@@ -69,6 +69,10 @@ class IngestLimits:
     max_pipelines_per_team: int = 100_000
     """Distinct pipelines one team may have, so that one runaway producer cannot exhaust
     memory; events of new pipelines beyond it are rejected (existing ones keep counting)."""
+    max_future_skew_seconds: int = 86_400
+    """How far ahead of the server's clock an event's times (started_at, finished_at, or start +
+    duration) may lie; an event beyond it is rejected with a reason, so that a runner with a
+    wrong clock (or a year-9999 time) cannot count runs that have not happened."""
     small_message_bytes: int = field(init=False, repr=False, compare=False)
     """Derived: the size below which no per-string or per-entry limit can be exceeded (no string
     is longer than its message; a label costs at least 4 bytes, an upstream id 2)."""
