@@ -117,10 +117,13 @@ class ServerConfig:
     max_in_flight_per_stream: int = 64
     """Requests of one StreamIngest stream processed but not yet answered; more wait."""
     max_seen_executions: int = 5_000_000
-    """Terminal execution ids remembered for duplicate detection; the oldest are forgotten."""
+    """Terminal executions (pipeline and execution id) remembered for duplicate detection. Beyond
+    it, the team that holds the most forgets its oldest first, down to the level of the next
+    largest: a team is never cut while another holds more, so a flood stays in its own share."""
     dedup_retention_seconds: float = 14 * 86400.0
-    """Execution ids are also forgotten once their event time is this much older than the newest
-    event seen (a chunk of 4,096 at a time). A resent event whose id was forgotten counts again."""
+    """Executions are also forgotten once the server received them this much before the newest
+    request (a team's chunk of 4,096 at a time; event times play no part). A resent event
+    whose execution was forgotten counts again."""
     fsync: str = "always"
     """When the log calls fdatasync: always (before every answer; loses nothing acknowledged on
     power loss), interval (every fsync_interval_seconds; a power loss may lose that much, a
