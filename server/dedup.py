@@ -231,6 +231,7 @@ class SeenExecutions:
     __slots__ = (
         "_chunks",
         "_count",
+        "_emptied",
         "_ids",
         "_left",
         "_old",
@@ -253,6 +254,7 @@ class SeenExecutions:
         """The latest time ids were received; the age horizon is measured from it."""
         self._ids: set[str] = set()
         self._chunks: deque[_Chunk] = deque()  # every team's, oldest first; some emptied
+        self._emptied = 0  # chunks in `_chunks` emptied by count (not yet dropped)
         self._teams: dict[str, _Team] = {}
         self._count = 0
         self._old: Remembered | None = None  # restored: older than every live key
@@ -345,15 +347,17 @@ class SeenExecutions:
         """Forget the oldest chunks while they were last received longer than the retention
         before the newest time (and drop the emptied ones in front)."""
         horizon = self.newest - self.retention_seconds
-        chunks = self._chunks
-        while len(chunks) > 1:
-            front = chunks[0]
+        while len(self._chunks) > 1:
+            front = self._chunks[0]
             size = front.size()
             if size and front.max_time >= horizon:
                 return
-            chunks.popleft()
-            if size:  # the oldest chunk overall is its team's oldest
+            if size:  # the oldest chunk overall is its team's oldest: now emptied
                 self._forget(self._teams[front.team], size)
+            chunks = self._chunks  # a new queue, without the emptied ones, when compacted
+            if chunks and chunks[0] is front:
+                chunks.popleft()
+                self._emptied -= 1
 
     def _shed(self, excess: int) -> None:
         """Forget `excess` keys, from the teams that hold the most (module docstring)."""
@@ -405,8 +409,14 @@ class SeenExecutions:
             self._count -= take
             if not front.size():
                 chunks.popleft()
+                self._emptied += 1
         if share.count <= 0:
             del self._teams[share.team]
+        if self._emptied > 64 + len(self._chunks) // 2:
+            # Chunks emptied behind others (a team's, forgotten by count) are dropped here
+            # rather than one by one from the middle of the queue.
+            self._chunks = deque(c for c in self._chunks if c.size())
+            self._emptied = 0
         if self._old is not None and self._left <= 0:
             self._drop_old()
 
@@ -466,6 +476,7 @@ class SeenExecutions:
         of keys (team, keys, time received), oldest first. Restored chunks take no more keys."""
         self._ids = set()
         self._chunks = deque()
+        self._emptied = 0
         self._teams = {}
         self._count = 0
         self._drop_old()

@@ -186,3 +186,20 @@ async def test_a_real_restart_counts_each_id_once_before_and_after_the_ids_settl
     finally:
         again.stop()
     assert "3000 execution ids restored from the snapshot are in the live set" in again.log()
+
+
+def test_chunks_emptied_behind_another_teams_are_dropped() -> None:
+    """A flood's chunks, emptied by count behind a quiet team's older chunk (which keeps the
+    queue from being cut at its front), do not pile up."""
+    seen = SeenExecutions(capacity=100, chunk=4)
+    seen.add_batch("quiet", ["q-0", "q-1"], 0.0)
+    for n in range(10_000):
+        seen.add_batch("flood", [f"f-{n}-0", f"f-{n}-1", f"f-{n}-2", f"f-{n}-3"], 1.0 + n)
+    assert (seen.held("quiet"), seen.held("flood")) == (2, 98)
+    assert len(seen._chunks) <= 64 + 2 * (98 // 4 + 2)
+    assert list(seen)[:2] == ["q-0", "q-1"] and "f-9999-3" in seen and "f-9974-3" not in seen
+    assert seen.chunks() == [
+        ("quiet", ["q-0", "q-1"], 0.0),
+        ("flood", ["f-9975-2", "f-9975-3"], 9976.0),
+        *(("flood", [f"f-{n}-{i}" for i in range(4)], 1.0 + n) for n in range(9976, 10_000)),
+    ]

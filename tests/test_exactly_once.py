@@ -20,7 +20,8 @@ import pytest
 from pipewarden.client import execution
 from pipewarden.v1 import service_pb2, service_pb2_grpc
 from server.app import App
-from server.config import IngestLimits
+from server.config import IngestLimits, parse
+from server.errors import ConfigError
 from tests.conftest import make_config
 from tests.helpers import T0, request, run
 from tests.process import ServerProcess
@@ -127,6 +128,16 @@ async def test_event_times_beyond_the_skew_are_rejected_with_a_reason(stub: Stub
     answer = await stub.Ingest(request(*inside))
     assert (answer.accepted, len(answer.rejected)) == (2, 0)
     assert (await health(stub, "p.skew")).total_executions == 2
+
+
+def test_the_skew_is_configured_under_server_limits() -> None:
+    assert IngestLimits().max_future_skew_seconds == 86_400
+    doc = {"server": {"limits": {"max_future_skew_seconds": 300}}}
+    assert parse(doc).server.limits.max_future_skew_seconds == 300
+    for bad, why in ((0, "0 is less than 1"), (1.5, "expected a whole number")):
+        with pytest.raises(ConfigError) as e:
+            parse({"server": {"limits": {"max_future_skew_seconds": bad}}})
+        assert SKEW_KEY in str(e.value) and why in str(e.value)
 
 
 async def test_a_year_9999_openlineage_event_is_refused_and_counts_nothing(
