@@ -290,13 +290,6 @@ class SeenExecutions:
         c = self._old_chunks[bisect.bisect_right(old.ends, i)]
         return c.first <= i < c.end  # a settled chunk's range is empty
 
-    def seen(self, pipeline_id: str, execution_id: str) -> bool:
-        """Whether the execution was counted (its key, or its bare id from an older snapshot)."""
-        k = key(pipeline_id, execution_id)
-        if k in self:
-            return True
-        return self.legacy > 0 and legacy_key(execution_id) in self
-
     def __contains__(self, text: object) -> bool:
         if text in self._ids:
             return True

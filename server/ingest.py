@@ -257,9 +257,9 @@ class Ingestor:
                     and seen.in_restored(k)
                 )
             ):
-                team_ids = new_ids.get(e.team)
+                team_ids = new_ids.get(state.team)
                 if team_ids is None:
-                    new_ids[e.team] = [k]
+                    new_ids[state.team] = [k]
                 else:
                     team_ids.append(k)
                 new_set.add(k)
