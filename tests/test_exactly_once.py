@@ -77,6 +77,17 @@ async def test_one_future_dated_run_does_not_wipe_duplicate_detection_for_every_
     assert len(reasons) == 1 and "finished_at (9999-12-31" in reasons[0] and SKEW_KEY in reasons[0]
 
 
+async def test_a_backfill_of_old_runs_is_remembered_as_long_as_todays(stub: Stub) -> None:
+    """Retention runs from when the server received a run, not from when the runner says it
+    happened: a backfill of 2020's runs stays deduplicated while newer runs arrive."""
+    year_2020 = 1_580_000_000.0
+    backfill = [run(f"old-{i}", "a.backfill", "team-a", start=year_2020 + i) for i in range(5000)]
+    assert await send(stub, backfill) == (5000, 0, [])
+    assert await send(stub, runs("b", 8192, "b.loads", "team-b")) == (8192, 0, [])
+    assert await send(stub, backfill) == (0, 5000, [])
+    assert await total(stub, "team-a") == 5000
+
+
 @pytest.mark.parametrize("server_options", [{"max_seen_executions": 1000}])
 async def test_a_team_flooding_ids_forgets_its_own_before_another_teams(stub: Stub) -> None:
     a = runs("a", 300, "a.loads", "team-a")
