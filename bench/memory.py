@@ -65,13 +65,14 @@ def _prepare(pipelines: int) -> dict[str, Any]:
 
 def _compact(count: int) -> dict[str, float]:
     """Bytes per id of the compact form of `count` UUID-like ids, by part."""
-    from server.dedup import ImageBuilder, SeenExecutions
+    from server.dedup import ImageBuilder, SeenExecutions, key
 
     rng = random.Random(11)
-    ids = [str(uuid.UUID(int=rng.getrandbits(128))) for _ in range(count)]
+    # Remembered by pipeline and id together: a pipeline id of 12 characters in each key.
+    ids = [key("sales.orders", str(uuid.UUID(int=rng.getrandbits(128)))) for _ in range(count)]
     seen = SeenExecutions(count)
     for i in range(0, count, BATCH):
-        seen.add_batch(ids[i : i + BATCH], 0.0)
+        seen.add_batch("team", ids[i : i + BATCH], 0.0)
     builder = ImageBuilder(seen)
     for _ in builder.steps():
         pass

@@ -73,6 +73,10 @@ class IngestLimits:
     """Distinct pipelines one team may have, so that one runaway producer cannot exhaust
     memory; events of new pipelines beyond it are rejected (existing ones keep counting).
     At the defaults, a team's pipelines take at most this x PIPELINE_MEMORY_BUDGET (1.2 GiB)."""
+    max_future_skew_seconds: int = 86_400
+    """How far ahead of the server's clock an event's times (started_at, finished_at, or start +
+    duration) may lie; an event beyond it is rejected with a reason, so that a runner with a
+    wrong clock (or a year-9999 time) cannot count runs that have not happened."""
     small_message_bytes: int = field(init=False, repr=False, compare=False)
     """Derived: the size below which no per-string or per-entry limit can be exceeded (no string
     is longer than its message; a label costs at least 4 bytes, an upstream id 2)."""
@@ -124,10 +128,13 @@ class ServerConfig:
     max_in_flight_per_stream: int = 64
     """Requests of one StreamIngest stream processed but not yet answered; more wait."""
     max_seen_executions: int = 5_000_000
-    """Terminal execution ids remembered for duplicate detection; the oldest are forgotten."""
+    """Terminal executions (pipeline and execution id) remembered for duplicate detection. Beyond
+    it, the team that holds the most forgets its oldest first, down to the level of the next
+    largest: a team is never cut while another holds more, so a flood stays in its own share."""
     dedup_retention_seconds: float = 14 * 86400.0
-    """Execution ids are also forgotten once their event time is this much older than the newest
-    event seen (a chunk of 4,096 at a time). A resent event whose id was forgotten counts again."""
+    """Executions are also forgotten once the server received them this much before the newest
+    request (a team's chunk of 4,096 at a time; event times play no part). A resent event
+    whose execution was forgotten counts again."""
     fsync: str = "always"
     """When the log calls fdatasync: always (before every answer; loses nothing acknowledged on
     power loss), interval (every fsync_interval_seconds; a power loss may lose that much, a

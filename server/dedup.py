@@ -1,7 +1,23 @@
-"""Which terminal executions have been counted, for exactly-once counting by execution_id."""
+"""Which terminal executions have been counted, for exactly-once counting.
+
+An execution is its pipeline and its execution_id together (Airflow's `scheduled__<date>` run
+ids repeat across DAGs; a dbt invocation id is shared by every model of one run), remembered as
+one string, `key(pipeline_id, execution_id)`. Snapshots written before that (format versions 1
+and 2) hold bare execution ids: they come back as `legacy_key`s of the pseudo-team LEGACY, and
+such an id is a duplicate for every pipeline until it is forgotten.
+
+What is forgotten, and when, cannot be moved by what a client sends:
+- by age: an id is kept at least `retention_seconds` after the server received it (the time of
+  its request, in the log, so that replay forgets as the live server did); event times, which
+  are the runner's, play no part;
+- by count: beyond `capacity` ids, the team holding the most loses its oldest first, down to a
+  common level with the next largest (max-min fairness). A team is never cut while another holds
+  more than it, so one team flooding ids takes them from its own share.
+"""
 
 from __future__ import annotations
 
+import bisect
 import itertools
 from array import array
 from collections import deque
@@ -9,11 +25,20 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import crc32c
 
-__all__ = ["CHUNK", "PROBES", "ImageBuilder", "Remembered", "SeenExecutions"]
+__all__ = [
+    "CHUNK",
+    "LEGACY",
+    "PROBES",
+    "ImageBuilder",
+    "Remembered",
+    "SeenExecutions",
+    "key",
+    "legacy_key",
+]
 
 CHUNK = 4096
-"""Ids are grouped in arrival order into chunks of this many, each with its latest event time,
-so that forgetting by age costs one float per chunk, not one per id."""
+"""Ids of one team are grouped in arrival order into chunks of this many, each with the latest
+time one of them was received, so that forgetting by age costs one float per chunk."""
 
 PROBES = 32
 """A restored id sits at most this many slots past its hash's slot in the table. One that would
@@ -24,6 +49,21 @@ STEP = 4096
 """Ids per slice of the work done beside serving (ImageBuilder's for a snapshot, settle's after
 a restart), between which requests are let in: a few milliseconds each."""
 
+LEGACY = ""
+"""The team of the bare execution ids restored from a snapshot of format 1 or 2 (no real team
+is empty): they take part in forgetting by count as one team of their own."""
+
+
+def key(pipeline_id: str, execution_id: str) -> str:
+    """The string an execution is remembered by. The pipeline's length comes first, so that no
+    two pairs give the same key, and a key begins with a digit, unlike a legacy_key."""
+    return f"{len(pipeline_id)}:{pipeline_id}{execution_id}"
+
+
+def legacy_key(execution_id: str) -> str:
+    """The string a bare execution id of an older snapshot is remembered by."""
+    return ":" + execution_id
+
 
 def _hash(data: bytes) -> int:
     """The hash the restored table is built on: stable from one process to the next, unlike
@@ -32,30 +72,70 @@ def _hash(data: bytes) -> int:
 
 
 class _Chunk:
-    """Ids that arrived together, oldest first, and the latest event time among them; a
-    closed chunk (restored from a snapshot's compact form) takes no more."""
+    """Ids of one team that arrived together, oldest first, and the latest time one of them was
+    received. A restored chunk holds no strings: its ids are the entries `first` to `end` of
+    the restored compact form (`first` moves up as they are forgotten), until settle turns them
+    into strings. A closed chunk (every restored one) takes no more ids."""
 
-    __slots__ = ("closed", "ids", "max_time")
+    __slots__ = ("closed", "end", "first", "ids", "max_time", "team")
 
-    def __init__(self, ids: list[str], max_time: float, closed: bool = False) -> None:
+    def __init__(
+        self,
+        team: str,
+        ids: list[str],
+        max_time: float,
+        closed: bool = False,
+        first: int = 0,
+        end: int = 0,
+    ) -> None:
+        self.team = team
         self.ids = ids
         self.max_time = max_time
         self.closed = closed
+        self.first = first
+        self.end = end
+
+    def size(self) -> int:
+        return len(self.ids) + self.end - self.first
+
+
+class _Team:
+    """One team's share: how many ids it holds, and its chunks holding any, oldest first."""
+
+    __slots__ = ("chunks", "count", "team")
+
+    def __init__(self, team: str) -> None:
+        self.team = team
+        self.count = 0
+        self.chunks: deque[_Chunk] = deque()
 
 
 class Remembered:
-    """Execution ids as a snapshot keeps them, in a form that loads without a Python object per
-    id (a restart restores a million of them before it can serve).
+    """Keys as a snapshot keeps them, in a form that loads without a Python object per key (a
+    restart restores a million of them before it can serve).
 
     Entry `i` (oldest first) is the UTF-8 text `blob[starts[i] - base : starts[i + 1] - base]`,
     and `hashes[i]` is its CRC-32C. `table` is an open-addressing hash table over the entries
     (slot = hash & mask, linear probing, each slot an entry + 1, 0 when empty); `overflow` holds
     the entries that would sit more than PROBES slots past their own. The entries come in
-    chunks: chunk `k` ends before entry `ends[k]` and has the latest event time `times[k]`.
+    chunks: chunk `k` ends before entry `ends[k]`, belongs to team `teams[k]` and was last
+    received at `times[k]`.
 
-    Read only once built: the owner forgets its oldest entries by moving a watermark."""
+    Read only once built: its owner forgets entries by moving each chunk's first entry."""
 
-    __slots__ = ("base", "blob", "ends", "hashes", "mask", "overflow", "starts", "table", "times")
+    __slots__ = (
+        "base",
+        "blob",
+        "ends",
+        "hashes",
+        "legacy",
+        "mask",
+        "overflow",
+        "starts",
+        "table",
+        "teams",
+        "times",
+    )
 
     def __init__(
         self,
@@ -66,6 +146,7 @@ class Remembered:
         overflow: dict[str, int],
         ends: list[int],
         times: list[float],
+        teams: list[str],
     ) -> None:
         self.blob = blob
         self.starts = starts
@@ -74,20 +155,23 @@ class Remembered:
         self.overflow = overflow
         self.ends = ends
         self.times = times
+        self.teams = teams
         self.base: int = starts[0]
         self.mask = len(table) - 1
+        self.legacy = LEGACY in teams
+        """Whether some entries are bare ids of an older snapshot (legacy_key)."""
 
     def __len__(self) -> int:
         return len(self.hashes)
 
     def entry(self, i: int) -> str:
-        """The id of entry `i`."""
+        """The key of entry `i`."""
         base = self.base
         return self.blob[self.starts[i] - base : self.starts[i + 1] - base].decode()
 
-    def find(self, execution_id: str, first: int) -> bool:
-        """Whether the id is one of the entries from `first` on."""
-        data = execution_id.encode()
+    def index(self, text: str) -> int:
+        """The entry holding the key `text`, or -1."""
+        data = text.encode()
         size = len(data)
         table, hashes, mask = self.table, self.hashes, self.mask
         h = _hash(data)
@@ -95,15 +179,21 @@ class Remembered:
         for _ in range(PROBES):
             entry = table[slot]
             if entry == 0:
-                return False
+                return -1
             entry -= 1
             if hashes[entry] == h:
                 starts, base = self.starts, self.base
                 start = starts[entry] - base
                 if starts[entry + 1] - base - start == size and self.blob.startswith(data, start):
-                    return entry >= first
+                    return entry
             slot = (slot + 1) & mask
-        return self.overflow.get(execution_id, -1) >= first
+        return self.overflow.get(text, -1)
+
+    def holds(self, pipeline_id: str, execution_id: str) -> bool:
+        """Whether an entry is the execution's key, or its bare id from an older snapshot."""
+        if self.index(key(pipeline_id, execution_id)) >= 0:
+            return True
+        return self.legacy and self.index(legacy_key(execution_id)) >= 0
 
     def check(self) -> None:
         """Raise ValueError when the parts do not fit together (a snapshot read back)."""
@@ -116,33 +206,37 @@ class Remembered:
             raise ValueError(f"an id table of {len(self.table)} slots")
         if len(self.ends) != len(self.times) or (self.ends and self.ends[-1] != n):
             raise ValueError("the id chunks disagree with the ids")
+        if len(self.teams) != len(self.ends):
+            raise ValueError("the id chunks disagree with their teams")
+        if any(b < a for a, b in itertools.pairwise([0, *self.ends])):
+            raise ValueError("the id chunks are out of order")
         if any(not 0 <= entry < n for entry in self.overflow.values()):
             raise ValueError("an overflow id out of range")
 
 
 def _empty() -> Remembered:
-    return Remembered(b"", array("Q", [0]), array("I"), array("I", [0, 0]), {}, [], [])
+    return Remembered(b"", array("Q", [0]), array("I"), array("I", [0, 0]), {}, [], [], [])
 
 
 class SeenExecutions:
-    """The execution ids already counted, forgetting the oldest beyond the retention.
+    """The keys of the executions already counted, forgetting by age and by count (see the
+    module's docstring).
 
-    Retention: at most `capacity` ids (the oldest arrivals are forgotten first), and ids whose
-    chunk's latest event time is older than `retention_seconds` before the newest event time
-    seen.
-
-    Two generations: the ids restored from a snapshot stay in its compact form (Remembered, the
-    oldest), and ids counted since live in a set and in chunk lists. A live id costs its string,
-    a set slot and a list slot; a restored one its bytes, 8 bytes of offset, 4 of hash and 8 to 16
-    of table: both measured by `make bench`.
+    Two generations: the keys restored from a snapshot stay in its compact form (Remembered,
+    the oldest), and keys counted since live in a set and in chunk lists. A live key costs its
+    string, a set slot and a list slot; a restored one its bytes, 8 bytes of offset, 4 of hash
+    and 8 to 16 of table: both measured by `make bench`.
     """
 
     __slots__ = (
         "_chunks",
-        "_first",
-        "_front",
+        "_count",
+        "_emptied",
         "_ids",
+        "_left",
         "_old",
+        "_old_chunks",
+        "_teams",
         "capacity",
         "chunk",
         "newest",
@@ -157,197 +251,265 @@ class SeenExecutions:
         """Ids per chunk (CHUNK; tests make it small)."""
         self.retention_seconds = retention_seconds
         self.newest = float("-inf")
-        """The latest event time added; the age horizon is measured from it, so that replay
-        and live ingestion forget the same ids whatever the wall clock says."""
+        """The latest time ids were received; the age horizon is measured from it."""
         self._ids: set[str] = set()
-        self._chunks: deque[_Chunk] = deque()  # oldest first; the ids of `_ids`, each once
-        self._old: Remembered | None = None  # restored: older than every live id
-        self._first = 0  # the old entries before this one are forgotten
-        self._front = 0  # the old chunk holding entry `_first`
+        self._chunks: deque[_Chunk] = deque()  # every team's, oldest first; some emptied
+        self._emptied = 0  # chunks in `_chunks` emptied by count (not yet dropped)
+        self._teams: dict[str, _Team] = {}
+        self._count = 0
+        self._old: Remembered | None = None  # restored: older than every live key
+        self._old_chunks: list[_Chunk] = []  # chunk k of `_old`
+        self._left = 0  # entries of `_old` not yet forgotten nor settled
 
     @property
     def ids(self) -> set[str]:
-        """The ids counted since the restore, as a set, for fast membership tests in hot loops
-        (read only); `restored` holds the rest."""
+        """The keys counted since the restore (or settled since), as a set, for fast membership
+        tests in hot loops (read only); the restored generation holds the rest."""
         return self._ids
 
     @property
     def restored(self) -> Remembered | None:
-        """The restored ids still remembered, from entry `restored_from` on; None when there
-        are none."""
+        """The restored compact form while some of its keys are still remembered in it; None
+        when there are none."""
         return self._old
 
     @property
-    def restored_from(self) -> int:
-        return self._first
+    def legacy(self) -> int:
+        """How many bare ids of an older snapshot are remembered."""
+        share = self._teams.get(LEGACY)
+        return share.count if share is not None else 0
 
-    def __contains__(self, execution_id: object) -> bool:
-        if execution_id in self._ids:
-            return True
+    def in_restored(self, text: str) -> bool:
+        """Whether the key `text` is among the restored ones still remembered."""
         old = self._old
-        return (
-            old is not None
-            and isinstance(execution_id, str)
-            and old.find(execution_id, self._first)
-        )
+        if old is None:
+            return False
+        i = old.index(text)
+        if i < 0:
+            return False
+        c = self._old_chunks[bisect.bisect_right(old.ends, i)]
+        return c.first <= i < c.end  # a settled chunk's range is empty
+
+    def __contains__(self, text: object) -> bool:
+        if text in self._ids:
+            return True
+        return isinstance(text, str) and self.in_restored(text)
 
     def __len__(self) -> int:
-        old = self._old
-        return len(self._ids) + (len(old) - self._first if old is not None else 0)
+        return self._count
 
     def __iter__(self) -> Iterator[str]:
-        """The ids, oldest first."""
-        return itertools.chain.from_iterable(ids for ids, _ in self._all_chunks())
+        """The keys, in the order of their chunks (oldest first)."""
+        return itertools.chain.from_iterable(ids for _, ids, _ in self._all_chunks())
 
-    def add(self, execution_id: str, event_time: float) -> None:
-        """Remember an id (not already present)."""
-        self.add_batch([execution_id], event_time)
+    def held(self, team: str) -> int:
+        """How many keys `team` holds."""
+        share = self._teams.get(team)
+        return share.count if share is not None else 0
 
-    def add_batch(self, ids: list[str], max_event_time: float) -> None:
-        """Remember new ids (none already present) of one request at once; they share the
-        request's latest event time for retention, which keeps them at least as long."""
-        if not ids:
+    def add(self, team: str, text: str, received: float) -> None:
+        """Remember a key (not already present)."""
+        self.add_batch(team, [text], received)
+
+    def add_batch(self, team: str, keys: list[str], received: float) -> None:
+        """Remember new keys (none already present) of one team, received at `received`."""
+        if not keys:
             return
-        self._ids.update(ids)
-        if max_event_time > self.newest:
-            self.newest = max_event_time
-        chunks = self._chunks
-        last = chunks[-1] if chunks else None
+        self._ids.update(keys)
+        if received > self.newest:
+            self.newest = received
+        share = self._teams.get(team)
+        if share is None:
+            share = self._teams[team] = _Team(team)
+        share.count += len(keys)
+        self._count += len(keys)
+        last = share.chunks[-1] if share.chunks else None
         if last is not None and len(last.ids) < self.chunk and not last.closed:
-            last.ids.extend(ids)
-            if max_event_time > last.max_time:
-                last.max_time = max_event_time
+            last.ids.extend(keys)
+            if received > last.max_time:
+                last.max_time = received
         else:
-            chunks.append(_Chunk(list(ids), max_event_time))
-            horizon = self.newest - self.retention_seconds
-            old = self._old
-            if old is not None:  # the oldest chunk is a restored one
-                if old.times[self._front] < horizon:
-                    self._forget(old.ends[self._front] - self._first)
-            elif len(chunks) > 1 and chunks[0].max_time < horizon:
-                self._forget(len(chunks[0].ids))
-        count = len(self)
-        if count > self.capacity:
-            self._forget(count - self.capacity)
+            c = _Chunk(team, list(keys), received)
+            share.chunks.append(c)
+            self._chunks.append(c)
+            self._expire()
+        if self._count > self.capacity:
+            self._shed(self._count - self.capacity)
+
+    def _expire(self) -> None:
+        """Forget the oldest chunks while they were last received longer than the retention
+        before the newest time (and drop the emptied ones in front)."""
+        horizon = self.newest - self.retention_seconds
+        while len(self._chunks) > 1:
+            front = self._chunks[0]
+            size = front.size()
+            if size and front.max_time >= horizon:
+                return
+            if size:  # the oldest chunk overall is its team's oldest: now emptied
+                self._forget(self._teams[front.team], size)
+            chunks = self._chunks  # a new queue, without the emptied ones, when compacted
+            if chunks and chunks[0] is front:
+                chunks.popleft()
+                self._emptied -= 1
+
+    def _shed(self, excess: int) -> None:
+        """Forget `excess` keys, from the teams that hold the most (module docstring)."""
+        top: _Team | None = None
+        most = second = 0
+        for share in self._teams.values():
+            if share.count > most:
+                top, most, second = share, share.count, most
+            elif share.count > second:
+                second = share.count
+        if top is not None and most - excess >= second:  # the largest alone, still the largest
+            self._forget(top, excess)
+            return
+        # Down to a common level: the k largest keep `level` each, and `extra` of them, the
+        # first in the teams' order, one more.
+        ranked = sorted(self._teams.values(), key=lambda s: -s.count)
+        total = k = 0
+        while k < len(ranked):
+            total += ranked[k].count
+            k += 1
+            below = ranked[k].count if k < len(ranked) else 0
+            if total - k * below >= excess:
+                break
+        level, extra = divmod(total - excess, k)
+        cut = {share.team for share in ranked[:k]}
+        for share in list(self._teams.values()):
+            if share.team in cut:
+                self._forget(share, share.count - level - (1 if extra > 0 else 0))
+                extra -= 1
+
+    def _forget(self, share: _Team, n: int) -> None:
+        """Forget the `n` oldest keys of a team."""
+        ids = self._ids
+        chunks = share.chunks
+        while n > 0 and chunks:
+            front = chunks[0]
+            take = 0
+            if front.first < front.end:
+                take = min(n, front.end - front.first)
+                front.first += take
+                self._left -= take
+            else:
+                take = min(n, len(front.ids))
+                for text in itertools.islice(front.ids, take):
+                    ids.discard(text)
+                del front.ids[:take]
+            n -= take
+            share.count -= take
+            self._count -= take
+            if not front.size():
+                chunks.popleft()
+                self._emptied += 1
+        if share.count <= 0:
+            del self._teams[share.team]
+        if self._emptied > 64 + len(self._chunks) // 2:
+            # Chunks emptied behind others (a team's, forgotten by count) are dropped here
+            # rather than one by one from the middle of the queue.
+            self._chunks = deque(c for c in self._chunks if c.size())
+            self._emptied = 0
+        if self._old is not None and self._left <= 0:
+            self._drop_old()
+
+    def _drop_old(self) -> None:
+        self._old = None
+        self._old_chunks = []
+        self._left = 0
 
     def settle(self, step: int = STEP) -> Iterator[int]:
-        """Turn the restored ids into live ones a slice at a time, yielding the number done
-        after each slice, so that lookups stop paying for the compact form (a hash and a probe
-        for every id the live set lacks). Callers see no change in between: the slices build a
-        set and lists aside, and the last step swaps them in, with the ids counted meanwhile
-        added and those forgotten meanwhile left out. A restore meanwhile abandons it."""
+        """Turn the restored keys into live ones a chunk at a time, yielding the number done
+        after each slice of about `step`, so that lookups stop paying for the compact form (a
+        hash and a probe for every key the live set lacks). Callers see no change: each chunk
+        turns whole between two slices. A restore meanwhile abandons it."""
         old = self._old
         if old is None:
             return
-        first0, front0, n = self._first, self._front, len(old)
-        known: set[str] = set()
-        lists: list[list[str]] = [[] for _ in range(front0, len(old.ends))]
-        i, k = first0, front0
-        while i < n:
-            stop = min(i + step, n)
-            batch = [old.entry(j) for j in range(i, stop)]
-            known.update(batch)
-            pos = 0
-            while pos < len(batch):  # into the lists of the chunks they belong to
-                take = min(len(batch) - pos, old.ends[k] - (i + pos))
-                lists[k - front0].extend(batch[pos : pos + take])
-                pos += take
-                if i + pos == old.ends[k]:
-                    k += 1
-            i = stop
-            yield i - first0
+        done = 0
+        since = 0
+        for c in list(self._old_chunks):
             if self._old is not old:
                 return
-        drop = self._first - first0  # forgotten while the slices ran
-        chunks: deque[_Chunk] = deque()
-        for index, ids in enumerate(lists):
-            if drop >= len(ids):
-                known.difference_update(ids)
-                drop -= len(ids)
-                continue
-            if drop:
-                known.difference_update(ids[:drop])
-                del ids[:drop]
-                drop = 0
-            chunks.append(_Chunk(ids, old.times[front0 + index], closed=True))
-        known.update(self._ids)
-        chunks.extend(self._chunks)
-        self._ids, self._chunks = known, chunks
-        self._old = None
-        self._first = self._front = 0
+            if c.first < c.end:
+                texts = [old.entry(i) for i in range(c.first, c.end)]
+                self._ids.update(texts)
+                texts.extend(c.ids)  # none: a restored chunk is closed
+                c.ids = texts
+                self._left -= c.end - c.first
+                done += c.end - c.first
+                since += c.end - c.first
+                c.first = c.end = 0
+            if since >= step:
+                since = 0
+                yield done
+        if self._old is old:
+            self._drop_old()
+        yield done
 
-    def _forget(self, n: int) -> None:
-        """Forget the `n` oldest ids."""
+    def _all_chunks(self) -> Iterator[tuple[str, list[str], float]]:
         old = self._old
-        if old is not None:
-            take = min(n, len(old) - self._first)
-            self._first += take
-            n -= take
-            ends = old.ends
-            while self._front < len(ends) and ends[self._front] <= self._first:
-                self._front += 1
-            if self._first >= len(old):
-                self._old = None
-                self._first = self._front = 0
-        ids, chunks = self._ids, self._chunks
-        while n > 0 and chunks:
-            front = chunks[0]
-            take = min(n, len(front.ids))
-            for execution_id in itertools.islice(front.ids, take):
-                ids.discard(execution_id)
-            n -= take
-            if take == len(front.ids):
-                chunks.popleft()
-            else:
-                del front.ids[:take]
-
-    def _all_chunks(self) -> Iterator[tuple[list[str], float]]:
-        old = self._old
-        if old is not None:
-            start = self._first
-            for k in range(self._front, len(old.ends)):
-                stop = old.ends[k]
-                yield [old.entry(i) for i in range(start, stop)], old.times[k]
-                start = stop
         for c in self._chunks:
-            yield c.ids, c.max_time
+            if not c.size():
+                continue
+            if c.first < c.end:
+                assert old is not None
+                texts = [old.entry(i) for i in range(c.first, c.end)]
+                yield c.team, texts + c.ids, c.max_time
+            else:
+                yield c.team, c.ids, c.max_time
 
-    def chunks(self) -> list[tuple[list[str], float]]:
-        """A copy of the ids in chunks, oldest first, each with its latest event time (taken
-        at once, so later changes do not show)."""
-        return [(list(ids), t) for ids, t in self._all_chunks()]
+    def chunks(self) -> list[tuple[str, list[str], float]]:
+        """A copy of the keys in chunks, oldest first, each with its team and the latest time
+        one of them was received (taken at once, so later changes do not show)."""
+        return [(team, list(ids), t) for team, ids, t in self._all_chunks()]
 
-    def restore(self, chunks: Iterable[tuple[Sequence[str], float]] | Remembered) -> None:
+    def restore(self, chunks: Iterable[tuple[str, Sequence[str], float]] | Remembered) -> None:
         """Replace the contents with those of a snapshot: its compact form as it is, or chunks
-        of ids, oldest first (an older snapshot's form)."""
+        of keys (team, keys, time received), oldest first. Restored chunks take no more keys."""
         self._ids = set()
         self._chunks = deque()
-        self._old = None
-        self._first = self._front = 0
+        self._emptied = 0
+        self._teams = {}
+        self._count = 0
+        self._drop_old()
+        newest = float("-inf")
         if isinstance(chunks, Remembered):
+            start = 0
+            made: list[_Chunk] = []
+            for team, end, t in zip(chunks.teams, chunks.ends, chunks.times, strict=True):
+                c = _Chunk(team, [], t, True, start, end)
+                made.append(c)
+                if end > start:
+                    self._place(c, end - start)
+                    newest = max(newest, t)
+                start = end
             if len(chunks):
                 self._old = chunks
-            self.newest = max(chunks.times, default=float("-inf"))
+                self._old_chunks = made
+                self._left = len(chunks)
         else:
-            known: set[str] = set()
-            kept: deque[_Chunk] = deque()
-            newest = float("-inf")
-            for ids, max_time in chunks:
-                if not ids:
-                    continue
-                kept.append(_Chunk(list(ids), max_time))
-                known.update(ids)
-                newest = max(newest, max_time)
-            self._chunks = kept
-            self._ids = known
-            self.newest = newest
-        count = len(self)
-        if count > self.capacity:
-            self._forget(count - self.capacity)
+            for team, texts, t in chunks:
+                if texts:
+                    self._ids.update(texts)
+                    self._place(_Chunk(team, list(texts), t, True), len(texts))
+                    newest = max(newest, t)
+        self.newest = newest
+        if self._count > self.capacity:
+            self._shed(self._count - self.capacity)
+
+    def _place(self, c: _Chunk, size: int) -> None:
+        share = self._teams.get(c.team)
+        if share is None:
+            share = self._teams[c.team] = _Team(c.team)
+        share.chunks.append(c)
+        share.count += size
+        self._count += size
+        self._chunks.append(c)
 
 
 class ImageBuilder:
-    """The compact form (Remembered) of the ids a SeenExecutions holds at one moment, built a
+    """The compact form (Remembered) of the keys a SeenExecutions holds at one moment, built a
     slice at a time so that a snapshot can let ingestion in between slices.
 
     What it covers is taken at construction: the restored generation is read only and only
@@ -355,46 +517,47 @@ class ImageBuilder:
 
     def __init__(self, seen: SeenExecutions) -> None:
         self._old = seen.restored
-        self._first = seen.restored_from
-        self._front = seen._front
-        self._live = [(list(c.ids), c.max_time) for c in seen._chunks]
+        self._parts = [
+            (c.team, c.max_time, c.first, c.end, list(c.ids)) for c in seen._chunks if c.size()
+        ]
         self.result = _empty()
 
     def steps(self, step: int = STEP) -> Iterator[int]:
-        """Do the work, yielding the number of ids done after each slice; `result` is the form
+        """Do the work, yielding the number of keys done after each slice; `result` is the form
         once the iterator is exhausted."""
-        starts: array[int]
-        hashes: array[int]
+        starts = array("Q", [0])
+        hashes = array("I")
         ends: list[int] = []
         times: list[float] = []
+        teams: list[str] = []
         buffer = bytearray()
         old = self._old
-        if old is not None:
-            first = self._first
-            starts = old.starts[first:]
-            hashes = old.hashes[first:]
-            base = old.base
-            buffer += memoryview(old.blob)[old.starts[first] - base :]
-            for k in range(self._front, len(old.ends)):
-                ends.append(old.ends[k] - first)
-                times.append(old.times[k])
-        else:
-            starts = array("Q", [0])
-            hashes = array("I")
-        offset = starts[len(starts) - 1]
-        done = len(hashes)
-        for ids, max_time in self._live:
-            for execution_id in ids:
-                data = execution_id.encode()
+        offset = 0
+        done = 0
+        mark = step
+        for team, max_time, first, end, ids in self._parts:
+            if first < end and old is not None:  # restored entries: their bytes as they are
+                base = old.base
+                at = old.starts[first]
+                buffer += memoryview(old.blob)[at - base : old.starts[end] - base]
+                shift = offset - at
+                starts.extend(array("Q", [s + shift for s in old.starts[first + 1 : end + 1]]))
+                hashes.extend(old.hashes[first:end])
+                offset = starts[len(starts) - 1]
+                done += end - first
+            for text in ids:
+                data = text.encode()
                 buffer += data
                 hashes.append(_hash(data))
                 offset += len(data)
                 starts.append(offset)
                 done += 1
-                if done % step == 0:
-                    yield done
             ends.append(done)
             times.append(max_time)
+            teams.append(team)
+            if done >= mark:
+                mark = done + step
+                yield done
         blob = bytes(buffer)
         del buffer
         yield done
@@ -406,7 +569,7 @@ class ImageBuilder:
         table = array("I" if n < 2**32 - 1 else "Q", [0]) * slots
         yield done
         overflow: dict[str, int] = {}
-        image = Remembered(blob, starts, hashes, table, overflow, ends, times)
+        image = Remembered(blob, starts, hashes, table, overflow, ends, times, teams)
         for i in range(n):
             slot = hashes[i] & mask
             placed = False

@@ -22,7 +22,7 @@ from pipewarden.storage.v1 import storage_pb2
 from pipewarden.v1 import service_pb2
 from server import metrics
 from server.config import IngestLimits
-from server.dedup import SeenExecutions
+from server.dedup import SeenExecutions, key, legacy_key
 from server.detect import AlertSink, Detector, NullDetector, NullSink
 from server.eventlog import EventLog
 from server.model import RUNNING, Execution
@@ -196,17 +196,18 @@ class Ingestor:
         index = shards.index
         seen = self.seen
         seen_ids = seen.ids
-        # The ids restored from a snapshot, looked up only when the live set lacks the id.
+        # The keys restored from a snapshot, looked up only when the live set lacks the key.
         restored = seen.restored
-        first = seen.restored_from
+        # Bare ids of a snapshot older than keys by pipeline: a duplicate for any pipeline.
+        legacy = seen.legacy > 0
         check = not replaying
         # Nothing below awaits, so a snapshot cannot begin or end during the loop.
         job = shards.job
         apply_terminal = Shard.apply_terminal
-        # Ids counted by this request: remembered in `seen` all at once after the loop.
-        new_ids: list[str] = []
+        # Keys counted by this request, by team: remembered in `seen` after the loop, as
+        # received at the request's time (event times are the runner's, and play no part).
+        new_ids: dict[str, list[str]] = {}
         new_set: set[str] = set()
-        newest = float("-inf")
         for i, msg in enumerate(executions):
             if mask and not mask[i]:
                 continue
@@ -222,10 +223,12 @@ class Ingestor:
                 continue
             status = e.status
             execution_id = e.execution_id
+            k = key(e.pipeline_id, execution_id)
             if check and (
-                execution_id in seen_ids
-                or execution_id in new_set
-                or (restored is not None and restored.find(execution_id, first))
+                k in seen_ids
+                or k in new_set
+                or (restored is not None and seen.in_restored(k))
+                or (legacy and legacy_key(execution_id) in seen)
             ):
                 verdicts[i] = _LATE_RUNNING if status == RUNNING else _DUPLICATE
                 continue
@@ -250,23 +253,26 @@ class Ingestor:
                 continue
             # Deciding, the duplicate check above has already ruled both out.
             if check or (
-                execution_id not in new_set
-                and execution_id not in seen_ids
+                k not in new_set
+                and k not in seen_ids
                 and not (
                     restored is not None
                     and (maybe_restored is None or i in maybe_restored)
-                    and restored.find(execution_id, first)
+                    and seen.in_restored(k)
                 )
             ):
-                new_ids.append(execution_id)
-                new_set.add(execution_id)
-                if e.event_time > newest:
-                    newest = e.event_time
+                team_ids = new_ids.get(state.team)
+                if team_ids is None:
+                    new_ids[state.team] = [k]
+                else:
+                    team_ids.append(k)
+                new_set.add(k)
             apply_terminal(state, e)
             if touched is not None:
                 touched[e.pipeline_id] = state
             verdicts[i] = _ACCEPTED
-        seen.add_batch(new_ids, newest)
+        for team_name, team_ids in new_ids.items():
+            seen.add_batch(team_name, team_ids, received)
         return verdicts, rejected
 
     def replay(self, payload: bytes) -> int:

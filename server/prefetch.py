@@ -233,5 +233,5 @@ def _converted(
             append(e if isinstance(e, str) else row(e))
     hits: list[int] = []
     if ids is not None:
-        hits = [i for i, r in enumerate(rows) if not isinstance(r, str) and ids.find(r[0], 0)]
+        hits = [i for i, r in enumerate(rows) if not isinstance(r, str) and ids.holds(r[1], r[0])]
     return marshal.dumps((received, rows, snapshot if ids is not None else -1, hits))

@@ -59,7 +59,7 @@ async def recover(
     with contextlib.ExitStack() as cleanup:
         if prefetch is not None:
             cleanup.callback(prefetch.close)
-        after = await _restore(store, event_log, shards, seen, alerts)
+        after = await _restore(store, event_log, shards, seen, alerts, ingestor.clock())
         if event_log.first_seq > after + 1:
             problem = (
                 f"the log starts at entry {event_log.first_seq} but the newest usable snapshot "
@@ -81,6 +81,7 @@ async def _restore(
     shards: ShardSet,
     seen: SeenExecutions,
     alerts: AlertManager | None,
+    now: float,
 ) -> int:
     """Open the log and restore the newest usable snapshot; return the log position it
     covers (0 without one)."""
@@ -90,7 +91,13 @@ async def _restore(
     if loaded is None:
         return 0
     shards.restore(loaded.shards)
-    seen.restore(loaded.seen)
+    if isinstance(loaded.seen, list):
+        # Bare ids of an older format, with event times, which may lie anywhere: kept as if
+        # received now, so that each is remembered a whole retention after the upgrade.
+        log.info("snapshot %s holds execution ids of an older format", loaded.path.name)
+        seen.restore([(team, keys, now) for team, keys, _ in loaded.seen])
+    else:
+        seen.restore(loaded.seen)
     if alerts is not None and loaded.alerts is not None:
         alerts.restore(loaded.alerts)
     log.info(

@@ -4,10 +4,13 @@ Layout under `<data-dir>/snapshots/`: `<seq>.snap`, named by the log sequence nu
 (20 digits). A file is a 32-byte header (magic, format version, seq, CRC-32C of the header) and
 frames of `length u32 | crc u32 | kind u8 | body`, where crc is the CRC-32C of kind and body:
 team totals, the alerting state (alerts, silences, alert history), pipeline chunks (protobuf),
-the remembered execution ids in their compact form (dedup.Remembered: a header frame, then
+the remembered executions in their compact form (dedup.Remembered: a header frame, then
 its arrays raw, in parts of at most 8 MiB), and last an END frame with the counts. A file without
-a whole END frame is not a snapshot. Version 1 files, which kept the ids in protobuf chunks, are
-still read.
+a whole END frame is not a snapshot.
+
+Version 3 remembers an execution by its pipeline and id together (dedup.key), and each chunk's
+team. Versions 1 (the ids in protobuf chunks) and 2 (the compact form) remembered bare ids
+without teams: they are still read, as legacy keys (dedup.legacy_key) of the team LEGACY.
 
 Writing: to `<seq>.snap.tmp`, fsync, rename, fsync the directory (a write that fails removes its
 `.tmp`, and a start removes any left by a crash); the two newest are kept, and
@@ -34,7 +37,7 @@ import crc32c
 
 from pipewarden.storage.v1 import storage_pb2
 from server import failpoints, metrics
-from server.dedup import ImageBuilder, Remembered, SeenExecutions
+from server.dedup import LEGACY, ImageBuilder, Remembered, SeenExecutions, legacy_key
 from server.errors import DiskError, is_disk_error
 from server.eventlog import EventLog
 from server.readonly import mapped
@@ -45,8 +48,8 @@ __all__ = ["LoadedSnapshot", "SnapshotStore"]
 log = logging.getLogger(__name__)
 
 MAGIC = b"PWSNAP\r\n"
-VERSION = 2
-READS = (1, 2)
+VERSION = 3
+READS = (1, 2, 3)
 HEADER = struct.Struct("<8sIIQI4x")  # magic, version, reserved, seq, crc, pad
 FRAME = struct.Struct("<IIB")  # length of the message, crc of kind + message, kind
 TEAMS, PIPELINES, SEEN, END, ALERTS, IDS, IDS_PART = 1, 2, 3, 4, 5, 6, 7
@@ -55,7 +58,10 @@ FLUSH_BYTES = 1 << 20
 PART_BYTES = 8 << 20
 IDS_HEADER = struct.Struct("<QQQQBB6x")
 """The ids' header frame: ids, chunks, table slots, overflow ids, the table's item size, and 1
-when written little-endian; then each chunk's end (u64) and each chunk's latest time (f64)."""
+when written little-endian; then each chunk's end (u64) and each chunk's latest time (f64);
+from version 3 on, each chunk's team as an index (u32) into the names that follow: their count
+(u32), then each name's length (u32) and UTF-8 bytes. The u32s of the names are little-endian."""
+NAME = struct.Struct("<I")
 BLOB, STARTS, HASHES, TABLE, OVERFLOW = range(5)  # the parts of the ids, in IDS_PART frames
 
 
@@ -66,8 +72,9 @@ class LoadedSnapshot:
     seq: int
     path: Path
     shards: list[storage_pb2.ShardSnapshot]
-    seen: Remembered | list[tuple[list[str], float]]
-    """The remembered execution ids: their compact form, or chunks in a version 1 file."""
+    seen: Remembered | list[tuple[str, list[str], float]]
+    """The remembered executions: their compact form, or (team, keys, time) chunks of legacy
+    keys in a file of version 1 or 2 (their times are event times, not times received)."""
     pipelines: int
     alerts: storage_pb2.AlertsSnapshot | None = None
     """The alerting state; None in a snapshot written before alerting existed."""
@@ -126,9 +133,10 @@ class SnapshotStore:
             if version not in READS:
                 raise ValueError(f"format version {version}; this build reads versions {READS}")
             shards: dict[int, storage_pb2.ShardSnapshot] = {}
-            seen: list[tuple[list[str], float]] = []
+            seen: list[tuple[str, list[str], float]] = []
             ids_header: tuple[int, ...] | None = None
             times = view[0:0]
+            teams: list[str] = []
             parts: list[list[memoryview]] = [[] for _ in range(OVERFLOW + 1)]
             pipelines = 0
             alerts: storage_pb2.AlertsSnapshot | None = None
@@ -161,15 +169,12 @@ class SnapshotStore:
                         ids = chunk.joined_ids.decode().split("\n")
                     else:
                         ids = list(chunk.execution_ids)
-                    seen.append((ids, chunk.max_event_time))
+                    seen.append((LEGACY, [legacy_key(x) for x in ids], chunk.max_event_time))
                 elif kind == IDS and version >= 2:
                     if ids_header is not None or length < IDS_HEADER.size:
                         raise ValueError(f"misplaced ids header at byte {offset}")
                     ids_header = IDS_HEADER.unpack_from(data, start)
-                    chunks = ids_header[1]
-                    times = view[start + IDS_HEADER.size : stop]
-                    if len(times) != 16 * chunks:
-                        raise ValueError(f"ids header of the wrong size at byte {offset}")
+                    times, teams = _chunk_meta(version, ids_header, view[start:stop], offset)
                 elif kind == IDS_PART and version >= 2 and length >= 1 and data[start] <= OVERFLOW:
                     parts[data[start]].append(view[start + 1 : stop])
                 elif kind == ALERTS:
@@ -187,14 +192,15 @@ class SnapshotStore:
                 raise ValueError(f"{len(data) - offset} bytes after the end frame")
             if end.seq != seq or end.pipelines != pipelines:
                 raise ValueError("end frame disagrees with the contents")
-            remembered: Remembered | list[tuple[list[str], float]] = seen
+            remembered: Remembered | list[tuple[str, list[str], float]] = seen
             if ids_header is not None:
-                remembered = _remembered(ids_header, times, parts)
-                count = len(remembered)
+                image = _remembered(ids_header, times, parts, teams)
+                count = len(image)
+                remembered = image if version >= 3 else _legacy(image)
             elif version >= 2:
                 raise ValueError("no execution ids")
             else:
-                count = sum(len(ids) for ids, _ in seen)
+                count = sum(len(ids) for _, ids, _ in seen)
             if count != end.execution_ids:
                 raise ValueError("end frame disagrees with the execution ids")
             if (len(alerts.alerts) if alerts is not None else 0) != end.alerts:
@@ -215,8 +221,9 @@ class SnapshotStore:
                 if len(data) < HEADER.size:
                     return None
                 magic, version, _, seq, crc = HEADER.unpack_from(data, 0)
-                if magic != MAGIC or version < 2 or crc32c.crc32c(data[:24]) != crc:
+                if magic != MAGIC or version < 3 or crc32c.crc32c(data[:24]) != crc:
                     return None
+                teams: list[str] = []
                 header: tuple[int, ...] | None = None
                 times = view[0:0]
                 parts: list[list[memoryview]] = [[] for _ in range(OVERFLOW + 1)]
@@ -233,7 +240,7 @@ class SnapshotStore:
                             return None
                         if kind == IDS and header is None and length >= IDS_HEADER.size:
                             header = IDS_HEADER.unpack_from(data, start)
-                            times = view[start + IDS_HEADER.size : stop]
+                            times, teams = _chunk_meta(version, header, view[start:stop], offset)
                         elif kind == IDS_PART and data[start] <= OVERFLOW:
                             parts[data[start]].append(view[start + 1 : stop])
                         else:
@@ -241,9 +248,9 @@ class SnapshotStore:
                     elif kind == END:
                         break
                     offset = stop
-                if header is None or len(times) != 16 * header[1]:
+                if header is None:
                     return None
-                image = _remembered(header, times, parts)
+                image = _remembered(header, times, parts, teams)
                 del times, parts
                 return seq, image
         except (OSError, ValueError):
@@ -380,8 +387,55 @@ class SnapshotStore:
         return int(kept[-1].stem) if kept else None
 
 
+def _chunk_meta(
+    version: int, header: tuple[int, ...], body: memoryview, offset: int
+) -> tuple[memoryview, list[str]]:
+    """Of the ids' header frame's body: the chunks' ends and times (a view), and the chunks'
+    teams (all LEGACY before version 3)."""
+    chunks = header[1]
+    at = IDS_HEADER.size + 16 * chunks
+    if len(body) < at or (version < 3 and len(body) != at):
+        raise ValueError(f"ids header of the wrong size at byte {offset}")
+    meta = body[IDS_HEADER.size : at]
+    if version < 3:
+        return meta, [LEGACY] * chunks
+    index = array("I", bytes(body[at : at + 4 * chunks]))
+    if len(index) != chunks:
+        raise ValueError(f"ids header of the wrong size at byte {offset}")
+    if bool(header[5]) != (sys.byteorder == "little"):
+        index.byteswap()
+    at += 4 * chunks
+    names: list[str] = []
+    try:
+        (count,) = NAME.unpack_from(body, at)
+        at += NAME.size
+        for _ in range(count):
+            (size,) = NAME.unpack_from(body, at)
+            at += NAME.size
+            if at + size > len(body):
+                raise ValueError(f"a team's name cut off at byte {offset}")
+            names.append(bytes(body[at : at + size]).decode())
+            at += size
+    except (struct.error, UnicodeDecodeError) as e:
+        raise ValueError(f"ids header of the wrong size at byte {offset}") from e
+    if at != len(body) or any(i >= len(names) for i in index):
+        raise ValueError(f"ids header of the wrong size at byte {offset}")
+    return meta, [names[i] for i in index]
+
+
+def _legacy(image: Remembered) -> list[tuple[str, list[str], float]]:
+    """A version 2 file's bare ids as chunks of legacy keys (read once, on the first start of a
+    newer build: the next snapshot writes them in the compact form again)."""
+    out: list[tuple[str, list[str], float]] = []
+    start = 0
+    for end, t in zip(image.ends, image.times, strict=True):
+        out.append((LEGACY, [legacy_key(image.entry(i)) for i in range(start, end)], t))
+        start = end
+    return out
+
+
 def _remembered(
-    header: tuple[int, ...], meta: memoryview, parts: list[list[memoryview]]
+    header: tuple[int, ...], meta: memoryview, parts: list[list[memoryview]], teams: list[str]
 ) -> Remembered:
     """The compact form of the ids from a snapshot's frames (copied out of the map)."""
     count, chunks, slots, overflow, item, little = header
@@ -407,7 +461,7 @@ def _remembered(
         raise ValueError(f"an id table of {len(table)} slots; the header says {slots}")
     blob = b"".join(parts[BLOB])
     image = Remembered(
-        blob, part(STARTS, "Q"), part(HASHES, "I"), table, {}, ends.tolist(), times.tolist()
+        blob, part(STARTS, "Q"), part(HASHES, "I"), table, {}, ends.tolist(), times.tolist(), teams
     )
     if len(image) != count:
         raise ValueError(f"{len(image)} ids; the header says {count}")
@@ -432,7 +486,13 @@ def _ids_frames(image: Remembered) -> Iterator[tuple[bytes, memoryview]]:
         image.table.itemsize,
         sys.byteorder == "little",
     )
-    yield _frame(IDS, header + ends + times), memoryview(b"")
+    names: dict[str, int] = {}
+    index = array("I", [names.setdefault(team, len(names)) for team in image.teams]).tobytes()
+    named = bytearray(NAME.pack(len(names)))
+    for name in names:
+        encoded = name.encode()
+        named += NAME.pack(len(encoded)) + encoded
+    yield _frame(IDS, header + ends + times + index + bytes(named)), memoryview(b"")
     overflow = array("Q", sorted(image.overflow.values()))
     parts: list[tuple[int, bytes | array[int]]] = [
         (BLOB, image.blob),

@@ -14,7 +14,7 @@ from pipewarden.v1.execution_pb2 import PipelineExecution
 from server.config import IngestLimits
 from server.model import CANCELLED, FAILED, RUNNING, SUCCEEDED, Execution
 
-__all__ = ["convert", "format_time"]
+__all__ = ["convert", "event_time", "format_time", "too_far_ahead"]
 
 _STATUSES = frozenset({SUCCEEDED, FAILED, RUNNING, CANCELLED})
 # The range of google.protobuf.Timestamp: 0001-01-01 to 9999-12-31.
@@ -126,15 +126,11 @@ def convert(
         if len(error_message) > limits.max_error_message_length:
             error_message = error_message[: limits.max_error_message_length]
 
-    if status == RUNNING:
-        # A run in flight happens at its start; its duration is not known yet.
-        event_time = started_at if started_at is not None else received_at
-    elif finished_at is not None:
-        event_time = finished_at
-    elif started_at is not None:
-        event_time = started_at + duration if duration is not None else started_at
-    else:
-        event_time = received_at
+    when = event_time(status, started_at, finished_at, duration, received_at)
+    if check_limits:
+        reason = too_far_ahead(started_at, finished_at, when, received_at, limits)
+        if reason:
+            return reason
     return Execution(
         execution_id,
         pipeline_id,
@@ -147,7 +143,52 @@ def convert(
         upstream,
         labels,
         error_message,
-        event_time,
+        when,
+    )
+
+
+def event_time(
+    status: int,
+    started_at: float | None,
+    finished_at: float | None,
+    duration: float | None,
+    received_at: float,
+) -> float:
+    """When an event happened (Execution.event_time): a run in flight at its start; a finished
+    one at its finish, else start + duration, else its start; without times, when the server
+    received it. The one home of this rule (server/wire.py reads the log with it too)."""
+    if status == RUNNING:
+        # A run in flight happens at its start; its duration is not known yet.
+        return started_at if started_at is not None else received_at
+    if finished_at is not None:
+        return finished_at
+    if started_at is not None:
+        return started_at + duration if duration is not None else started_at
+    return received_at
+
+
+def too_far_ahead(
+    started_at: float | None,
+    finished_at: float | None,
+    when: float,
+    received_at: float,
+    limits: IngestLimits,
+) -> str | None:
+    """Why an event whose times lie beyond the server's clock by more than the allowed skew is
+    refused, or None. A runner's clock may run a little ahead; a time years ahead is a bug, and
+    it must not be counted as if it had happened (it would sort after every real run)."""
+    latest = received_at + limits.max_future_skew_seconds
+    if when <= latest and (finished_at is None or finished_at <= latest):
+        return None  # the event time is never before the start: the common case ends here
+    name, t = "started_at + duration", when
+    if started_at is not None and started_at > latest:
+        name, t = "started_at", started_at
+    elif finished_at is not None and finished_at > latest:
+        name, t = "finished_at", finished_at
+    return (
+        f"{name} ({format_time(t)}) is more than {limits.max_future_skew_seconds}s ahead of the "
+        f"server's clock ({format_time(received_at)}); the limit is "
+        "server.limits.max_future_skew_seconds"
     )
 
 

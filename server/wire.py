@@ -16,8 +16,14 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING
 
-from server.model import FAILED, RUNNING
-from server.validation import _MAX_DURATION_SECONDS, _MAX_SECONDS, _MIN_SECONDS, _STATUSES
+from server.model import FAILED
+from server.validation import (
+    _MAX_DURATION_SECONDS,
+    _MAX_SECONDS,
+    _MIN_SECONDS,
+    _STATUSES,
+    event_time,
+)
 
 if TYPE_CHECKING:
     from server.ingest import Row
@@ -237,14 +243,7 @@ def _execution(
             error = error[:max_error]
     else:
         error = ""
-    if status == RUNNING:
-        event_time = started_at if started_at is not None else received
-    elif finished_at is not None:
-        event_time = finished_at
-    elif started_at is not None:
-        event_time = started_at + duration if duration is not None else started_at
-    else:
-        event_time = received
+    when = event_time(status, started_at, finished_at, duration, received)
     intern = sys.intern
     return (
         execution_id,
@@ -258,7 +257,7 @@ def _execution(
         upstream,
         labels,
         error,
-        event_time,
+        when,
     )
 
 

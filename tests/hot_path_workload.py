@@ -7,6 +7,7 @@ on the compiled build, which must decide and keep exactly the same.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import random
 
 from pipewarden.v1 import execution_pb2, service_pb2
@@ -25,9 +26,12 @@ def events(rng: random.Random, count: int) -> list[execution_pb2.PipelineExecuti
     """Executions of 40 pipelines of 3 teams, out of time order, with repeats and bad ones."""
     out = []
     for _ in range(count):
-        p = rng.randrange(40)
-        eid = f"e{rng.randrange(count)}"  # about a third repeat an earlier id
+        n = rng.randrange(count)
+        eid = f"e{n}"  # about a third repeat an earlier id, mostly of the same pipeline
+        p = n % 40 if rng.random() > 0.1 else rng.randrange(40)
         start = T0 + rng.uniform(-3600, 3600)
+        if rng.random() < 0.005:
+            start += 10 * 86400  # beyond the allowed skew ahead of the clock: rejected
         msg = run(
             eid,
             pipeline_id=f"p{p}",
@@ -52,7 +56,11 @@ def main() -> None:
     shards = ShardSet(4, 16)
     seen = SeenExecutions(500, retention_seconds=1800)
     log = MemoryLog()
-    ingestor = Ingestor(shards, seen, log, IngestLimits(), clock=lambda: T0 + 7200)
+    ticks = itertools.count()
+    # Each request a minute after the one before: ids received 30 minutes ago are forgotten.
+    ingestor = Ingestor(
+        shards, seen, log, IngestLimits(), clock=lambda: T0 + 7200 + 60 * next(ticks)
+    )
     digest = hashlib.sha256()
     batch = events(rng, 3000)
     totals = [0, 0, 0, 0]
@@ -63,7 +71,14 @@ def main() -> None:
             for _ in builder.steps(step=64):
                 pass
             image = builder.result
-            for part in (image.blob, image.starts, image.hashes, image.table, image.times):
+            for part in (
+                image.blob,
+                image.starts,
+                image.hashes,
+                image.table,
+                image.times,
+                image.teams,
+            ):
                 digest.update(bytes(part) if isinstance(part, bytes) else repr(part).encode())
             seen.restore(image)
         elif n == 35:  # the restored ids half moved into the live set, the rest later

@@ -338,7 +338,7 @@ async def test_a_writer_ingesting_another_teams_rows_counts_none_of_them(tmp_pat
 def _lineage_event(team: str) -> dict[str, Any]:
     return {
         "eventType": "COMPLETE",
-        "eventTime": "2026-11-26T10:00:00Z",
+        "eventTime": Timestamp(seconds=int(NOW - 60)).ToJsonString(),  # by the server's clock
         "run": {"runId": f"{team}-run-{time.time_ns()}"},
         "job": {
             "namespace": "airflow",

@@ -8,65 +8,78 @@ from hypothesis import strategies as st
 from server.dedup import ImageBuilder, SeenExecutions
 
 
+class Chunk:
+    def __init__(self, team: str, ids: list[str], t: float) -> None:
+        self.team, self.ids, self.t, self.closed = team, ids, t, False
+
+
 class Model:
-    """The rules, on plain lists: ids in arrival order, grouped in chunks of about `chunk` ids,
-    each with its latest event time; the oldest forgotten beyond `capacity`, and the oldest
-    chunk once its latest time is older than the retention before the newest time added."""
+    """The rules, on plain lists: each team's ids in arrival order, grouped in chunks of about
+    `chunk` ids of one team, each with the latest time its ids were received. When a chunk
+    begins, the oldest chunks whose time is older than the retention before the newest time are
+    forgotten. Beyond `capacity`, one id at a time is forgotten: the oldest of the team that
+    holds the most (of equal teams, the one that came last in the teams' order)."""
 
     def __init__(self, capacity: int, retention: float, chunk: int) -> None:
         self.capacity, self.retention, self.chunk = capacity, retention, chunk
-        self.order: list[str] = []
-        self.bounds: list[list[float]] = []  # [ids, latest time] per chunk, oldest first
+        self.chunks: list[Chunk] = []  # oldest first, all teams
+        self.order: dict[str, None] = {}  # the teams holding ids, in the order they came
         self.newest = float("-inf")
-        self.closed = False  # the last chunk takes no more ids
 
-    def add_batch(self, ids: list[str], t: float) -> None:
+    def held(self, team: str) -> int:
+        return sum(len(c.ids) for c in self.chunks if c.team == team)
+
+    def add_batch(self, team: str, ids: list[str], t: float) -> None:
         if not ids:
             return
-        self.order += ids
         self.newest = max(self.newest, t)
-        if self.bounds and self.bounds[-1][0] < self.chunk and not self.closed:
-            self.bounds[-1][0] += len(ids)
-            self.bounds[-1][1] = max(self.bounds[-1][1], t)
+        self.order.setdefault(team)
+        last = [c for c in self.chunks if c.team == team and c.ids][-1:]
+        if last and len(last[0].ids) < self.chunk and not last[0].closed:
+            last[0].ids += ids
+            last[0].t = max(last[0].t, t)
         else:
-            self.bounds.append([len(ids), t])
-            self.closed = False
-            if len(self.bounds) > 1 and self.bounds[0][1] < self.newest - self.retention:
-                self.forget(int(self.bounds[0][0]))
-        if len(self.order) > self.capacity:
-            self.forget(len(self.order) - self.capacity)
+            self.chunks.append(Chunk(team, list(ids), t))
+            horizon = self.newest - self.retention
+            while len(self.chunks) > 1 and (not self.chunks[0].ids or self.chunks[0].t < horizon):
+                self.chunks.pop(0)
+            self._tidy()
+        while sum(len(c.ids) for c in self.chunks) > self.capacity:
+            most = max(self.held(team) for team in self.order)
+            victim = [team for team in self.order if self.held(team) == most][-1]
+            next(c for c in self.chunks if c.team == victim and c.ids).ids.pop(0)
+            self._tidy()
 
-    def forget(self, n: int) -> None:
-        del self.order[:n]
-        while n > 0 and self.bounds:
-            take = min(n, int(self.bounds[0][0]))
-            self.bounds[0][0] -= take
-            n -= take
-            if self.bounds[0][0] <= 0:
-                del self.bounds[0]
+    def _tidy(self) -> None:
+        for team in list(self.order):
+            if not self.held(team):
+                del self.order[team]
 
-    def restart(self, compact: bool) -> None:
-        """What a snapshot keeps: the chunks, so the newest time becomes that of the newest
-        chunk still kept (a later time whose chunk was forgotten is not in the snapshot; the
-        age horizon can only move back, so ids are kept longer, never shorter). Restored from
-        the compact form, the chunks are closed: new ids start a chunk of their own."""
-        self.newest = max((t for _, t in self.bounds), default=float("-inf"))
-        self.closed = compact
+    def restart(self) -> None:
+        """What a snapshot keeps: the chunks holding ids, closed; the newest time becomes that
+        of the newest chunk kept (the age horizon can only move back, so ids are kept longer,
+        never shorter)."""
+        self.chunks = [c for c in self.chunks if c.ids]
+        for c in self.chunks:
+            c.closed = True
+        self.newest = max((c.t for c in self.chunks), default=float("-inf"))
+        self.order = dict.fromkeys(c.team for c in self.chunks)
 
-    def chunks(self) -> list[tuple[list[str], float]]:
-        out, start = [], 0
-        for count, t in self.bounds:
-            out.append((self.order[start : start + int(count)], t))
-            start += int(count)
-        return out
+    def kept(self) -> list[tuple[str, list[str], float]]:
+        return [(c.team, list(c.ids), c.t) for c in self.chunks if c.ids]
 
 
-# A history: batches of fresh ids with event times, and now and then a restart: from the
-# compact form a snapshot writes (1), or from chunks of ids as an older snapshot kept them (2);
-# and now and then a slice of the work that turns restored ids into live ones (3), or all the
-# rest of it (4), which must change nothing the model can see.
+# A history: batches of fresh ids of one of three teams with the time received, and now and
+# then a restart: from the compact form a snapshot writes (1), or from chunks of ids (2); and
+# now and then a slice of the work that turns restored ids into live ones (3), or all the rest
+# of it (4), which must change nothing the model can see.
 batches = st.lists(
-    st.tuples(st.integers(0, 7), st.integers(0, 60), st.sampled_from([0, 0, 0, 1, 2, 3, 3, 4])),
+    st.tuples(
+        st.sampled_from("abc"),
+        st.integers(0, 7),
+        st.integers(0, 60),
+        st.sampled_from([0, 0, 0, 1, 2, 3, 3, 4]),
+    ),
     min_size=1,
     max_size=60,
 )
@@ -80,17 +93,17 @@ batches = st.lists(
     st.integers(1, 6),
 )
 def test_remembers_and_forgets_as_the_model(
-    history: list[tuple[int, int, int]], capacity: int, retention: float, chunk: int
+    history: list[tuple[str, int, int, int]], capacity: int, retention: float, chunk: int
 ) -> None:
     seen = SeenExecutions(capacity, retention, chunk=chunk)
     model = Model(capacity, retention, chunk)
     made = 0
     settling = iter(())
-    for size, t, restore in history:
-        ids = [f"e{made + i}" for i in range(size)]
+    for team, size, t, restore in history:
+        ids = [f"{team}{made + i}" for i in range(size)]
         made += size
-        seen.add_batch(ids, float(t))
-        model.add_batch(ids, float(t))
+        seen.add_batch(team, ids, float(t))
+        model.add_batch(team, ids, float(t))
         if restore in (3, 4):
             if next(settling, None) is None:  # done, or never begun: begin again
                 settling = seen.settle(step=2)
@@ -109,9 +122,12 @@ def test_remembers_and_forgets_as_the_model(
                 again.restore(seen.chunks())
             seen = again
             settling = iter(())
-            model.restart(compact=restore == 1)
-        assert list(seen) == model.order
-        assert len(seen) == len(model.order)
-        assert seen.chunks() == model.chunks()
-        kept = set(model.order)
-        assert all((f"e{i}" in seen) == (f"e{i}" in kept) for i in range(made))
+            model.restart()
+        assert seen.chunks() == model.kept()
+        assert len(seen) == sum(len(ids) for _, ids, _ in model.kept())
+        kept = {x for _, ids, _ in model.kept() for x in ids}
+        assert all(
+            (x in seen) == (x in kept) for x in (f"{p}{i}" for i in range(made) for p in "abc")
+        )
+        for name in "abc":
+            assert seen.held(name) == model.held(name)

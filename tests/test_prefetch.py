@@ -15,6 +15,7 @@ import pytest
 from pipewarden.v1 import service_pb2, service_pb2_grpc
 from server import failpoints
 from server.config import IngestLimits
+from server.dedup import key
 from server.errors import CorruptLogError
 from server.prefetch import Prefetch, _converted
 from server.recovery import recover
@@ -188,7 +189,7 @@ async def test_the_helper_says_which_ids_replay_must_look_up_among_the_restored(
     await node.ingest(request(*(run(f"a{i}", f"p{i % 3}") for i in range(40))))
     await node.snapshot()
     await node.ingest(request(*(run(f"b{i}", f"p{i % 3}") for i in range(30))))  # forgets a0-a19
-    again = await node.ingest(request(*(run(f"a{i}", "p1") for i in range(10))))
+    again = await node.ingest(request(*(run(f"a{i}", f"p{i % 3}") for i in range(10))))
     assert again.accepted == 10
     await node.close()
     newest = node.store.paths()[0]
@@ -211,9 +212,9 @@ async def test_the_helper_says_which_ids_replay_must_look_up_among_the_restored(
     assert (
         list(fetched.seen)
         == list(plain.seen)
-        == [f"a{i}" for i in range(30, 40)]
-        + [f"b{i}" for i in range(30)]
-        + [f"a{i}" for i in range(10)]
+        == [key(f"p{i % 3}", f"a{i}") for i in range(30, 40)]
+        + [key(f"p{i % 3}", f"b{i}") for i in range(30)]
+        + [key(f"p{i % 3}", f"a{i}") for i in range(10)]
     )
     await plain.close()
     await fetched.close()

@@ -91,7 +91,7 @@ class Model:
 
     def __init__(self) -> None:
         self.pipelines: dict[str, ModelPipeline] = {}
-        self.counted: set[str] = set()
+        self.counted: set[tuple[str, str]] = set()  # an execution: pipeline and id together
         self.arrival = 0
 
     def apply(self, ev: Event) -> str:
@@ -100,10 +100,11 @@ class Model:
             return "rejected"
         p = self.pipelines.get(m.pipeline_id)
         status = execution_pb2.ExecutionStatus.Name(m.status).split("_")[-1].lower()
+        execution = (m.pipeline_id, m.execution_id)
         if status == "running":
-            if m.execution_id in self.counted:
+            if execution in self.counted:
                 return "running"
-        elif m.execution_id in self.counted:
+        elif execution in self.counted:
             return "duplicate"
         if p is None:
             p = self.pipelines[m.pipeline_id] = ModelPipeline(m.team)
@@ -112,7 +113,7 @@ class Model:
         if status == "running":
             p.in_flight.add(m.execution_id)
             return "running"
-        self.counted.add(m.execution_id)
+        self.counted.add(execution)
         p.in_flight.discard(m.execution_id)
         self.arrival += 1
         p.runs.append(
