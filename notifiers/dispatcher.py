@@ -68,6 +68,7 @@ from notifiers.slack import SlackNotifier
 from notifiers.webhook import WebhookNotifier
 from notifiers.worker import Notifier, ReceiverWorker
 from pipewarden.v1 import alert_pb2
+from server.logsafe import safe
 
 __all__ = ["Dispatcher"]
 
@@ -345,11 +346,11 @@ class Dispatcher:
         )
         log.error(
             "dead letter: %s for receiver %s after %d attempt(s): %s%s",
-            letter.summary,
+            safe(letter.summary),
             n.receiver,
             attempts,
-            error,
-            f" (answer: {error.body.strip()[:300]})" if error.body else "",
+            safe(str(error)),
+            f" (answer: {safe(error.body.strip())})" if error.body else "",
         )
         metrics.DEAD_LETTERS.labels(n.receiver).inc()
         try:

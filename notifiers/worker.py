@@ -23,6 +23,7 @@ from notifiers.errors import DeliveryError
 from notifiers.notification import Notification, summary
 from notifiers.ratelimit import TokenBucket
 from notifiers.retry import Backoff
+from server.logsafe import safe
 
 __all__ = ["Notifier", "ReceiverWorker"]
 
@@ -150,12 +151,12 @@ class ReceiverWorker:
             retry = "will retry" if error.retriable else "will not retry"
             log.warning(
                 "%s (attempt %d of %d for %s; %s)",
-                text,
+                safe(text),
                 failures,
                 self.receiver.delivery.max_attempts,
-                summary(n.event, 120),
+                safe(summary(n.event, 120)),
                 retry,
             )
             self._last_error = text
         else:
-            log.debug("%s (attempt %d)", text, failures)
+            log.debug("%s (attempt %d)", safe(text), failures)
