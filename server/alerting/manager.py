@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 
 from pipewarden.storage.v1 import storage_pb2
-from server import metrics
+from server import failpoints, metrics
 from server.alerting import lineage as lineage_mod
 from server.alerting.book import AlertBook
 from server.alerting.convert import (
@@ -167,6 +167,7 @@ class AlertManager:
         """Follow the clock: silences that started or ended, holds that passed, escalation of
         unacknowledged alerts, repeats of firing ones, and retention. Returns the log position
         to wait for."""
+        failpoints.hit("alert-tick")
         now = self.clock() if now is None else now
         self.silences.forget_ended(now)
         for alert in self.book.open_alerts():
