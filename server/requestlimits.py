@@ -23,6 +23,7 @@ __all__ = [
     "DEFAULT_STRING_LENGTH",
     "MAX_GENERATED_ID_LENGTH",
     "RequestLimits",
+    "page_token_length",
     "string_limits",
 ]
 
