@@ -58,3 +58,32 @@ def test_a_task_that_dies_stops_the_server_and_loses_nothing(
             assert health.total_executions == 5
     finally:
         assert again.stop() == 0, again.log()[-3000:]
+
+
+def test_a_snapshot_that_fails_at_stop_still_flushes_the_log_and_says_so(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    env = {"PIPEWARDEN_FAILPOINTS": "snapshot-before-rename:raise"}  # the stop's snapshot
+    server = ServerProcess(data, env=env)
+    try:
+        server.wait_serving()
+        with grpc.insecure_channel(server.target) as channel:
+            stub = service_pb2_grpc.PipelineMonitorStub(channel)
+            answer = stub.Ingest(request(*(run(f"e{i}", "p1") for i in range(3))), timeout=10)
+            assert answer.accepted == 3
+    finally:
+        status = server.stop()
+    log = server.log()
+    assert status == 1, log[-3000:]
+    assert "no snapshot at stop" in log and "FailpointError" in log and "stopped" in log, log
+
+    again = ServerProcess(data)
+    try:
+        again.wait_serving()
+        with grpc.insecure_channel(again.target) as channel:
+            stub = service_pb2_grpc.PipelineMonitorStub(channel)
+            health = stub.GetPipelineHealth(
+                service_pb2.GetPipelineHealthRequest(pipeline_id="p1"), timeout=10
+            )
+            assert health.total_executions == 3
+    finally:
+        assert again.stop() == 0, again.log()[-3000:]
