@@ -68,6 +68,8 @@ from notifiers.slack import SlackNotifier
 from notifiers.webhook import WebhookNotifier
 from notifiers.worker import Notifier, ReceiverWorker
 from pipewarden.v1 import alert_pb2
+from server import tasks
+from server.logsafe import safe
 
 __all__ = ["Dispatcher"]
 
@@ -165,7 +167,7 @@ class Dispatcher:
         for n in found.pending:
             self._hand_over(n)
         metrics.OUTBOX_PENDING.set(self.outbox.pending_count)
-        self._maintenance = asyncio.create_task(self._maintain(), name="notify-maintenance")
+        self._maintenance = tasks.spawn(self._maintain(), name="notify-maintenance")
 
     def submit(
         self, event: alert_pb2.AlertEvent, notify: bool = True, *, catch_up: bool = False
@@ -250,10 +252,7 @@ class Dispatcher:
         self._closed = True
         if self._started and grace > 0:
             await self.drain(grace)
-        if self._maintenance is not None:
-            self._maintenance.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._maintenance
+        await tasks.stop(self._maintenance)
         for worker in self.workers.values():
             await worker.close()
         for task in list(self._tasks):
@@ -345,11 +344,11 @@ class Dispatcher:
         )
         log.error(
             "dead letter: %s for receiver %s after %d attempt(s): %s%s",
-            letter.summary,
+            safe(letter.summary),
             n.receiver,
             attempts,
-            error,
-            f" (answer: {error.body.strip()[:300]})" if error.body else "",
+            safe(str(error)),
+            f" (answer: {safe(error.body.strip())})" if error.body else "",
         )
         metrics.DEAD_LETTERS.labels(n.receiver).inc()
         try:

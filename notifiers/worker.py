@@ -11,7 +11,6 @@ holds up its own queue.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -23,6 +22,8 @@ from notifiers.errors import DeliveryError
 from notifiers.notification import Notification, summary
 from notifiers.ratelimit import TokenBucket
 from notifiers.retry import Backoff
+from server import tasks
+from server.logsafe import safe
 
 __all__ = ["Notifier", "ReceiverWorker"]
 
@@ -84,16 +85,13 @@ class ReceiverWorker:
     def start(self) -> None:
         """Start the task."""
         if self._task is None:
-            self._task = asyncio.create_task(self._run(), name=f"notify-{self.name}")
+            self._task = tasks.spawn(self._run(), name=f"notify-{self.name}")
 
     async def close(self) -> None:
         """Stop, abandoning the attempt in progress (it stays pending in the outbox and is sent
         after the next start). Idempotent."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await tasks.stop(task)
 
     async def _run(self) -> None:
         while True:
@@ -150,12 +148,12 @@ class ReceiverWorker:
             retry = "will retry" if error.retriable else "will not retry"
             log.warning(
                 "%s (attempt %d of %d for %s; %s)",
-                text,
+                safe(text),
                 failures,
                 self.receiver.delivery.max_attempts,
-                summary(n.event, 120),
+                safe(summary(n.event, 120)),
                 retry,
             )
             self._last_error = text
         else:
-            log.debug("%s (attempt %d)", text, failures)
+            log.debug("%s (attempt %d)", safe(text), failures)

@@ -29,7 +29,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from notifiers.dispatcher import Dispatcher
-from server import compiled, lockfile, metrics, tls
+from server import compiled, lockfile, metrics, tasks, tls
 from server.alerting.feed import AlertFeed
 from server.alerting.manager import AlertManager
 from server.anomalies import AnomalyStore
@@ -39,7 +39,7 @@ from server.config import Config, parse_hostport
 from server.dedup import SeenExecutions
 from server.detect import FanoutSink
 from server.detection.engine import DetectionEngine
-from server.errors import DiskError, LogError
+from server.errors import DiskError, LogError, PipewardenError, TaskDied
 from server.eventlog import EventLog
 from server.ingest import Ingestor
 from server.notifier import AlertNotifier
@@ -175,7 +175,8 @@ class App:
         self.grpc_port = 0
         self.http: HttpServer | None = None
         self.ready = False
-        self.failure: LogError | None = None
+        self.failure: PipewardenError | None = None
+        """Why the node stops on its own (its log failed, a task died): the exit status is 1."""
         self.stop_requested = asyncio.Event()
         self._server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -192,6 +193,9 @@ class App:
         """Listen (NOT_SERVING), recover, then serve."""
         sc = self.config.server
         data = Path(sc.data_dir)
+        # Every long-lived task started from here on (ours, the log's, the feed's, the
+        # notifiers') that dies stops the node instead of vanishing.
+        tasks.supervise(self._task_died)
         # Before anything reads or repairs the data directory: a second server on it would cut
         # what it takes for a torn tail of the log while the first is still writing it.
         self._lock_fd = lockfile.hold(data, ": one server to a data directory")
@@ -274,13 +278,13 @@ class App:
         self.ready = True
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
-        self._tasks.append(asyncio.create_task(self._report_stats(), name="stats"))
-        self._tasks.append(asyncio.create_task(self._settle_ids(), name="settle-ids"))
-        self._tasks.append(asyncio.create_task(self._snapshot_loop(), name="snapshots"))
+        self._tasks.append(tasks.spawn(self._report_stats(), name="stats"))
+        self._tasks.append(tasks.spawn(self._settle_ids(), name="settle-ids"))
+        self._tasks.append(tasks.spawn(self._snapshot_loop(), name="snapshots"))
         self.alert_feed.start()
-        self._tasks.append(asyncio.create_task(self._alert_loop(), name="alert-timers"))
+        self._tasks.append(tasks.spawn(self._alert_loop(), name="alert-timers"))
         if self.config.detection.enabled:
-            self._tasks.append(asyncio.create_task(self._detection_loop(), name="detection"))
+            self._tasks.append(tasks.spawn(self._detection_loop(), name="detection"))
 
     def _add_queue_gauges(self) -> None:
         wal = self.log if isinstance(self.log, WriteAheadLog) else None
@@ -473,6 +477,14 @@ class App:
             self.failure = error
         self.stop_requested.set()
 
+    def _task_died(self, name: str, error: BaseException) -> None:
+        """A long-lived task died (its traceback is logged): stop, with exit status 1. No
+        snapshot is written at the stop, since the state may be half changed; the log holds
+        everything acknowledged, and the next start replays it."""
+        if self.failure is None:
+            self.failure = TaskDied(f"task {name} died of {type(error).__name__}: {error}")
+        self.stop_requested.set()
+
     async def close(self) -> None:
         """Stop in reverse order of start. Idempotent."""
         if self._closed:
@@ -483,9 +495,7 @@ class App:
             self._prefetch.close()
             self._prefetch = None
         for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await tasks.stop(task)
         await self.health.enter_graceful_shutdown()
         # Watch streams never end by themselves: end them, so only ingest streams drain.
         self.alert_feed.close_subscriptions()
@@ -502,6 +512,9 @@ class App:
         except (OSError, LogError) as e:  # what was acknowledged is in the log, flushed below
             self.failure = e if isinstance(e, LogError) else LogError(f"snapshot failed: {e}")
             log.error("%s; stopping without a snapshot", self.failure)
+        except Exception as e:  # a bug: the log's flush must still happen, and it has all
+            log.exception("no snapshot at stop (the next start replays the log): %s", e)
+            self.failure = PipewardenError(f"the snapshot at stop failed: {e}")
         finally:
             await self.log.close()
             if self.http is not None:

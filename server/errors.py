@@ -61,3 +61,8 @@ class RequestError(PipewardenError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+class TaskDied(PipewardenError):
+    """A long-lived task of the server ended with an unexpected exception; the server stops
+    rather than go on without it."""

@@ -11,6 +11,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
 from server.auth import ANONYMOUS, Authenticator, Principal, audit
+from server.logsafe import safe
 
 __all__ = ["ADMIN_PATHS", "OPEN_PATHS", "PRINCIPAL", "HttpServer", "http_middleware"]
 
@@ -99,7 +100,10 @@ def http_middleware(auth: Authenticator) -> Any:  # an aiohttp middleware
         who = auth.authenticate(request.headers.get("Authorization"))
         if isinstance(who, str):
             audit.warning(
-                "authentication refused: %s; peer=%s path=%s", who, request.remote, request.path
+                "authentication refused: %s; peer=%s path=%s",
+                who,
+                request.remote,
+                safe(request.path),
             )
             return web.Response(status=401, text=f"{who}\n", headers={"WWW-Authenticate": "Bearer"})
         if request.path in ADMIN_PATHS and not who.admin:

@@ -25,6 +25,7 @@ from server.config import IngestLimits
 from server.dedup import SeenExecutions, key, legacy_key
 from server.detect import AlertSink, Detector, NullDetector, NullSink
 from server.eventlog import EventLog
+from server.logsafe import safe
 from server.model import RUNNING, Execution
 from server.shards import PipelineState, Shard, ShardSet
 from server.validation import convert
@@ -214,7 +215,7 @@ class Ingestor:
             e = to_execution(msg, received, limits, check_limits=check)
             if isinstance(e, str):
                 if replaying:
-                    log.warning("log record holds an event that no longer converts: %s", e)
+                    log.warning("log record holds an event that no longer converts: %s", safe(e))
                 else:
                     rejected.append((i, msg.execution_id, e))
                 continue

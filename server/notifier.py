@@ -34,14 +34,13 @@ crash just then could make a restart tell the previous state again.)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Collection, Iterable
 
 from notifiers import metrics
 from notifiers.dispatcher import Dispatcher
-from server import failpoints
+from server import failpoints, tasks
 from server.alerting.convert import event_message
 from server.alerting.feed import AlertFeed, FeedOverflow, Subscription
 from server.alerting.manager import AlertManager
@@ -160,7 +159,7 @@ class AlertNotifier:
             ", ".join(f"{r.name} ({r.type})" for r in receivers),
         )
         await self._catch_up("start")
-        self._task = asyncio.create_task(self._run(), name="notify-alerts")
+        self._task = tasks.spawn(self._run(), name="notify-alerts")
 
     async def close(self, grace: float = 0.0) -> None:
         """Catch up with what the closed feed did not deliver, then let the dispatcher's queues
@@ -170,10 +169,7 @@ class AlertNotifier:
             return
         self._closed = True
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await tasks.stop(task)
         if self._subscription is not None:
             self._subscription.close()
         if self._started:

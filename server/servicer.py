@@ -11,13 +11,11 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError, Message
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from pipewarden.v1 import alert_pb2, anomaly_pb2, health_pb2, service_pb2
 from server import metrics
@@ -26,6 +24,7 @@ from server.alerting.convert import (
     event_message,
     silence_from_message,
     silence_message,
+    timestamp,
 )
 from server.alerting.feed import FeedOverflow
 from server.alerting.manager import AlertManager
@@ -37,6 +36,8 @@ from server.errors import LogError, RequestError
 from server.eventlog import EventLog
 from server.ingest import Ingestor, IngestOutcome
 from server.limits import RateLimiter, StreamGate
+from server.logsafe import safe
+from server.requestlimits import RequestLimits
 from server.shards import PipelineState, ShardSet, TeamTotals
 
 __all__ = ["SERVICE_NAME", "PipelineMonitorService"]
@@ -52,15 +53,6 @@ Unary = Callable[[bytes, Context, Principal], Awaitable[Any]]
 Streaming = Callable[[Any, Context, Principal], AsyncIterator[Any]]
 
 DEFAULT_HISTORY = 100
-
-
-def timestamp(t: float) -> Timestamp:
-    """A Timestamp for Unix seconds `t`."""
-    seconds = math.floor(t)
-    nanos = round((t - seconds) * 1e9)
-    if nanos >= 1_000_000_000:
-        seconds, nanos = seconds + 1, nanos - 1_000_000_000
-    return Timestamp(seconds=seconds, nanos=nanos)
 
 
 def pipeline_health(p: PipelineState) -> health_pb2.PipelineHealth:
@@ -178,6 +170,7 @@ class PipelineMonitorService:
         self.config = config
         self.anomalies = anomalies if anomalies is not None else AnomalyStore()
         self.alerts = alerts if alerts is not None else AlertManager(AlertSettings(), log)
+        self.request_limits = RequestLimits(config.limits)
 
     def handler(self) -> grpc.GenericRpcHandler[Any, Any]:
         """The method handlers, to add to a grpc.aio server."""
@@ -223,10 +216,19 @@ class PipelineMonitorService:
         self, request_type: type[M], fn: Callable[[M, Context, Principal], Awaitable[Any]]
     ) -> grpc.RpcMethodHandler[Any, Any]:
         async def handle(raw: bytes, context: Context, who: Principal) -> Any:
-            return await fn(await _parse(request_type, raw, context), context, who)
+            return await fn(await self._parse_checked(request_type, raw, context), context, who)
 
         name = request_type.DESCRIPTOR.name.removesuffix("Request")
         return grpc.unary_unary_rpc_method_handler(self._guard(handle, name), None, _serialize)
+
+    async def _parse_checked(self, request_type: type[M], raw: bytes, context: Context) -> M:
+        """The request, once its strings and times are within their limits (requestlimits);
+        otherwise the call ends with INVALID_ARGUMENT, before anything changes."""
+        request = await _parse(request_type, raw, context)
+        problem = self.request_limits.problem(request)
+        if problem:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        return request
 
     # -- admission: authentication, rate limits, the stream cap ------------------------------
 
@@ -556,7 +558,7 @@ class PipelineMonitorService:
     ) -> AsyncIterator[alert_pb2.AlertEvent]:
         """WatchAlerts: events as they happen (once durable), filtered. A watcher that falls
         behind by watch_queue_size events is ended with RESOURCE_EXHAUSTED."""
-        request = await _parse(service_pb2.WatchAlertsRequest, raw, context)
+        request = await self._parse_checked(service_pb2.WatchAlertsRequest, raw, context)
         await _check_severity(request.min_severity, context)
         size = self.alerts.settings.watch_queue_size
         team = await self._scope(request.team, who, context)
@@ -612,10 +614,10 @@ class PipelineMonitorService:
             context, lambda: self.alerts.acknowledge(request.alert_id, request.by)
         )
         audit.info(
-            "alert acknowledged: alert=%s team=%s by=%r token=%s",
+            "alert acknowledged: alert=%s team=%s by=%s token=%s",
             alert.alert_id,
-            alert.team,
-            request.by,
+            safe(alert.team),
+            safe(request.by),
             who.describe(),
         )
         return alert_message(alert)
@@ -643,11 +645,11 @@ class PipelineMonitorService:
             )
         created = await self._durably(context, lambda: self.alerts.create_silence(wanted))
         audit.info(
-            "silence created: silence=%s team=%s pipeline=%s by=%r token=%s",
+            "silence created: silence=%s team=%s pipeline=%s by=%s token=%s",
             created.silence_id,
-            created.team or "*",
-            created.pipeline_id or "*",
-            created.created_by,
+            safe(created.team) or "*",
+            safe(created.pipeline_id) or "*",
+            safe(created.created_by),
             who.describe(),
         )
         return silence_message(created)
@@ -681,10 +683,10 @@ class PipelineMonitorService:
             context, lambda: self.alerts.delete_silence(request.silence_id, request.by)
         )
         audit.info(
-            "silence ended: silence=%s team=%s by=%r token=%s",
+            "silence ended: silence=%s team=%s by=%s token=%s",
             ended.silence_id,
-            ended.team or "*",
-            request.by,
+            safe(ended.team) or "*",
+            safe(request.by),
             who.describe(),
         )
         return silence_message(ended)

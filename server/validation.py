@@ -9,18 +9,35 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import Final
 
 from pipewarden.v1.execution_pb2 import PipelineExecution
 from server.config import IngestLimits
 from server.model import CANCELLED, FAILED, RUNNING, SUCCEEDED, Execution
 
-__all__ = ["convert", "event_time", "format_time", "too_far_ahead"]
+__all__ = [
+    "MAX_DURATION_SECONDS",
+    "MAX_SECONDS",
+    "MIN_SECONDS",
+    "convert",
+    "duration_problem",
+    "event_time",
+    "format_time",
+    "timestamp_problem",
+    "too_far_ahead",
+]
 
 _STATUSES = frozenset({SUCCEEDED, FAILED, RUNNING, CANCELLED})
-# The range of google.protobuf.Timestamp: 0001-01-01 to 9999-12-31.
-_MIN_SECONDS = -62_135_596_800
-_MAX_SECONDS = 253_402_300_799
-_MAX_DURATION_SECONDS = 315_576_000_000
+# The one range of client times, for every request: google.protobuf.Timestamp's documented
+# range, 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z. Float seconds hold it (to
+# within microseconds), and so do the snapshot's doubles; the encoder back to a Timestamp
+# (alerting.convert.timestamp) keeps the rounding of the very last second inside it.
+MIN_SECONDS: Final = -62_135_596_800
+"""0001-01-01T00:00:00Z, the earliest Timestamp a client may send."""
+MAX_SECONDS: Final = 253_402_300_799
+"""9999-12-31T23:59:59Z, the latest whole second a client may send."""
+MAX_DURATION_SECONDS: Final = 315_576_000_000
+"""google.protobuf.Duration's documented bound, about 10,000 years, either sign."""
 
 
 def format_time(t: float) -> str:
@@ -31,17 +48,37 @@ def format_time(t: float) -> str:
         return f"{t:.0f}s since the epoch"
 
 
+def timestamp_problem(name: str, seconds: int, nanos: int) -> str | None:
+    """Why the Timestamp field `name` (seconds, nanos) is out of range, or None when it is in."""
+    if MIN_SECONDS <= seconds <= MAX_SECONDS and 0 <= nanos <= 999_999_999:
+        return None
+    return _bad_timestamp(name, seconds, nanos)
+
+
+def duration_problem(name: str, seconds: int, nanos: int) -> str | None:
+    """Why the Duration field `name` (seconds, nanos) is not a valid Duration, or None. The
+    sign is the caller's rule."""
+    s, n = seconds, nanos
+    if abs(s) > MAX_DURATION_SECONDS or abs(n) > 999_999_999 or (s > 0 > n) or (s < 0 < n):
+        return (
+            f"{name} is not a valid Duration (seconds={s}, nanos={n}); it must lie within "
+            f"±{MAX_DURATION_SECONDS} seconds, with nanos of the same sign"
+        )
+    return None
+
+
 def _bad_timestamp(name: str, seconds: int, nanos: int) -> str:
     return (
         f"{name} is not a valid timestamp (seconds={seconds}, nanos={nanos}); "
-        "it must lie between years 1 and 9999 with nanos from 0 to 999999999"
+        "it must lie between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z "
+        "with nanos from 0 to 999999999"
     )
 
 
 def _bad_duration(s: int, n: int) -> str:
-    if abs(s) > _MAX_DURATION_SECONDS or abs(n) > 999_999_999 or (s > 0 > n) or (s < 0 < n):
-        return f"duration is not a valid Duration (seconds={s}, nanos={n})"
-    return f"duration is {s + n * 1e-9:g}s; it must not be negative"
+    return duration_problem("duration", s, n) or (
+        f"duration is {s + n * 1e-9:g}s; it must not be negative"
+    )
 
 
 def convert(
@@ -81,19 +118,19 @@ def convert(
     ts = msg.started_at
     seconds, nanos = ts.seconds, ts.nanos
     if seconds or nanos or msg.HasField("started_at"):
-        if not (_MIN_SECONDS <= seconds <= _MAX_SECONDS and 0 <= nanos <= 999_999_999):
+        if not (MIN_SECONDS <= seconds <= MAX_SECONDS and 0 <= nanos <= 999_999_999):
             return _bad_timestamp("started_at", seconds, nanos)
         started_at = seconds + nanos * 1e-9
     ts = msg.finished_at
     seconds, nanos = ts.seconds, ts.nanos
     if seconds or nanos or msg.HasField("finished_at"):
-        if not (_MIN_SECONDS <= seconds <= _MAX_SECONDS and 0 <= nanos <= 999_999_999):
+        if not (MIN_SECONDS <= seconds <= MAX_SECONDS and 0 <= nanos <= 999_999_999):
             return _bad_timestamp("finished_at", seconds, nanos)
         finished_at = seconds + nanos * 1e-9
     d = msg.duration
     seconds, nanos = d.seconds, d.nanos
     if seconds or nanos or msg.HasField("duration"):
-        if 0 <= seconds <= _MAX_DURATION_SECONDS and 0 <= nanos <= 999_999_999:
+        if 0 <= seconds <= MAX_DURATION_SECONDS and 0 <= nanos <= 999_999_999:
             duration = seconds + nanos * 1e-9
         else:
             return _bad_duration(seconds, nanos)

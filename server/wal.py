@@ -45,7 +45,7 @@ from typing import Protocol
 
 import crc32c
 
-from server import failpoints, metrics
+from server import failpoints, metrics, tasks
 from server.errors import CorruptLogError, DiskError, LogError, is_disk_error
 from server.readonly import Buffer, mapped
 
@@ -403,9 +403,9 @@ class WriteAheadLog:
                 raise DiskError(e.filename or self.directory, e, "the log cannot be opened") from e
             raise
         self._opened = True
-        self._writer = asyncio.create_task(self._write_loop(), name="wal-writer")
+        self._writer = tasks.spawn(self._write_loop(), name="wal-writer")
         if self.fsync == "interval":
-            self._syncer = asyncio.create_task(self._sync_loop(), name="wal-syncer")
+            self._syncer = tasks.spawn(self._sync_loop(), name="wal-syncer")
 
     def append(self, payload: bytes) -> int:
         """Queue an entry; it is durable once `wait_durable` for its number returns."""
@@ -445,11 +445,9 @@ class WriteAheadLog:
         self._closing = True
         self._wake.set()
         if self._writer is not None:
-            await self._writer
-        if self._syncer is not None:
-            self._syncer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._syncer
+            # It ends once the queue is written; one that died was reported when it died.
+            await asyncio.wait({self._writer})
+        await tasks.stop(self._syncer)
         loop = asyncio.get_running_loop()
         if self._fd >= 0:
             if self._error is None:

@@ -17,13 +17,10 @@ import sys
 from typing import TYPE_CHECKING
 
 from server.model import FAILED
-from server.validation import (
-    _MAX_DURATION_SECONDS,
-    _MAX_SECONDS,
-    _MIN_SECONDS,
-    _STATUSES,
-    event_time,
-)
+from server.validation import _STATUSES, event_time
+from server.validation import MAX_DURATION_SECONDS as _MAX_DURATION_SECONDS
+from server.validation import MAX_SECONDS as _MAX_SECONDS
+from server.validation import MIN_SECONDS as _MIN_SECONDS
 
 if TYPE_CHECKING:
     from server.ingest import Row

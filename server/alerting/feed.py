@@ -26,6 +26,7 @@ import contextlib
 import logging
 from collections import deque
 
+from server import tasks
 from server.alerting.model import AlertEvent
 from server.errors import LogError, PipewardenError
 from server.eventlog import EventLog
@@ -148,7 +149,7 @@ class AlertFeed:
     def start(self) -> None:
         """Start delivering."""
         if self._task is None and not self._closed:
-            self._task = asyncio.create_task(self._deliver(), name="alert-feed")
+            self._task = tasks.spawn(self._deliver(), name="alert-feed")
 
     async def _deliver(self) -> None:
         while True:
@@ -176,11 +177,8 @@ class AlertFeed:
     async def close(self) -> None:
         """Stop delivering and end every subscription. Idempotent."""
         self.close_subscriptions()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await tasks.stop(task)
 
     def _remove(self, sub: Subscription) -> None:
         with contextlib.suppress(ValueError):

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 
 from pipewarden.storage.v1 import storage_pb2
-from server import metrics
+from server import failpoints, metrics
 from server.alerting import lineage as lineage_mod
 from server.alerting.book import AlertBook
 from server.alerting.convert import (
@@ -65,7 +65,9 @@ from server.alerting.storage import alert_changes, silence_change, stored_alert,
 from server.detect import Anomaly
 from server.errors import RequestError
 from server.eventlog import EventLog
+from server.logsafe import safe
 from server.shards import PipelineState
+from server.validation import format_time
 
 __all__ = ["DIRTY_BATCH", "AlertManager", "should_notify"]
 
@@ -170,6 +172,7 @@ class AlertManager:
         """Follow the clock: silences that started or ended, holds that passed, escalation of
         unacknowledged alerts, repeats of firing ones, and retention. Returns the log position
         to wait for."""
+        failpoints.hit("alert-tick")
         now = self.clock() if now is None else now
         self.silences.forget_ended(now)
         for alert in self.book.open_alerts():
@@ -245,15 +248,16 @@ class AlertManager:
         now = self.clock()
         check_silence(silence, now)
         created = replace(silence, silence_id=self.silences.new_id())
+        record = silence_change(created)  # before any change: it is what can fail
+        self.log.append(record)
         self.silences.put(created)
-        self.log.append(silence_change(created))
         log.info(
-            "silence %s by %s until %s: team=%r pipeline=%r kind=%d",
+            "silence %s by %s until %s: team=%s pipeline=%s kind=%d",
             created.silence_id,
-            created.created_by,
-            time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(created.ends_at)),
-            created.team,
-            created.pipeline_id,
+            safe(created.created_by),
+            format_time(created.ends_at),
+            safe(created.team),
+            safe(created.pipeline_id),
             created.kind,
         )
         return created, self._remute(now)
@@ -270,9 +274,9 @@ class AlertManager:
         if found is None or found.ends_at <= now:
             raise RequestError("NOT_FOUND", f"no silence {silence_id!r} that has not ended")
         ended = replace(found, ends_at=now)
-        self.silences.put(ended)
         self.log.append(silence_change(ended, ended_by=by))
-        log.info("silence %s ended by %s", silence_id, by)
+        self.silences.put(ended)
+        log.info("silence %s ended by %s", silence_id, safe(by))
         return ended, self._remute(now)
 
     def _remute(self, now: float) -> int:
@@ -615,8 +619,8 @@ def _log_event(event: AlertEvent) -> None:
         a.alert_id,
         _EVENT_NAMES[event.type],
         SEVERITY_NAMES.get(a.severity, a.severity),
-        a.fingerprint,
-        a.team,
-        f" ({event.reason})" if event.reason else "",
+        safe(a.fingerprint),
+        safe(a.team),
+        f" ({safe(event.reason)})" if event.reason else "",
         "" if event.notify else " [not notified]",
     )

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 from server.alerting.model import KIND_NAMES, Alert, Silence
 from server.errors import RequestError
+from server.validation import MAX_SECONDS, MIN_SECONDS
 
 __all__ = ["MAX_COMMENT_LENGTH", "MAX_NAME_LENGTH", "Silences", "check_silence"]
 
@@ -29,6 +30,9 @@ def check_silence(silence: Silence, now: float) -> None:
         raise bad("created_by is required: say who creates the silence")
     if silence.ends_at <= 0:
         raise bad("ends_at is required: a silence must end")
+    for name, t in (("starts_at", silence.starts_at), ("ends_at", silence.ends_at)):
+        if not MIN_SECONDS <= t <= MAX_SECONDS + 1:  # floats round the last second up
+            raise bad(f"{name} is not between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z")
     if silence.ends_at <= silence.starts_at:
         raise bad("ends_at must be after starts_at: this silence ends before it starts")
     if silence.ends_at <= now:

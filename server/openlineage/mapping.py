@@ -36,6 +36,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from pipewarden.v1.execution_pb2 import PipelineExecution
 from server.errors import PipewardenError
+from server.logsafe import safe
 from server.model import CANCELLED, FAILED, RUNNING, SUCCEEDED
 from server.openlineage.settings import OpenLineageSettings
 from server.shards import ShardSet
@@ -280,9 +281,9 @@ class Translator:
                 log.warning(
                     "OpenLineage job %s is owned by team:%s, but its pipeline belongs to "
                     "team %s since its first event; it keeps that team",
-                    state.pipeline_id,
-                    event.owner_team,
-                    state.team,
+                    safe(state.pipeline_id),
+                    safe(event.owner_team or ""),
+                    safe(state.team),
                 )
             return state.team
         if event.owner_team:
