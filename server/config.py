@@ -146,6 +146,15 @@ class ServerConfig:
     max_streams: int = 1000
     """Open StreamIngest and WatchAlerts streams, all callers together; more get
     RESOURCE_EXHAUSTED."""
+    max_streams_per_caller: int = 100
+    """Open streams of one token (without auth: of one connection); more get
+    RESOURCE_EXHAUSTED, so that one caller never takes every place."""
+    max_streams_per_team: int = 250
+    """Open streams of all the tokens of one team together; more get RESOURCE_EXHAUSTED."""
+    ingest_stream_reserve: int = 100
+    """Of max_streams, the places only StreamIngest may take (at most half of them): WatchAlerts
+    streams are refused once max_streams minus this many are open, so that readers never crowd
+    out writers."""
 
 
 @dataclass(frozen=True)
@@ -349,6 +358,14 @@ def _server(raw: Mapping[str, Any], key: str) -> ServerConfig:
         raise ConfigError(f"{key}.shards", f"{config.shards} is more than 4096")
     if config.window > 4096:
         raise ConfigError(f"{key}.window", f"{config.window} is more than 4096")
+    for name in ("max_streams_per_caller", "max_streams_per_team", "ingest_stream_reserve"):
+        if name in raw and getattr(config, name) > config.max_streams:
+            raise ConfigError(f"{key}.{name}", f"{getattr(config, name)} is more than max_streams")
+    if "ingest_stream_reserve" in raw and 2 * config.ingest_stream_reserve > config.max_streams:
+        raise ConfigError(
+            f"{key}.ingest_stream_reserve",
+            "must be at most half of max_streams (watchers need room)",
+        )
     return config
 
 

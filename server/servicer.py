@@ -171,7 +171,12 @@ class PipelineMonitorService:
     ) -> None:
         self.auth = auth if auth is not None else Authenticator(())
         self.rates = RateLimiter(config.rate_limit_per_second, config.rate_limit_burst)
-        self.streams = StreamGate(config.max_streams)
+        self.streams = StreamGate(
+            config.max_streams,
+            per_caller=config.max_streams_per_caller,
+            per_team=config.max_streams_per_team,
+            ingest_reserve=config.ingest_stream_reserve,
+        )
         self.ingestor = ingestor
         self.shards = shards
         self.log = log
@@ -264,16 +269,19 @@ class PipelineMonitorService:
     ) -> Callable[[Any, Context], AsyncIterator[Any]]:
         async def handle(request: Any, context: Context) -> AsyncIterator[Any]:
             who = await self._admit(context, method)
-            if not self.streams.enter():
-                await context.abort(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"the server has {self.streams.limit} streams open, its limit: retry later",
-                )
+            ingest = method == "StreamIngest"
+            if ingest:
+                await self._may_ingest(who, context)  # before a reader takes a place
+            # Without auth every caller is the same principal: each connection is a caller.
+            caller = who.key if self.auth.enabled else context.peer()
+            refusal = self.streams.enter(caller, who.team, ingest=ingest)
+            if refusal:
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
             try:
                 async for item in fn(request, context, who):
                     yield item
             finally:
-                self.streams.leave()
+                self.streams.leave(caller, who.team)
 
         return handle
 
