@@ -155,6 +155,29 @@ class ServerConfig:
     """Of max_streams, the places only StreamIngest may take (at most half of them): WatchAlerts
     streams are refused once max_streams minus this many are open, so that readers never crowd
     out writers."""
+    reserved_descriptors: int = 256
+    """File descriptors kept for the log, snapshots, the notifiers' outbox and outgoing
+    connections; connections to the gRPC and HTTP ports get what the open-file limit (raised to
+    its hard limit at start) leaves beyond them and what the process holds."""
+    max_grpc_connections: int = 10_000
+    """Connections the gRPC port accepts at once (lowered, with a warning, to what the
+    open-file limit leaves); beyond them a new connection is closed at once."""
+    max_http_connections: int = 1000
+    """Connections the HTTP port accepts at once (lowered likewise); beyond them a new one is
+    answered 503 and closed."""
+    handshake_timeout_seconds: float = 10.0
+    """A gRPC connection must finish its HTTP/2 (and TLS) handshake this soon after opening;
+    an HTTP connection must send a whole request's headers this soon after opening and after
+    each answer. Otherwise it is closed."""
+    connection_idle_seconds: float = 300.0
+    """A gRPC connection without an open call for this long is closed (clients reconnect when
+    they next call)."""
+    http_body_timeout_seconds: float = 30.0
+    """An HTTP request's body must arrive whole this soon after its headers; otherwise the
+    answer is 408 and the connection is closed."""
+    http_body_buffer_bytes: int = 64 * 1024 * 1024
+    """Bytes of HTTP request bodies read and held at once, all requests together (at least
+    limits.max_request_bytes); beyond it a request is answered 503 with Retry-After."""
 
 
 @dataclass(frozen=True)
@@ -361,6 +384,11 @@ def _server(raw: Mapping[str, Any], key: str) -> ServerConfig:
     for name in ("max_streams_per_caller", "max_streams_per_team", "ingest_stream_reserve"):
         if name in raw and getattr(config, name) > config.max_streams:
             raise ConfigError(f"{key}.{name}", f"{getattr(config, name)} is more than max_streams")
+    for name in ("handshake_timeout_seconds", "connection_idle_seconds"):
+        if getattr(config, name) <= 0:
+            raise ConfigError(f"{key}.{name}", "must be more than 0")
+    if config.http_body_timeout_seconds <= 0:
+        raise ConfigError(f"{key}.http_body_timeout_seconds", "must be more than 0")
     if "ingest_stream_reserve" in raw and 2 * config.ingest_stream_reserve > config.max_streams:
         raise ConfigError(
             f"{key}.ingest_stream_reserve",
