@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -18,6 +20,7 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from pipewarden.v1 import service_pb2, service_pb2_grpc
+from server import descriptors
 from server.app import App
 from server.config import IngestLimits
 from tests.conftest import make_config
@@ -232,3 +235,38 @@ def test_idle_connections_cannot_starve_the_log_of_descriptors(
             assert team.total_executions == 301
     finally:
         again.stop()
+
+
+def test_the_descriptor_budget() -> None:
+    budget = descriptors.plan(1024, 30, 256, 10_000, 1000, http=True)
+    free = 1024 - 30 - 256 - descriptors.SPARE_DESCRIPTORS
+    assert budget.grpc_connections + budget.http_connections == free
+    assert budget.grpc_connections > budget.http_connections
+    assert descriptors.plan(1024, 30, 256, 100, 50, http=True).grpc_connections == 100
+    assert descriptors.plan(1024, 30, 256, 10_000, 1000, http=False).grpc_connections == free
+    with pytest.raises(OSError, match=r"server\.reserved_descriptors"):
+        descriptors.plan(128, 30, 96, 10_000, 1000, http=True)
+
+
+def test_a_file_of_ours_opens_when_descriptors_run_out(tmp_path: Path) -> None:
+    """Every descriptor taken (as by connections), the log's open still succeeds: a spare
+    is given up for it."""
+    script = f"""
+import os, resource
+from server.descriptors import SPARES, open_file
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+SPARES.hold(2)
+taken = []
+try:
+    while True:
+        taken.append(os.open(os.devnull, os.O_RDONLY))
+except OSError:
+    pass
+fd = open_file({str(tmp_path / "segment")!r}, os.O_WRONLY | os.O_CREAT, 0o644)
+print("opened", fd, len(SPARES))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("opened") and done.stdout.split()[-1] == "1"
