@@ -201,6 +201,10 @@ class App:
                 ("grpc.max_allowed_incoming_connections", self.descriptors.grpc_connections),
                 ("grpc.server_handshake_timeout_ms", int(sc.handshake_timeout_seconds * 1000)),
                 ("grpc.max_connection_idle_ms", int(sc.connection_idle_seconds * 1000)),
+                # Without BDP probing a stream's receive window stays small (64 KiB), so the
+                # requests a client has sent and we have not read are few: a stream waiting for
+                # its turn (server/admission.py) holds little memory.
+                ("grpc.http2.bdp_probe", 0),
             ]
         )
         server.add_generic_rpc_handlers((self.service.handler(),))

@@ -178,6 +178,10 @@ class ServerConfig:
     http_body_buffer_bytes: int = 64 * 1024 * 1024
     """Bytes of HTTP request bodies read and held at once, all requests together (at least
     limits.max_request_bytes); beyond it a request is answered 503 with Retry-After."""
+    ingest_queue_bytes: int = 64 * 1024 * 1024
+    """Ingest requests are applied one at a time, so that reads stay quick under any ingest
+    load; this bounds the bytes of those waiting their turn. A unary Ingest beyond it gets
+    RESOURCE_EXHAUSTED (retry shortly); a stream's next request is not read until its turn."""
 
 
 @dataclass(frozen=True)

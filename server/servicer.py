@@ -21,6 +21,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from pipewarden.v1 import alert_pb2, anomaly_pb2, health_pb2, service_pb2
 from server import metrics
+from server.admission import IngestTurns
 from server.alerting.convert import (
     alert_message,
     event_message,
@@ -39,7 +40,7 @@ from server.ingest import Ingestor, IngestOutcome
 from server.limits import RateLimiter, StreamGate
 from server.shards import PipelineState, ShardSet, TeamTotals
 
-__all__ = ["SERVICE_NAME", "PipelineMonitorService"]
+__all__ = ["RETRY_METADATA", "SERVICE_NAME", "PipelineMonitorService"]
 
 SERVICE_NAME = "pipewarden.v1.PipelineMonitor"
 DEFAULT_PAGE_SIZE = 100
@@ -177,6 +178,8 @@ class PipelineMonitorService:
             per_team=config.max_streams_per_team,
             ingest_reserve=config.ingest_stream_reserve,
         )
+        self.turns = IngestTurns(config.ingest_queue_bytes)
+        """Ingest requests are applied one at a time, each in its turn (server/admission.py)."""
         self.ingestor = ingestor
         self.shards = shards
         self.log = log
@@ -228,6 +231,7 @@ class PipelineMonitorService:
         self, request_type: type[M], fn: Callable[[M, Context, Principal], Awaitable[Any]]
     ) -> grpc.RpcMethodHandler[Any, Any]:
         async def handle(raw: bytes, context: Context, who: Principal) -> Any:
+            self.turns.reading()  # ingestion makes room (server/admission.py)
             return await fn(await _parse(request_type, raw, context), context, who)
 
         name = request_type.DESCRIPTOR.name.removesuffix("Request")
@@ -251,10 +255,11 @@ class PipelineMonitorService:
         assert isinstance(who, Principal)
         wait = self.rates.take(who.key)
         if wait:
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
+            await _retry_later(
+                context,
                 f"rate limit of {self.rates.rate:g} requests a second exceeded for this token: "
                 f"retry in {wait:.2f}s",
+                wait,
             )
         return who
 
@@ -276,7 +281,7 @@ class PipelineMonitorService:
             caller = who.key if self.auth.enabled else context.peer()
             refusal = self.streams.enter(caller, who.team, ingest=ingest)
             if refusal:
-                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
+                await _retry_later(context, refusal, 1.0)
             try:
                 async for item in fn(request, context, who):
                     yield item
@@ -331,8 +336,16 @@ class PipelineMonitorService:
         """Ingest: apply, wait until durable, answer."""
         await self._may_ingest(who, context)
         request = await self._decode_ingest(raw, context)
+        if self.turns.crowded(len(raw)):
+            await _retry_later(
+                context,
+                f"{self.turns.waiting_bytes} bytes of ingest requests are waiting to be applied, "
+                "the limit (server.ingest_queue_bytes): retry in 1s",
+                1.0,
+            )
         try:
-            outcome, seq = self.ingestor.ingest(raw, request, _own(who))
+            async with self.turns.turn(len(raw)):
+                outcome, seq = self.ingestor.ingest(raw, request, _own(who))
             await self.log.wait_durable(seq)
         except LogError as e:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
@@ -372,26 +385,13 @@ class PipelineMonitorService:
                         raw = await anext(incoming)
                     except StopAsyncIteration:
                         return
-                    request = service_pb2.IngestRequest()
                     try:
-                        request.ParseFromString(raw)
-                    except DecodeError:
-                        refusal.append((grpc.StatusCode.INVALID_ARGUMENT, _UNDECODABLE))
-                        return
-                    limit = self.config.limits.max_executions_per_request
-                    if len(request.executions) > limit:
-                        refusal.append(
-                            (
-                                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                f"a request has {len(request.executions)} executions; the limit "
-                                f"is {limit} per request: split it",
-                            )
-                        )
-                        return
-                    try:
-                        pending.put_nowait(self.ingestor.ingest(raw, request, team))
-                    except LogError as e:
-                        refusal.append((grpc.StatusCode.UNAVAILABLE, str(e)))
+                        # Decoded and applied in turn with every other ingest request
+                        # (server/admission.py): waiting here holds the stream back.
+                        async with self.turns.turn(len(raw)):
+                            pending.put_nowait(self._apply_streamed(raw, team))
+                    except _Refused as e:
+                        refusal.append((e.code, e.message))
                         return
             finally:
                 pending.put_nowait(None)
@@ -414,6 +414,25 @@ class PipelineMonitorService:
                 reader.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await reader
+
+    def _apply_streamed(self, raw: bytes, team: str | None) -> tuple[IngestOutcome, int]:
+        """Decode and apply one request of a stream; _Refused ends the stream."""
+        request = service_pb2.IngestRequest()
+        try:
+            request.ParseFromString(raw)
+        except DecodeError:
+            raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, _UNDECODABLE) from None
+        limit = self.config.limits.max_executions_per_request
+        if len(request.executions) > limit:
+            raise _Refused(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"a request has {len(request.executions)} executions; the limit "
+                f"is {limit} per request: split it",
+            )
+        try:
+            return self.ingestor.ingest(raw, request, team)
+        except LogError as e:
+            raise _Refused(grpc.StatusCode.UNAVAILABLE, str(e)) from e
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -712,6 +731,30 @@ class PipelineMonitorService:
 
 
 _UNDECODABLE = "the request is not a valid protobuf message of the expected type"
+
+
+RETRY_METADATA = "pipewarden-retry-ms"
+"""Trailing metadata of a RESOURCE_EXHAUSTED that is a matter of load (a rate, a cap on
+streams, the ingest queue), not of the request: the milliseconds after which to send it again.
+Without it, RESOURCE_EXHAUSTED means the request itself is too large."""
+
+
+async def _retry_later(context: Context, message: str, seconds: float) -> None:
+    """End the call with RESOURCE_EXHAUSTED and the hint to retry in `seconds`."""
+    await context.abort(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        message,
+        trailing_metadata=((RETRY_METADATA, str(max(1, round(seconds * 1000)))),),
+    )
+
+
+class _Refused(Exception):
+    """Ends a stream with a status."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
 
 
 def _own(who: Principal) -> str | None:
