@@ -385,19 +385,13 @@ def _server(raw: Mapping[str, Any], key: str) -> ServerConfig:
         raise ConfigError(f"{key}.shards", f"{config.shards} is more than 4096")
     if config.window > 4096:
         raise ConfigError(f"{key}.window", f"{config.window} is more than 4096")
-    for name in ("max_streams_per_caller", "max_streams_per_team", "ingest_stream_reserve"):
-        if name in raw and getattr(config, name) > config.max_streams:
-            raise ConfigError(f"{key}.{name}", f"{getattr(config, name)} is more than max_streams")
-    for name in ("handshake_timeout_seconds", "connection_idle_seconds"):
+    for name in (
+        "handshake_timeout_seconds",
+        "connection_idle_seconds",
+        "http_body_timeout_seconds",
+    ):
         if getattr(config, name) <= 0:
             raise ConfigError(f"{key}.{name}", "must be more than 0")
-    if config.http_body_timeout_seconds <= 0:
-        raise ConfigError(f"{key}.http_body_timeout_seconds", "must be more than 0")
-    if "ingest_stream_reserve" in raw and 2 * config.ingest_stream_reserve > config.max_streams:
-        raise ConfigError(
-            f"{key}.ingest_stream_reserve",
-            "must be at most half of max_streams (watchers need room)",
-        )
     return config
 
 

@@ -241,9 +241,9 @@ def test_limit_keys_parse() -> None:
     with pytest.raises(ConfigError, match=r"server\.max_streams"):
         parse({"server": {"max_streams": 0}})
     with pytest.raises(ConfigError, match=r"server\.max_streams_per_caller"):
-        parse({"server": {"max_streams": 10, "max_streams_per_caller": 11}})
-    with pytest.raises(ConfigError, match=r"server\.ingest_stream_reserve"):
-        parse({"server": {"max_streams": 10, "ingest_stream_reserve": 6}})
+        parse({"server": {"max_streams_per_caller": 0}})
+    with pytest.raises(ConfigError, match=r"server\.handshake_timeout_seconds"):
+        parse({"server": {"handshake_timeout_seconds": 0}})
 
 
 def test_tls_config_names_missing_files(tmp_path: Path) -> None:
