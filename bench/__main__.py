@@ -23,12 +23,25 @@ from typing import Any
 
 from rich.console import Console
 
-from bench import alerts, fsync, ingest, latency, load, memory, notify, queries, recovery, report
+from bench import (
+    alerts,
+    fsync,
+    ingest,
+    latency,
+    load,
+    memory,
+    notify,
+    overload,
+    queries,
+    recovery,
+    report,
+)
 from bench.common import Context, SectionResult
 from server import compiled
 
 SECTIONS: dict[str, ModuleType] = {
-    m.NAME: m for m in (ingest, latency, alerts, queries, memory, fsync, recovery, notify, load)
+    m.NAME: m
+    for m in (ingest, latency, alerts, queries, memory, fsync, recovery, notify, load, overload)
 }
 """Every section, by name, in the order a full run takes them."""
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from pipewarden.reporter import retry_hint
 from pipewarden.v1 import alert_pb2, anomaly_pb2, execution_pb2, health_pb2, service_pb2
 
 if TYPE_CHECKING:
@@ -340,6 +341,9 @@ def _dead_letters(args: argparse.Namespace) -> int:
 
 # -- send ----------------------------------------------------------------------------------------
 
+SEND_RETRIES = 20
+"""How many times `send` waits and sends again when the server says it is busy."""
+
 
 def _send(args: argparse.Namespace) -> int:
     from google.protobuf import json_format
@@ -370,15 +374,28 @@ def _send(args: argparse.Namespace) -> int:
     if batch.executions:
         batches.append(batch)
     totals = {"accepted": 0, "duplicates": 0, "running": 0}
-    offset = 0
+    offset = done = tries = 0
     with _client(args) as client:
-        for request, response in zip(batches, client.stream_ingest(batches), strict=True):
-            totals["accepted"] += response.accepted
-            totals["duplicates"] += response.duplicates
-            totals["running"] += response.running
-            for r in response.rejected:
-                bad.append((lines[offset + r.index], r.execution_id, r.reason))
-            offset += len(request.executions)
+        while done < len(batches):
+            try:
+                for response in client.stream_ingest(batches[done:]):
+                    totals["accepted"] += response.accepted
+                    totals["duplicates"] += response.duplicates
+                    totals["running"] += response.running
+                    for r in response.rejected:
+                        bad.append((lines[offset + r.index], r.execution_id, r.reason))
+                    offset += len(batches[done].executions)
+                    done += 1
+            except grpc.RpcError as e:
+                # A busy server (a cap on streams, the ingest queue, a rate limit) says when to
+                # send again; what it had not answered is sent again then (resent executions
+                # it had already counted are answered as duplicates).
+                hint = retry_hint(e.trailing_metadata()) if isinstance(e, grpc.Call) else None
+                if hint is None or tries >= SEND_RETRIES:
+                    raise
+                tries += 1
+                err.print(f"[yellow]the server is busy ({e.details()}); sending again[/]")
+                time.sleep(hint)
     bad.sort()
     if args.json:
         print(

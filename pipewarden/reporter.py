@@ -38,7 +38,14 @@ from pipewarden.runs import Tracker
 from pipewarden.v1 import service_pb2, service_pb2_grpc
 from pipewarden.v1.execution_pb2 import PipelineExecution
 
-__all__ = ["AsyncReporter", "Reporter", "ReporterStats", "retriable"]
+__all__ = [
+    "RETRY_METADATA",
+    "AsyncReporter",
+    "Reporter",
+    "ReporterStats",
+    "retriable",
+    "retry_hint",
+]
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +59,27 @@ _FATAL = frozenset(
 )
 
 
-def retriable(code: grpc.StatusCode) -> bool:
+RETRY_METADATA = "pipewarden-retry-ms"
+"""Trailing metadata the server adds to a RESOURCE_EXHAUSTED that is a matter of load (a rate
+limit, a cap on streams, the ingest queue): the milliseconds after which to send again."""
+
+
+def retry_hint(metadata: Iterable[Any] | None) -> float | None:
+    """The seconds after which the server asked to be called again (in a call's trailing
+    metadata), or None."""
+    for key, value in metadata or ():
+        if key == RETRY_METADATA:
+            with contextlib.suppress(ValueError):
+                return max(0.0, float(value.decode() if isinstance(value, bytes) else value) / 1000)
+    return None
+
+
+def retriable(code: grpc.StatusCode, hint: float | None = None) -> bool:
     """Whether a batch refused with `code` may succeed when sent again. Not when the batch
     itself is refused (malformed or too large) or the server cannot ingest at all; an
-    authentication error is retried, since a token can be fixed on the server's side."""
-    return code not in _FATAL
+    authentication error is retried, since a token can be fixed on the server's side; and a
+    RESOURCE_EXHAUSTED that came with a retry hint (`hint`: the server is busy) is."""
+    return code not in _FATAL or (code == grpc.StatusCode.RESOURCE_EXHAUSTED and hint is not None)
 
 
 @dataclass
@@ -239,6 +262,7 @@ class AsyncReporter(Tracker):
 
     async def _run(self) -> None:
         backoff = self.backoff_initial
+        hint: float | None = None  # the wait the server asked for, when it did
         async with self._channel_factory(self.target) as channel:
             stub = service_pb2_grpc.PipelineMonitorStub(channel)
             while not self._closing:
@@ -248,15 +272,18 @@ class AsyncReporter(Tracker):
                     await self._stream(stub)
                     backoff = self.backoff_initial
                 except grpc.aio.AioRpcError as e:
-                    self._broken(e.code(), e.details() or "")
+                    hint = retry_hint(e.trailing_metadata())
+                    self._broken(e.code(), e.details() or "", hint)
                 except Exception as e:  # a bug here must not stop reporting for good
+                    hint = None
                     log.exception("pipewarden reporter: unexpected error; retrying")
                     self._broken(grpc.StatusCode.UNKNOWN, repr(e))
                 else:
                     continue
                 assert self._stopping is not None
+                wait = backoff * random.uniform(0.5, 1.0)
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(backoff * random.uniform(0.5, 1.0)):
+                    async with asyncio.timeout(max(wait, hint or 0.0)):
                         await self._stopping.wait()
                 backoff = min(backoff * 2, self.backoff_max)
 
@@ -341,10 +368,10 @@ class AsyncReporter(Tracker):
             log.info("pipewarden reporter: sending again to %s", self.target)
             self._last_error = None
 
-    def _broken(self, code: grpc.StatusCode, details: str) -> None:
+    def _broken(self, code: grpc.StatusCode, details: str, hint: float | None = None) -> None:
         batch, self._in_flight = self._in_flight, []
         message = f"{code.name}: {details}"
-        if not retriable(code):
+        if not retriable(code, hint):
             self.stats.dropped += len(batch)
             log.error("pipewarden refused a batch of %d executions: %s", len(batch), message)
             return
@@ -365,7 +392,8 @@ async def _error_of(call: Any) -> grpc.aio.AioRpcError:
     if code == grpc.StatusCode.OK:
         code = grpc.StatusCode.UNAVAILABLE
     details = await call.details() or "the stream ended before answering"
-    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details, None)
+    trailing = await call.trailing_metadata()
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), trailing, details, None)
 
 
 class Reporter(Tracker):

@@ -29,7 +29,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from notifiers.dispatcher import Dispatcher
-from server import compiled, lockfile, metrics, tasks, tls
+from server import compiled, descriptors, lockfile, metrics, tasks, tls
 from server.alerting.feed import AlertFeed
 from server.alerting.manager import AlertManager
 from server.anomalies import AnomalyStore
@@ -202,10 +202,18 @@ class App:
         if self.prefetch and isinstance(self.log, WriteAheadLog):
             # Forked first, before gRPC starts threads.
             self._prefetch = Prefetch.start(data / "wal", data / "snapshots", sc.limits)
+        self.descriptors = self._descriptor_budget()
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", sc.limits.max_request_bytes),
                 ("grpc.so_reuseport", 0),
+                ("grpc.max_allowed_incoming_connections", self.descriptors.grpc_connections),
+                ("grpc.server_handshake_timeout_ms", int(sc.handshake_timeout_seconds * 1000)),
+                ("grpc.max_connection_idle_ms", int(sc.connection_idle_seconds * 1000)),
+                # Without BDP probing a stream's receive window stays small (64 KiB), so the
+                # requests a client has sent and we have not read are few: a stream waiting for
+                # its turn (server/admission.py) holds little memory.
+                ("grpc.http2.bdp_probe", 0),
             ]
         )
         server.add_generic_rpc_handlers((self.service.handler(),))
@@ -256,6 +264,10 @@ class App:
                 max_body_bytes=sc.limits.max_request_bytes,
                 auth=self.auth,
                 ssl_context=tls.http_context(sc.tls) if sc.tls is not None else None,
+                max_connections=self.descriptors.http_connections,
+                idle_timeout=sc.handshake_timeout_seconds,
+                body_timeout=sc.http_body_timeout_seconds,
+                body_buffer_bytes=sc.http_body_buffer_bytes,
             )
             await self.http.start()
         # Recovery makes millions of objects that live as long as the process, with hardly a
@@ -285,6 +297,29 @@ class App:
         self._tasks.append(tasks.spawn(self._alert_loop(), name="alert-timers"))
         if self.config.detection.enabled:
             self._tasks.append(tasks.spawn(self._detection_loop(), name="detection"))
+
+    def _descriptor_budget(self) -> descriptors.Budget:
+        """Raise the open-file limit, hold the spare descriptors, and cap connections to what
+        is left beyond the reserve for our files (see server/descriptors.py)."""
+        sc = self.config.server
+        limit = descriptors.raise_limit()
+        descriptors.SPARES.hold()
+        budget = descriptors.plan(
+            limit,
+            descriptors.in_use(),
+            sc.reserved_descriptors,
+            sc.max_grpc_connections,
+            sc.max_http_connections,
+            http=bool(sc.http_listen),
+        )
+        log.info(
+            "open-file limit %d: %d kept for files, connections capped at %d (gRPC) and %d (HTTP)",
+            budget.limit,
+            budget.reserved,
+            budget.grpc_connections,
+            budget.http_connections,
+        )
+        return budget
 
     def _add_queue_gauges(self) -> None:
         wal = self.log if isinstance(self.log, WriteAheadLog) else None
@@ -359,6 +394,7 @@ class App:
         sc = self.config.server
         while True:
             await asyncio.sleep(SNAPSHOT_CHECK_SECONDS)
+            descriptors.SPARES.hold()  # again, if an open had to give one up
             grown = self.log.size_bytes() - self._log_bytes_at_snapshot
             due = sc.snapshot_interval_seconds > 0 and (
                 time.monotonic() - self._snapshot_time >= sc.snapshot_interval_seconds

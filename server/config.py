@@ -164,6 +164,42 @@ class ServerConfig:
     max_streams: int = 1000
     """Open StreamIngest and WatchAlerts streams, all callers together; more get
     RESOURCE_EXHAUSTED."""
+    max_streams_per_caller: int = 100
+    """Open streams of one token (without auth: of one connection); more get
+    RESOURCE_EXHAUSTED, so that one caller never takes every place."""
+    max_streams_per_team: int = 250
+    """Open streams of all the tokens of one team together; more get RESOURCE_EXHAUSTED."""
+    ingest_stream_reserve: int = 100
+    """Of max_streams, the places only StreamIngest may take (at most half of them): WatchAlerts
+    streams are refused once max_streams minus this many are open, so that readers never crowd
+    out writers."""
+    reserved_descriptors: int = 256
+    """File descriptors kept for the log, snapshots, the notifiers' outbox and outgoing
+    connections; connections to the gRPC and HTTP ports get what the open-file limit (raised to
+    its hard limit at start) leaves beyond them and what the process holds."""
+    max_grpc_connections: int = 10_000
+    """Connections the gRPC port accepts at once (lowered, with a warning, to what the
+    open-file limit leaves); beyond them a new connection is closed at once."""
+    max_http_connections: int = 1000
+    """Connections the HTTP port accepts at once (lowered likewise); beyond them a new one is
+    answered 503 and closed."""
+    handshake_timeout_seconds: float = 10.0
+    """A gRPC connection must finish its HTTP/2 (and TLS) handshake this soon after opening;
+    an HTTP connection must send a whole request's headers this soon after opening and after
+    each answer. Otherwise it is closed."""
+    connection_idle_seconds: float = 300.0
+    """A gRPC connection without an open call for this long is closed (clients reconnect when
+    they next call)."""
+    http_body_timeout_seconds: float = 30.0
+    """An HTTP request's body must arrive whole this soon after its headers; otherwise the
+    answer is 408 and the connection is closed."""
+    http_body_buffer_bytes: int = 64 * 1024 * 1024
+    """Bytes of HTTP request bodies read and held at once, all requests together (at least
+    limits.max_request_bytes); beyond it a request is answered 503 with Retry-After."""
+    ingest_queue_bytes: int = 64 * 1024 * 1024
+    """Ingest requests are applied one at a time, so that reads stay quick under any ingest
+    load; this bounds the bytes of those waiting their turn. A unary Ingest beyond it gets
+    RESOURCE_EXHAUSTED (retry shortly); a stream's next request is not read until its turn."""
 
 
 @dataclass(frozen=True)
@@ -381,6 +417,13 @@ def _server(raw: Mapping[str, Any], key: str) -> ServerConfig:
         raise ConfigError(f"{key}.shards", f"{config.shards} is more than 4096")
     if config.window > 4096:
         raise ConfigError(f"{key}.window", f"{config.window} is more than 4096")
+    for name in (
+        "handshake_timeout_seconds",
+        "connection_idle_seconds",
+        "http_body_timeout_seconds",
+    ):
+        if getattr(config, name) <= 0:
+            raise ConfigError(f"{key}.{name}", "must be more than 0")
     return config
 
 

@@ -56,19 +56,66 @@ class RateLimiter:
 
 
 class StreamGate:
-    """Counts open streams; `enter` refuses beyond `limit`."""
+    """Counts open streams, and refuses one beyond any of its limits: all streams together;
+    those of one caller (a token, or a connection when there is no auth); those of one team;
+    and, for streams that do not ingest (WatchAlerts), all but the last `ingest_reserve`
+    places, so that readers can never take the places writers need. A limit of 0 is no limit."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(
+        self, limit: int, *, per_caller: int = 0, per_team: int = 0, ingest_reserve: int = 0
+    ) -> None:
         self.limit = limit
+        self.per_caller = per_caller
+        self.per_team = per_team
+        # At most half: a small max_streams still leaves watchers room.
+        self.ingest_reserve = min(ingest_reserve, limit // 2)
         self.open = 0
+        self._callers: dict[str, int] = {}
+        self._teams: dict[str, int] = {}
 
-    def enter(self) -> bool:
-        """Take a place, or return False when all are taken."""
-        if self.open >= self.limit:
-            return False
+    def enter(self, caller: str = "", team: str | None = None, *, ingest: bool = True) -> str:
+        """Take a place for a stream of `caller` (of `team`, None for none); "" when taken,
+        otherwise why it was refused, naming the limit's configuration key."""
+        if self.limit and self.open >= self.limit:
+            return (
+                f"the server has {self.open} streams open, its limit (server.max_streams): "
+                "retry later"
+            )
+        if not ingest and self.limit and self.open >= self.limit - self.ingest_reserve:
+            return (
+                f"the server has {self.open} streams open and keeps the last "
+                f"{self.ingest_reserve} places for StreamIngest (server.ingest_stream_reserve): "
+                "retry later"
+            )
+        mine = self._callers.get(caller, 0)
+        if self.per_caller and mine >= self.per_caller:
+            return (
+                f"this caller has {mine} streams open, the limit per token "
+                "(server.max_streams_per_caller): close one first"
+            )
+        ours = self._teams.get(team, 0) if team is not None else 0
+        if team is not None and self.per_team and ours >= self.per_team:
+            return (
+                f"team {team!r} has {ours} streams open, the limit per team "
+                "(server.max_streams_per_team): close one first"
+            )
         self.open += 1
-        return True
+        self._callers[caller] = mine + 1
+        if team is not None:
+            self._teams[team] = ours + 1
+        return ""
 
-    def leave(self) -> None:
-        """Give a place back."""
+    def leave(self, caller: str = "", team: str | None = None) -> None:
+        """Give back a place `enter` took for the same caller and team."""
         self.open -= 1
+        _drop(self._callers, caller)
+        if team is not None:
+            _drop(self._teams, team)
+
+
+def _drop(counts: dict[str, int], key: str) -> None:
+    left = counts[key] - 1
+    if left:
+        counts[key] = left
+    else:
+        del counts[key]  # so that callers come and go without the map growing

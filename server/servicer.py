@@ -19,6 +19,7 @@ from google.protobuf.message import DecodeError, Message
 
 from pipewarden.v1 import alert_pb2, anomaly_pb2, health_pb2, service_pb2
 from server import metrics
+from server.admission import IngestTurns
 from server.alerting.convert import (
     alert_message,
     event_message,
@@ -40,7 +41,7 @@ from server.logsafe import safe
 from server.requestlimits import RequestLimits
 from server.shards import PipelineState, ShardSet, TeamTotals
 
-__all__ = ["SERVICE_NAME", "PipelineMonitorService"]
+__all__ = ["RETRY_METADATA", "SERVICE_NAME", "PipelineMonitorService"]
 
 SERVICE_NAME = "pipewarden.v1.PipelineMonitor"
 DEFAULT_PAGE_SIZE = 100
@@ -163,7 +164,14 @@ class PipelineMonitorService:
     ) -> None:
         self.auth = auth if auth is not None else Authenticator(())
         self.rates = RateLimiter(config.rate_limit_per_second, config.rate_limit_burst)
-        self.streams = StreamGate(config.max_streams)
+        self.streams = StreamGate(
+            config.max_streams,
+            per_caller=config.max_streams_per_caller,
+            per_team=config.max_streams_per_team,
+            ingest_reserve=config.ingest_stream_reserve,
+        )
+        self.turns = IngestTurns(config.ingest_queue_bytes)
+        """Ingest requests are applied one at a time, each in its turn (server/admission.py)."""
         self.ingestor = ingestor
         self.shards = shards
         self.log = log
@@ -216,6 +224,7 @@ class PipelineMonitorService:
         self, request_type: type[M], fn: Callable[[M, Context, Principal], Awaitable[Any]]
     ) -> grpc.RpcMethodHandler[Any, Any]:
         async def handle(raw: bytes, context: Context, who: Principal) -> Any:
+            self.turns.reading()  # ingestion makes room (server/admission.py)
             return await fn(await self._parse_checked(request_type, raw, context), context, who)
 
         name = request_type.DESCRIPTOR.name.removesuffix("Request")
@@ -248,10 +257,11 @@ class PipelineMonitorService:
         assert isinstance(who, Principal)
         wait = self.rates.take(who.key)
         if wait:
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
+            await _retry_later(
+                context,
                 f"rate limit of {self.rates.rate:g} requests a second exceeded for this token: "
                 f"retry in {wait:.2f}s",
+                wait,
             )
         return who
 
@@ -266,16 +276,19 @@ class PipelineMonitorService:
     ) -> Callable[[Any, Context], AsyncIterator[Any]]:
         async def handle(request: Any, context: Context) -> AsyncIterator[Any]:
             who = await self._admit(context, method)
-            if not self.streams.enter():
-                await context.abort(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"the server has {self.streams.limit} streams open, its limit: retry later",
-                )
+            ingest = method == "StreamIngest"
+            if ingest:
+                await self._may_ingest(who, context)  # before a reader takes a place
+            # Without auth every caller is the same principal: each connection is a caller.
+            caller = who.key if self.auth.enabled else context.peer()
+            refusal = self.streams.enter(caller, who.team, ingest=ingest)
+            if refusal:
+                await _retry_later(context, refusal, 1.0)
             try:
                 async for item in fn(request, context, who):
                     yield item
             finally:
-                self.streams.leave()
+                self.streams.leave(caller, who.team)
 
         return handle
 
@@ -325,8 +338,16 @@ class PipelineMonitorService:
         """Ingest: apply, wait until durable, answer."""
         await self._may_ingest(who, context)
         request = await self._decode_ingest(raw, context)
+        if self.turns.crowded(len(raw)):
+            await _retry_later(
+                context,
+                f"{self.turns.waiting_bytes} bytes of ingest requests are waiting to be applied, "
+                "the limit (server.ingest_queue_bytes): retry in 1s",
+                1.0,
+            )
         try:
-            outcome, seq = self.ingestor.ingest(raw, request, _own(who))
+            async with self.turns.turn(len(raw)):
+                outcome, seq = self.ingestor.ingest(raw, request, _own(who))
             await self.log.wait_durable(seq)
         except LogError as e:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
@@ -366,26 +387,13 @@ class PipelineMonitorService:
                         raw = await anext(incoming)
                     except StopAsyncIteration:
                         return
-                    request = service_pb2.IngestRequest()
                     try:
-                        request.ParseFromString(raw)
-                    except DecodeError:
-                        refusal.append((grpc.StatusCode.INVALID_ARGUMENT, _UNDECODABLE))
-                        return
-                    limit = self.config.limits.max_executions_per_request
-                    if len(request.executions) > limit:
-                        refusal.append(
-                            (
-                                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                f"a request has {len(request.executions)} executions; the limit "
-                                f"is {limit} per request: split it",
-                            )
-                        )
-                        return
-                    try:
-                        pending.put_nowait(self.ingestor.ingest(raw, request, team))
-                    except LogError as e:
-                        refusal.append((grpc.StatusCode.UNAVAILABLE, str(e)))
+                        # Decoded and applied in turn with every other ingest request
+                        # (server/admission.py): waiting here holds the stream back.
+                        async with self.turns.turn(len(raw)):
+                            pending.put_nowait(self._apply_streamed(raw, team))
+                    except _Refused as e:
+                        refusal.append((e.code, e.message))
                         return
             finally:
                 pending.put_nowait(None)
@@ -408,6 +416,25 @@ class PipelineMonitorService:
                 reader.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await reader
+
+    def _apply_streamed(self, raw: bytes, team: str | None) -> tuple[IngestOutcome, int]:
+        """Decode and apply one request of a stream; _Refused ends the stream."""
+        request = service_pb2.IngestRequest()
+        try:
+            request.ParseFromString(raw)
+        except DecodeError:
+            raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, _UNDECODABLE) from None
+        limit = self.config.limits.max_executions_per_request
+        if len(request.executions) > limit:
+            raise _Refused(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"a request has {len(request.executions)} executions; the limit "
+                f"is {limit} per request: split it",
+            )
+        try:
+            return self.ingestor.ingest(raw, request, team)
+        except LogError as e:
+            raise _Refused(grpc.StatusCode.UNAVAILABLE, str(e)) from e
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -706,6 +733,30 @@ class PipelineMonitorService:
 
 
 _UNDECODABLE = "the request is not a valid protobuf message of the expected type"
+
+
+RETRY_METADATA = "pipewarden-retry-ms"
+"""Trailing metadata of a RESOURCE_EXHAUSTED that is a matter of load (a rate, a cap on
+streams, the ingest queue), not of the request: the milliseconds after which to send it again.
+Without it, RESOURCE_EXHAUSTED means the request itself is too large."""
+
+
+async def _retry_later(context: Context, message: str, seconds: float) -> None:
+    """End the call with RESOURCE_EXHAUSTED and the hint to retry in `seconds`."""
+    await context.abort(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        message,
+        trailing_metadata=((RETRY_METADATA, str(max(1, round(seconds * 1000)))),),
+    )
+
+
+class _Refused(Exception):
+    """Ends a stream with a status."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
 
 
 def _own(who: Principal) -> str | None:

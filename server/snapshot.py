@@ -38,6 +38,7 @@ import crc32c
 from pipewarden.storage.v1 import storage_pb2
 from server import failpoints, metrics
 from server.dedup import LEGACY, ImageBuilder, Remembered, SeenExecutions, legacy_key
+from server.descriptors import open_file
 from server.errors import DiskError, is_disk_error
 from server.eventlog import EventLog
 from server.readonly import mapped
@@ -312,7 +313,7 @@ class SnapshotStore:
             final = self.directory / _snapshot_name(seq)
             tmp = final.with_name(final.name + ".tmp")
             fd = await loop.run_in_executor(
-                None, lambda: os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                None, lambda: open_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             )
             try:
                 buffer = bytearray(_header(seq))

@@ -46,6 +46,7 @@ from typing import Protocol
 import crc32c
 
 from server import failpoints, metrics, tasks
+from server.descriptors import open_file
 from server.errors import CorruptLogError, DiskError, LogError, is_disk_error
 from server.readonly import Buffer, mapped
 
@@ -332,7 +333,7 @@ def read_entries(directory: Path, after: int) -> Iterator[tuple[int, bytes]]:
 
 
 def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+    fd = open_file(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
@@ -604,7 +605,7 @@ class WriteAheadLog:
         path = self.directory / _segment_name(first_seq)
         tmp = path.with_suffix(".tmp")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            fd = open_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
                 self._write_all(fd, _segment_header(first_seq))
                 os.fsync(fd)
@@ -620,7 +621,7 @@ class WriteAheadLog:
         _fsync_dir(self.directory)
         if self._fd >= 0:
             os.close(self._fd)
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        self._fd = open_file(path, os.O_WRONLY | os.O_APPEND)
         self.segments.append(Segment(path, first_seq, first_seq - 1, SEGMENT_HEADER.size))
 
     # -- writing ---------------------------------------------------------------------------------

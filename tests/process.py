@@ -23,6 +23,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _limit_files(count: int) -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (count, count))
+
+
 class ServerProcess:
     """`pipewarden serve` in a subprocess, with its output in a file."""
 
@@ -32,7 +38,9 @@ class ServerProcess:
         *extra: str,
         env: dict[str, str] | None = None,
         port: int | None = None,
+        open_files: int | None = None,
     ) -> None:
+        """`open_files`: the server's RLIMIT_NOFILE, soft and hard (as `ulimit -n` would)."""
         self.port = port or free_port()
         self.target = f"127.0.0.1:{self.port}"
         self.data_dir = data_dir
@@ -54,6 +62,7 @@ class ServerProcess:
             stdout=self._out,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
+            preexec_fn=None if open_files is None else lambda: _limit_files(open_files),
         )
 
     def wait_serving(self, timeout: float = 20.0) -> None:

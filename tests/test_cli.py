@@ -157,3 +157,39 @@ def test_a_second_server_on_a_data_directory_refuses_before_touching_it(
     sent = pw("send", "-", "--target", server.target, stdin=json.dumps(LINES[0]) + "\n")
     assert sent.returncode == 0, sent.stderr
     assert "accepted 1" in sent.stdout
+
+
+def test_send_waits_for_a_busy_server(tmp_path: Path) -> None:
+    import grpc
+
+    from pipewarden.v1 import service_pb2, service_pb2_grpc
+
+    config = tmp_path / "pipewarden.yaml"
+    config.write_text("server: {max_streams: 1}\n")
+    server = ServerProcess(tmp_path / "data", "--config", str(config))
+    try:
+        server.wait_serving()
+        with grpc.insecure_channel(server.target) as channel:
+            # A watcher holds the only stream place: send's stream is refused, with a hint.
+            watch = service_pb2_grpc.PipelineMonitorStub(channel).WatchAlerts(
+                service_pb2.WatchAlertsRequest()
+            )
+            watch.initial_metadata()
+            sender = subprocess.Popen(
+                [str(BIN), "send", "-", "--target", server.target],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
+            )
+            assert sender.stdin and sender.stdout and sender.stderr
+            with sender.stdin as stdin:
+                stdin.write(json.dumps(LINES[0]) + "\n")
+            with sender.stdout as stdout, sender.stderr as stderr:
+                assert "busy" in stderr.readline()
+                watch.cancel()
+                assert sender.wait(timeout=30) == 0, stderr.read()
+                assert "accepted 1" in stdout.read()
+    finally:
+        server.kill()

@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -87,23 +88,122 @@ async def test_a_stream_beyond_its_rate_is_slowed_not_ended(tmp_path: Path) -> N
 
 
 async def test_open_streams_are_capped(tmp_path: Path) -> None:
-    app = App(make_config(tmp_path, max_streams=2))
+    app = App(make_config(tmp_path, max_streams=3, ingest_stream_reserve=1))
     channel, stub = await _serving(app)
     try:
         watches = [stub.WatchAlerts(service_pb2.WatchAlertsRequest()) for _ in range(2)]
         for w in watches:
             await w.initial_metadata()
-        third = stub.WatchAlerts(service_pb2.WatchAlertsRequest())
+        ingest = stub.StreamIngest()
+        await ingest.write(request(run("e1", "p", "t")))
+        assert (await ingest.read()).accepted == 1
+        # All three places are taken: the next stream of any kind is refused.
+        third = stub.StreamIngest(iter([request(run("e2", "p", "t"))]))
         with pytest.raises(grpc.aio.AioRpcError) as e:
             async for _ in third:
                 pass
         assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "server.max_streams" in (e.value.details() or "")
+        await ingest.done_writing()
         watches[0].cancel()
-        # Once one ends, a stream may open again (an ingest stream counts the same).
+        # Once one ends, a stream may open again.
         await _until(lambda: app.service.streams.open < 2)
-        answers = [r async for r in stub.StreamIngest(iter([request(run("e1", "p", "t"))]))]
+        answers = [r async for r in stub.StreamIngest(iter([request(run("e3", "p", "t"))]))]
         assert answers[0].accepted == 1
         watches[1].cancel()
+    finally:
+        await channel.close()
+        await app.close()
+
+
+async def _refused_watch(stub: Stub, metadata: tuple[tuple[str, str], ...] = ()) -> str:
+    """Open a WatchAlerts stream that must be refused; the refusal's message."""
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        async for _ in stub.WatchAlerts(service_pb2.WatchAlertsRequest(), metadata=metadata):
+            pass
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    return e.value.details() or ""
+
+
+async def _watching(
+    stub: Stub, count: int, metadata: tuple[tuple[str, str], ...] = ()
+) -> list[grpc.aio.UnaryStreamCall[service_pb2.WatchAlertsRequest, Any]]:
+    calls = [
+        stub.WatchAlerts(service_pb2.WatchAlertsRequest(), metadata=metadata) for _ in range(count)
+    ]
+    for call in calls:
+        await call.initial_metadata()
+    return calls
+
+
+async def test_watchers_cannot_take_the_places_kept_for_ingest(tmp_path: Path) -> None:
+    # Without auth: every connection is a caller of its own.
+    app = App(make_config(tmp_path, max_streams=6, ingest_stream_reserve=2))
+    await app.start()
+    target = f"127.0.0.1:{app.grpc_port}"
+    channels = [grpc.aio.insecure_channel(target) for _ in range(3)]
+    try:
+        stubs = [Stub(c) for c in channels]
+        watches = await _watching(stubs[0], 2) + await _watching(stubs[1], 2)
+        assert "server.ingest_stream_reserve" in await _refused_watch(stubs[2])
+        # The places kept for ingestion are there for a writer.
+        for i in range(2):
+            answers = [
+                r async for r in stubs[2].StreamIngest(iter([request(run(f"e{i}", "p", "t"))]))
+            ]
+            assert answers[0].accepted == 1
+        for w in watches:
+            w.cancel()
+    finally:
+        for c in channels:
+            await c.close()
+        await app.close()
+
+
+TOKENS = (
+    AuthToken("reader-a", "a", "reader"),
+    AuthToken("reader-a2", "a", "reader"),
+    AuthToken("reader-b", "b", "reader"),
+    AuthToken("writer-a", "a", "writer"),
+)
+
+
+def _bearer(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+async def test_one_token_or_team_cannot_take_every_stream(tmp_path: Path) -> None:
+    config = dataclasses.replace(
+        make_config(tmp_path, max_streams=20, max_streams_per_caller=3, max_streams_per_team=5),
+        tokens=TOKENS,
+    )
+    app = App(config)
+    channel, stub = await _serving(app)
+    try:
+        reader_a, reader_a2, reader_b = (_bearer(t) for t in ("reader-a", "reader-a2", "reader-b"))
+        watches = await _watching(stub, 3, reader_a)
+        assert "server.max_streams_per_caller" in await _refused_watch(stub, reader_a)
+        watches += await _watching(stub, 2, reader_a2)
+        assert "server.max_streams_per_team" in await _refused_watch(stub, reader_a2)
+        # Another team has its own places; team a's writer needs one of its team's to end.
+        watches += await _watching(stub, 1, reader_b)
+        # A reader cannot ingest, and its attempt takes no place.
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            async for _ in stub.StreamIngest(
+                iter([request(run("e0", "p", "a"))]), metadata=reader_a
+            ):
+                pass
+        assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        watches[0].cancel()
+        await _until(lambda: app.service.streams.open == 5)
+        writer = _bearer("writer-a")
+        answers = [
+            r
+            async for r in stub.StreamIngest(iter([request(run("e1", "p", "a"))]), metadata=writer)
+        ]
+        assert answers[0].accepted == 1
+        for w in watches:
+            w.cancel()
     finally:
         await channel.close()
         await app.close()

@@ -245,3 +245,26 @@ def test_status_of_a_tracked_run_is_the_api_enum() -> None:
         execution_pb2.EXECUTION_STATUS_SUCCEEDED,
     ]
     assert sink.events[1].finished_at.ToNanoseconds() >= sink.events[1].started_at.ToNanoseconds()
+
+
+@pytest.mark.parametrize("server_options", [{"max_streams": 1}])
+async def test_a_busy_server_is_retried_not_dropped(
+    app: App, stub: service_pb2_grpc.PipelineMonitorStub
+) -> None:
+    # The server's only stream place is taken: the reporter's stream is refused with
+    # RESOURCE_EXHAUSTED and a retry hint, and sends again once there is room.
+    watch = stub.WatchAlerts(service_pb2.WatchAlertsRequest())
+    await watch.initial_metadata()
+    target = f"127.0.0.1:{app.grpc_port}"
+    async with AsyncReporter(target, batch_size=10, flush_interval=0.05) as reporter:
+        for i in range(20):
+            reporter.report(run(f"b{i}", "busy.p", "busy"))
+        for _ in range(200):
+            if reporter.stats.retries:
+                break
+            await asyncio.sleep(0.02)
+        assert reporter.stats.retries and not reporter.stats.accepted
+        watch.cancel()
+        assert await reporter.flush(timeout=10)
+    assert (reporter.stats.accepted, reporter.stats.dropped) == (20, 0)
+    assert await team_total(stub, "busy") == 20

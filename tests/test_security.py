@@ -240,6 +240,10 @@ def test_limit_keys_parse() -> None:
     assert sc.limits.max_pipelines_per_team == 7
     with pytest.raises(ConfigError, match=r"server\.max_streams"):
         parse({"server": {"max_streams": 0}})
+    with pytest.raises(ConfigError, match=r"server\.max_streams_per_caller"):
+        parse({"server": {"max_streams_per_caller": 0}})
+    with pytest.raises(ConfigError, match=r"server\.handshake_timeout_seconds"):
+        parse({"server": {"handshake_timeout_seconds": 0}})
 
 
 def test_tls_config_names_missing_files(tmp_path: Path) -> None:
