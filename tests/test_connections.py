@@ -176,7 +176,7 @@ def test_idle_connections_cannot_starve_the_log_of_descriptors(
             {
                 "server": {
                     "reserved_descriptors": 48,
-                    "wal_segment_bytes": 2048,
+                    "wal_segment_bytes": 4096,
                     "handshake_timeout_seconds": 60.0,  # the connections stay: the cap holds
                 }
             }
