@@ -6,9 +6,9 @@ BIN    := $(VENV)/bin
 # Compiled once here, as an installed package is: a start then does not compile our modules
 # again (with PYTHONDONTWRITEBYTECODE set, every start would).
 BYTECODE := $(PY) -m compileall -q server notifiers pipewarden bench eval > /dev/null
-# The hot path compiled with mypyc (server/compiled.py), rebuilt when one of its sources
+# The hot path compiled with mypyc (server/core/compiled.py), rebuilt when one of its sources
 # changes; where the build fails (no C compiler) the server runs as pure Python.
-HOT      := $(addprefix server/,model.py validation.py dedup.py shards.py wire.py ingest.py)
+HOT      := $(addprefix server/core/,model.py validation.py dedup.py shards.py wire.py ingest.py)
 COMPILED := build/mypyc/manifest.json
 
 .PHONY: run test lint proto bench eval install dev compile clean
@@ -23,7 +23,7 @@ $(VENV)/.dev-installed: $(VENV)/.installed pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
-$(COMPILED): $(VENV)/.dev-installed $(HOT) server/compiled.py scripts/compile.py
+$(COMPILED): $(VENV)/.dev-installed $(HOT) server/core/compiled.py scripts/compile.py
 	$(PY) scripts/compile.py || echo "mypyc build failed (is there a C compiler?): the server runs as pure Python"
 
 install: $(VENV)/.installed     ## the project alone (what a deployment installs)

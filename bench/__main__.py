@@ -37,7 +37,7 @@ from bench import (
     report,
 )
 from bench.common import Context, SectionResult
-from server import compiled
+from pipewarden.server.core import compiled
 
 SECTIONS: dict[str, ModuleType] = {
     m.NAME: m

@@ -10,7 +10,7 @@ UUID-like, as runners send) and whatever else the server keeps per execution: th
 RSS counts what the process holds, including freed memory the allocator keeps, so these are
 upper bounds; each reading waits for the server to settle first.
 
-After a restart, the ids come back in a snapshot's compact form (server/dedup.py, Remembered)
+After a restart, the ids come back in a snapshot's compact form (server/core/dedup.py, Remembered)
 until the server has moved them into its live set: the sizes of its arrays for as many ids as the
 per-id measurement adds, over their count, are that form's cost of an id.
 """
@@ -65,7 +65,7 @@ def _prepare(pipelines: int) -> dict[str, Any]:
 
 def _compact(count: int) -> dict[str, float]:
     """Bytes per id of the compact form of `count` UUID-like ids, by part."""
-    from server.dedup import ImageBuilder, SeenExecutions, key
+    from pipewarden.server.core.dedup import ImageBuilder, SeenExecutions, key
 
     rng = random.Random(11)
     # Remembered by pipeline and id together: a pipeline id of 12 characters in each key.

@@ -204,9 +204,9 @@ def _deliver(url: str, data_dir: str, count: int) -> dict[str, Any]:
 
 
 async def _deliver_async(url: str, data_dir: str, count: int) -> dict[str, Any]:
-    from notifiers.config import parse_receivers, parse_routes
-    from notifiers.dispatcher import Dispatcher
-    from notifiers.pagerduty import dedup_key
+    from pipewarden.notifiers.config import parse_receivers, parse_routes
+    from pipewarden.notifiers.dispatcher import Dispatcher
+    from pipewarden.notifiers.pagerduty import dedup_key
     from pipewarden.v1 import alert_pb2, anomaly_pb2
 
     def alert(alert_id: str) -> alert_pb2.AlertEvent:

@@ -4,10 +4,10 @@
 each LogRecord and its IngestRequest and read every field of every execution once, as the sink
 does; the log's own opening scan is timed apart. (ii) `server.recovery.recover()` with a fresh
 ShardSet, SeenExecutions, Ingestor and SnapshotStore on the same directory. (iii) the same with
-the replay prefetch (`server/prefetch.py`), as `pipewarden serve` starts it: a forked helper
-converts the log from its newest entry while this process replays from its oldest. Each is timed
-with the collector off: the server tunes its own, and what it costs there is in the start times
-of the recovery section.
+the replay prefetch (`server/partition/prefetch.py`), as `pipewarden serve` starts it: a
+forked helper converts the log from its newest entry while this process replays from its
+oldest. Each is timed with the collector off: the server tunes its own, and what it costs
+there is in the start times of the recovery section.
 """
 
 from __future__ import annotations
@@ -22,16 +22,16 @@ from typing import Any
 
 from bench.common import Context
 from bench.sink import read_every_field
+from pipewarden.server import config
+from pipewarden.server.core.dedup import SeenExecutions
+from pipewarden.server.core.ingest import Ingestor
+from pipewarden.server.core.shards import ShardSet
+from pipewarden.server.partition.prefetch import Prefetch
+from pipewarden.server.partition.recovery import recover
+from pipewarden.server.partition.snapshot import SnapshotStore
+from pipewarden.server.storage.wal import WriteAheadLog
 from pipewarden.storage.v1 import storage_pb2
 from pipewarden.v1 import service_pb2
-from server import config
-from server.dedup import SeenExecutions
-from server.ingest import Ingestor
-from server.prefetch import Prefetch
-from server.recovery import recover
-from server.shards import ShardSet
-from server.snapshot import SnapshotStore
-from server.wal import WriteAheadLog
 
 __all__ = ["full_recovery", "rates", "read_and_parse"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from server.detection.settings import DetectionSettings
+from pipewarden.server.detection.settings import DetectionSettings
 
 __all__ = ["BASELINE", "CONFIGS", "DEFAULT", "Config"]
 

@@ -15,9 +15,9 @@ import math
 
 from eval.scenario import Pipeline, Scenario
 from eval.score import affected_times
-from server.detection.history import median
-from server.model import SUCCEEDED
-from server.shards import PipelineState, ShardSet
+from pipewarden.server.core.model import SUCCEEDED
+from pipewarden.server.core.shards import PipelineState, ShardSet
+from pipewarden.server.detection.history import median
 
 __all__ = ["Prober", "seen"]
 

@@ -16,14 +16,14 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 from eval.feed import Step
-from server.config import IngestLimits
-from server.dedup import SeenExecutions
-from server.detect import Anomaly
-from server.detection.engine import DetectionEngine
-from server.detection.settings import DetectionSettings
-from server.eventlog import MemoryLog
-from server.ingest import Ingestor
-from server.shards import PipelineState, ShardSet
+from pipewarden.server.core.dedup import SeenExecutions
+from pipewarden.server.core.detect import Anomaly
+from pipewarden.server.core.ingest import Ingestor
+from pipewarden.server.core.limits import IngestLimits
+from pipewarden.server.core.shards import PipelineState, ShardSet
+from pipewarden.server.detection.engine import DetectionEngine
+from pipewarden.server.detection.settings import DetectionSettings
+from pipewarden.server.storage.eventlog import MemoryLog
 
 __all__ = ["Raised", "Recorder", "replay"]
 

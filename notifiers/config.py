@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from server.confparse import mapping as _mapping
-from server.confparse import number
-from server.confparse import string as _str
-from server.confparse import whole as _int
-from server.errors import ConfigError
+from pipewarden.server.base.confparse import mapping as _mapping
+from pipewarden.server.base.confparse import number
+from pipewarden.server.base.confparse import string as _str
+from pipewarden.server.base.confparse import whole as _int
+from pipewarden.server.base.errors import ConfigError
 
 __all__ = [
     "RECEIVER_TYPES",

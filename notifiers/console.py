@@ -8,8 +8,8 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
-from notifiers.config import ConsoleReceiver
-from notifiers.notification import Notification, summary, unix_iso
+from pipewarden.notifiers.config import ConsoleReceiver
+from pipewarden.notifiers.notification import Notification, summary, unix_iso
 
 __all__ = ["ConsoleNotifier", "line"]
 

@@ -34,8 +34,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from notifiers import metrics
-from notifiers.config import (
+from pipewarden.notifiers import metrics
+from pipewarden.notifiers.config import (
     ConsoleReceiver,
     EmailReceiver,
     PagerDutyReceiver,
@@ -44,13 +44,13 @@ from notifiers.config import (
     SlackReceiver,
     WebhookReceiver,
 )
-from notifiers.console import ConsoleNotifier
-from notifiers.deadletters import DeadLetter, DeadLetters
-from notifiers.email import EmailNotifier
-from notifiers.errors import DeliveryError
-from notifiers.http import HttpClient
-from notifiers.nflog import NotificationLog
-from notifiers.notification import (
+from pipewarden.notifiers.console import ConsoleNotifier
+from pipewarden.notifiers.deadletters import DeadLetter, DeadLetters
+from pipewarden.notifiers.email import EmailNotifier
+from pipewarden.notifiers.errors import DeliveryError
+from pipewarden.notifiers.http import HttpClient
+from pipewarden.notifiers.nflog import NotificationLog
+from pipewarden.notifiers.notification import (
     ACKNOWLEDGED,
     RESOLVED,
     Notification,
@@ -60,16 +60,16 @@ from notifiers.notification import (
     summary,
     unix_iso,
 )
-from notifiers.outbox import DEAD, DELIVERED, Outbox
-from notifiers.pagerduty import PagerDutyNotifier
-from notifiers.ratelimit import TokenBucket
-from notifiers.router import Router
-from notifiers.slack import SlackNotifier
-from notifiers.webhook import WebhookNotifier
-from notifiers.worker import Notifier, ReceiverWorker
+from pipewarden.notifiers.outbox import DEAD, DELIVERED, Outbox
+from pipewarden.notifiers.pagerduty import PagerDutyNotifier
+from pipewarden.notifiers.ratelimit import TokenBucket
+from pipewarden.notifiers.router import Router
+from pipewarden.notifiers.slack import SlackNotifier
+from pipewarden.notifiers.webhook import WebhookNotifier
+from pipewarden.notifiers.worker import Notifier, ReceiverWorker
+from pipewarden.server.base import tasks
+from pipewarden.server.base.logsafe import safe
 from pipewarden.v1 import alert_pb2
-from server import tasks
-from server.logsafe import safe
 
 __all__ = ["Dispatcher"]
 

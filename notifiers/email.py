@@ -21,9 +21,9 @@ import ssl
 from email.message import EmailMessage
 from email.utils import formatdate
 
-from notifiers.config import EmailReceiver
-from notifiers.errors import DeliveryError
-from notifiers.notification import Notification, facts, links, summary
+from pipewarden.notifiers.config import EmailReceiver
+from pipewarden.notifiers.errors import DeliveryError
+from pipewarden.notifiers.notification import Notification, facts, links, summary
 
 __all__ = ["EmailNotifier", "build_message"]
 

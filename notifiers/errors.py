@@ -7,7 +7,7 @@ what happened.
 
 from __future__ import annotations
 
-from server.errors import PipewardenError
+from pipewarden.server.base.errors import PipewardenError
 
 __all__ = ["DeliveryError"]
 

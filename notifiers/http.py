@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from notifiers.errors import DeliveryError
 from pipewarden import __version__
+from pipewarden.notifiers.errors import DeliveryError
 
 if TYPE_CHECKING:
     import aiohttp

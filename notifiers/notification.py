@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from notifiers.config import Link
+from pipewarden.notifiers.config import Link
 from pipewarden.v1 import alert_pb2, anomaly_pb2
 
 __all__ = [

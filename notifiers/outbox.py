@@ -1,8 +1,8 @@
 """The durable outbox: a notification is on disk before it is attempted, and marked settled once
 the receiver has accepted it (or it went to the dead letters).
 
-It is a write-ahead log (`server/wal.py`, the same segmented, CRC-32C-framed, group-committed
-log as the event log) under `<data-dir>/outbox/`, whose entries are
+It is a write-ahead log (`server/storage/wal.py`, the same segmented, CRC-32C-framed,
+group-committed log as the event log) under `<data-dir>/outbox/`, whose entries are
 `pipewarden.storage.v1.OutboxRecord`s: a notification, a settlement, or a notification-log entry.
 `add` appends and returns at once; a worker waits for `wait_durable` before the first attempt,
 so `kill -9` at any moment loses nothing that was submitted: on the next `open`, replay gives
@@ -23,13 +23,13 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from notifiers.nflog import NotificationLog
-from notifiers.notification import Notification, state_of
+from pipewarden.notifiers.nflog import NotificationLog
+from pipewarden.notifiers.notification import Notification, state_of
+from pipewarden.server.base.errors import LogError
+from pipewarden.server.storage import lockfile
+from pipewarden.server.storage.wal import FileIO, WriteAheadLog
 from pipewarden.storage.v1 import outbox_pb2
 from pipewarden.v1 import alert_pb2
-from server import lockfile
-from server.errors import LogError
-from server.wal import FileIO, WriteAheadLog
 
 __all__ = ["DEAD", "DELIVERED", "Outbox", "Recovered"]
 
@@ -68,7 +68,7 @@ class Outbox:
         repair: bool = False,
     ) -> None:
         """`io` replaces the log's file writes and syncs (tests inject failing ones); `repair`
-        is the log's (see server/wal.py)."""
+        is the log's (see server/storage/wal.py)."""
         self.directory = Path(directory)
         self.compact_bytes = compact_bytes
         self.failed = False

@@ -15,9 +15,9 @@ import hashlib
 import json
 from typing import Any
 
-from notifiers.config import PagerDutyReceiver
-from notifiers.http import HttpClient
-from notifiers.notification import (
+from pipewarden.notifiers.config import PagerDutyReceiver
+from pipewarden.notifiers.http import HttpClient
+from pipewarden.notifiers.notification import (
     ACKNOWLEDGED,
     RESOLVED,
     Notification,

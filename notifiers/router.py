@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from notifiers.config import ConsoleReceiver, Receiver, Route
+from pipewarden.notifiers.config import ConsoleReceiver, Receiver, Route
 
 __all__ = ["DEFAULT_CONSOLE", "Router"]
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from notifiers.config import SlackReceiver
-from notifiers.http import HttpClient
-from notifiers.notification import (
+from pipewarden.notifiers.config import SlackReceiver
+from pipewarden.notifiers.http import HttpClient
+from pipewarden.notifiers.notification import (
     ACKNOWLEDGED,
     ESCALATED,
     RESOLVED,

@@ -37,9 +37,9 @@ import hmac
 import json
 from typing import Any
 
-from notifiers.config import WebhookReceiver
-from notifiers.http import HttpClient
-from notifiers.notification import (
+from pipewarden.notifiers.config import WebhookReceiver
+from pipewarden.notifiers.http import HttpClient
+from pipewarden.notifiers.notification import (
     Notification,
     event_name,
     iso_time,

@@ -16,14 +16,14 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from notifiers import metrics
-from notifiers.config import Receiver
-from notifiers.errors import DeliveryError
-from notifiers.notification import Notification, summary
-from notifiers.ratelimit import TokenBucket
-from notifiers.retry import Backoff
-from server import tasks
-from server.logsafe import safe
+from pipewarden.notifiers import metrics
+from pipewarden.notifiers.config import Receiver
+from pipewarden.notifiers.errors import DeliveryError
+from pipewarden.notifiers.notification import Notification, summary
+from pipewarden.notifiers.ratelimit import TokenBucket
+from pipewarden.notifiers.retry import Backoff
+from pipewarden.server.base import tasks
+from pipewarden.server.base.logsafe import safe
 
 __all__ = ["Notifier", "ReceiverWorker"]
 

@@ -1,4 +1,4 @@
-"""Compile the hot path with mypyc into build/mypyc/ (see server/compiled.py).
+"""Compile the hot path with mypyc into build/mypyc/ (see server/core/compiled.py).
 
 Usage: python scripts/compile.py
 
@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ["PIPEWARDEN_PURE_PYTHON"] = "1"  # this process reads the sources, not a build
 
-from server import compiled  # noqa: E402
+from pipewarden.server.core import compiled  # noqa: E402
 
 
 def main() -> int:
@@ -29,7 +29,7 @@ def main() -> int:
     out = compiled.BUILD_DIR
     shutil.rmtree(out, ignore_errors=True)
     built = compiled.manifest()  # of the sources as they are read now, before the build
-    sources = [f"server/{name}.py" for name in compiled.MODULES]
+    sources = [f"pipewarden/server/core/{name}.py" for name in compiled.MODULES]
     with tempfile.TemporaryDirectory(prefix="pipewarden-mypyc-") as tmp:
         os.chdir(ROOT)
         extensions = mypycify(sources, opt_level="3", target_dir=str(Path(tmp) / "c"))

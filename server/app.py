@@ -28,32 +28,36 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from notifiers.dispatcher import Dispatcher
-from server import compiled, descriptors, lockfile, metrics, tasks, tls
-from server.alerting.feed import AlertFeed
-from server.alerting.manager import AlertManager
-from server.anomalies import AnomalyStore
-from server.auth import Authenticator, check_exposure
-from server.collector import AlertCollector, node_registry, queue_gauges
-from server.config import Config, parse_hostport
-from server.dedup import SeenExecutions
-from server.detect import FanoutSink
-from server.detection.engine import DetectionEngine
-from server.errors import DiskError, LogError, PipewardenError, TaskDied
-from server.eventlog import EventLog
-from server.ingest import Ingestor
-from server.notifier import AlertNotifier
-from server.openlineage.mapping import Translator
-from server.openlineage.producers import DatasetProducers
-from server.prefetch import Prefetch
-from server.recovery import recover
-from server.servicer import SERVICE_NAME, PipelineMonitorService
-from server.shards import PipelineState, ShardSet
-from server.snapshot import SnapshotStore
-from server.wal import WriteAheadLog
+from pipewarden.notifiers.dispatcher import Dispatcher
+from pipewarden.server.alerting.feed import AlertFeed
+from pipewarden.server.alerting.manager import AlertManager
+from pipewarden.server.api import tls
+from pipewarden.server.api.auth import Authenticator
+from pipewarden.server.api.collector import AlertCollector, node_registry, queue_gauges
+from pipewarden.server.api.servicer import SERVICE_NAME, PipelineMonitorService
+from pipewarden.server.base import metrics, tasks
+from pipewarden.server.base.confparse import parse_hostport
+from pipewarden.server.base.errors import DiskError, LogError, PipewardenError, TaskDied
+from pipewarden.server.config import Config, check_exposure
+from pipewarden.server.core import compiled
+from pipewarden.server.core.dedup import SeenExecutions
+from pipewarden.server.core.detect import FanoutSink
+from pipewarden.server.core.ingest import Ingestor
+from pipewarden.server.core.shards import PipelineState, ShardSet
+from pipewarden.server.detection.anomalies import AnomalyStore
+from pipewarden.server.detection.engine import DetectionEngine
+from pipewarden.server.notifier import AlertNotifier
+from pipewarden.server.openlineage.mapping import Translator
+from pipewarden.server.openlineage.producers import DatasetProducers
+from pipewarden.server.partition.prefetch import Prefetch
+from pipewarden.server.partition.recovery import recover
+from pipewarden.server.partition.snapshot import SnapshotStore
+from pipewarden.server.storage import descriptors, lockfile
+from pipewarden.server.storage.eventlog import EventLog
+from pipewarden.server.storage.wal import WriteAheadLog
 
 if TYPE_CHECKING:
-    from server.http import HttpServer
+    from pipewarden.server.api.http import HttpServer
 
 __all__ = ["App", "run", "serve"]
 
@@ -99,7 +103,7 @@ class App:
         self.config = config
         self.prefetch = prefetch
         """Whether a start may fork a helper process to convert a long log tail while the
-        snapshot loads (server/prefetch.py); `pipewarden serve` does."""
+        snapshot loads (server/partition/prefetch.py); `pipewarden serve` does."""
         self.clock = clock
         """The server's time for event-time fallbacks, detection and alert timers (tests
         inject one to move time)."""
@@ -212,7 +216,7 @@ class App:
                 ("grpc.max_connection_idle_ms", int(sc.connection_idle_seconds * 1000)),
                 # Without BDP probing a stream's receive window stays small (64 KiB), so the
                 # requests a client has sent and we have not read are few: a stream waiting for
-                # its turn (server/admission.py) holds little memory.
+                # its turn (server/api/admission.py) holds little memory.
                 ("grpc.http2.bdp_probe", 0),
             ]
         )
@@ -236,8 +240,8 @@ class App:
         if sc.http_listen:
             # aiohttp's server is imported only for a node with an HTTP port (it takes a tenth
             # of a second of every start).
-            from server.http import HttpServer
-            from server.openlineage.endpoint import LineageEndpoint, event_limits
+            from pipewarden.server.api.http import HttpServer
+            from pipewarden.server.openlineage.endpoint import LineageEndpoint, event_limits
 
             host, port = parse_hostport(sc.http_listen, "server.http_listen")
             lineage = LineageEndpoint(
@@ -300,7 +304,7 @@ class App:
 
     def _descriptor_budget(self) -> descriptors.Budget:
         """Raise the open-file limit, hold the spare descriptors, and cap connections to what
-        is left beyond the reserve for our files (see server/descriptors.py)."""
+        is left beyond the reserve for our files (see server/storage/descriptors.py)."""
         sc = self.config.server
         limit = descriptors.raise_limit()
         descriptors.SPARES.hold()

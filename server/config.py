@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import ipaddress
 import math
 import os
 import re
@@ -20,95 +19,31 @@ from typing import Any, TypeVar
 
 import yaml
 
-from notifiers.config import Receiver, Route, parse_receivers, parse_routes
-from server.alerting.settings import AlertSettings, parse_trusted_teams
-from server.collector import MetricsSettings
-from server.confparse import INT32_MAX
-from server.confparse import mapping as _mapping
-from server.confparse import number as _number
-from server.confparse import string as _str
-from server.confparse import whole as _int
-from server.detection.settings import DetectionSettings
-from server.errors import ConfigError
-from server.openlineage.settings import OpenLineageSettings, parse_settings
-from server.tls import check_files
+from pipewarden.notifiers.config import Receiver, Route, parse_receivers, parse_routes
+from pipewarden.server.alerting.settings import AlertSettings, parse_trusted_teams
+from pipewarden.server.api.auth import AuthToken, is_loopback
+from pipewarden.server.api.collector import MetricsSettings
+from pipewarden.server.api.tls import TLSConfig, check_files
+from pipewarden.server.base.confparse import INT32_MAX, parse_hostport
+from pipewarden.server.base.confparse import mapping as _mapping
+from pipewarden.server.base.confparse import number as _number
+from pipewarden.server.base.confparse import string as _str
+from pipewarden.server.base.confparse import whole as _int
+from pipewarden.server.base.errors import ConfigError
+from pipewarden.server.core.limits import IngestLimits
+from pipewarden.server.detection.settings import DetectionSettings
+from pipewarden.server.openlineage.settings import OpenLineageSettings, parse_settings
 
 __all__ = [
     "AlertSettings",
-    "AuthToken",
     "Config",
-    "IngestLimits",
     "Receiver",
     "Route",
     "ServerConfig",
-    "TLSConfig",
+    "check_exposure",
     "load",
     "parse",
-    "parse_hostport",
 ]
-
-
-@dataclass(frozen=True)
-class IngestLimits:
-    """Bounds on what one request may carry; beyond them a request or a row is refused."""
-
-    max_request_bytes: int = 16 * 1024 * 1024
-    """Largest accepted request message; larger ones get RESOURCE_EXHAUSTED."""
-    max_executions_per_request: int = 10_000
-    """Most executions in one IngestRequest; more get RESOURCE_EXHAUSTED."""
-    max_id_length: int = 256
-    """Longest execution_id, pipeline_id or upstream pipeline id; longer rows are rejected."""
-    max_team_length: int = 128
-    """Longest team name; longer rows are rejected."""
-    max_labels: int = 16
-    """Most labels on one execution; more are rejected. (A pipeline keeps its labels: see
-    PIPELINE_MEMORY_BUDGET for what the defaults cost.)"""
-    max_label_length: int = 128
-    """Longest label key or value, in characters."""
-    max_upstreams: int = 16
-    """Most upstream pipeline ids on one execution (a pipeline keeps its latest list)."""
-    max_error_message_length: int = 1024
-    """Longer error messages are kept, cut to this length (a pipeline keeps its last one)."""
-    max_pipelines_per_team: int = 20_000
-    """Distinct pipelines one team may have, so that one runaway producer cannot exhaust
-    memory; events of new pipelines beyond it are rejected (existing ones keep counting).
-    At the defaults, a team's pipelines take at most this x PIPELINE_MEMORY_BUDGET (1.2 GiB)."""
-    max_future_skew_seconds: int = 86_400
-    """How far ahead of the server's clock an event's times (started_at, finished_at, or start +
-    duration) may lie; an event beyond it is rejected with a reason, so that a runner with a
-    wrong clock (or a year-9999 time) cannot count runs that have not happened."""
-    small_message_bytes: int = field(init=False, repr=False, compare=False)
-    """Derived: the size below which no per-string or per-entry limit can be exceeded (no string
-    is longer than its message; a label costs at least 4 bytes, an upstream id 2)."""
-
-    def __post_init__(self) -> None:
-        small = min(
-            self.max_id_length,
-            self.max_label_length,
-            4 * self.max_labels,
-            2 * self.max_upstreams,
-        )
-        object.__setattr__(self, "small_message_bytes", small)
-
-
-PIPELINE_MEMORY_BUDGET = 64 * 1024
-"""Bytes one pipeline's state may take at worst with the default limits: every label, upstream
-id, in-flight run id and error text at its longest, in 4-byte characters (ASCII text takes about
-a third of it). tests/test_memory_budget.py measures it through the ingest path, so a default
-raised past it fails there."""
-
-
-@dataclass(frozen=True)
-class TLSConfig:
-    """TLS for the gRPC and HTTP ports (`server.tls`)."""
-
-    cert: str
-    """PEM file of the server's certificate chain."""
-    key: str
-    """PEM file of the server's private key."""
-    client_ca: str = ""
-    """PEM file of the CA that signs client certificates; set, clients must present one
-    (mutual TLS)."""
 
 
 @dataclass(frozen=True)
@@ -200,20 +135,6 @@ class ServerConfig:
     """Ingest requests are applied one at a time, so that reads stay quick under any ingest
     load; this bounds the bytes of those waiting their turn. A unary Ingest beyond it gets
     RESOURCE_EXHAUSTED (retry shortly); a stream's next request is not read until its turn."""
-
-
-@dataclass(frozen=True)
-class AuthToken:
-    """A bearer token and what it may do."""
-
-    token: str
-    """The token itself ("" when only its digest is configured)."""
-    team: str | None
-    """The team it belongs to; None for an admin token of no team."""
-    role: str
-    """reader, writer or admin."""
-    sha256: str = ""
-    """The token's SHA-256 in hex, configured instead of the token (`sha256: …`)."""
 
 
 @dataclass(frozen=True)
@@ -356,22 +277,6 @@ def _check_alerts(a: AlertSettings) -> None:
             )
 
 
-def parse_hostport(value: str, key: str) -> tuple[str, int]:
-    """Split HOST:PORT (IPv6 hosts in brackets), or raise a ConfigError naming `key`."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not host:
-        raise ConfigError(key, f"{value!r} is not HOST:PORT")
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(key, f"{value!r}: the port must be a number from 0 to 65535")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if ":" in host:
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError as e:
-            raise ConfigError(key, f"{value!r}: an IPv6 host goes in brackets") from e
-    return host, int(port)
-
-
 SERVER_BOUNDS: dict[str, tuple[float, float]] = {
     "fsync_interval_seconds": (0.001, 3600.0),  # at 0 the syncer spins a core
     "shutdown_grace_seconds": (0.0, 86400.0),
@@ -497,3 +402,22 @@ def _list(doc: Mapping[str, Any], key: str) -> Sequence[Any]:
     if not isinstance(value, list):
         raise ConfigError(key, f"expected a list, got {type(value).__name__}")
     return value
+
+
+def check_exposure(config: Config, insecure: bool) -> str | None:
+    """Why the server must not start as configured, or None. Without tokens there is no
+    authentication, so anything but loopback would let anyone on the network read and write."""
+    if config.tokens or insecure:
+        return None
+    sc = config.server
+    for key, address in (("server.listen", sc.listen), ("server.http_listen", sc.http_listen)):
+        if not address:
+            continue
+        host, _ = parse_hostport(address, key)
+        if not is_loopback(host):
+            return (
+                f"{key} is {address}, which is not a loopback address, and no auth.tokens are "
+                "configured: anyone who can reach it could read and write every team's data. "
+                "Configure auth.tokens, listen on 127.0.0.1, or pass --insecure to accept this."
+            )
+    return None

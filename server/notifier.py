@@ -38,13 +38,12 @@ import logging
 import time
 from collections.abc import Callable, Collection, Iterable
 
-from notifiers import metrics
-from notifiers.dispatcher import Dispatcher
-from server import failpoints, tasks
-from server.alerting.convert import event_message
-from server.alerting.feed import AlertFeed, FeedOverflow, Subscription
-from server.alerting.manager import AlertManager
-from server.alerting.model import (
+from pipewarden.notifiers import metrics
+from pipewarden.notifiers.dispatcher import Dispatcher
+from pipewarden.server.alerting.convert import event_message
+from pipewarden.server.alerting.feed import AlertFeed, FeedOverflow, Subscription
+from pipewarden.server.alerting.manager import AlertManager
+from pipewarden.server.alerting.model import (
     ACKNOWLEDGED,
     ACKNOWLEDGED_EVENT,
     FIRED,
@@ -54,8 +53,9 @@ from server.alerting.model import (
     Alert,
     AlertEvent,
 )
-from server.errors import LogError
-from server.eventlog import EventLog
+from pipewarden.server.base import failpoints, tasks
+from pipewarden.server.base.errors import LogError
+from pipewarden.server.storage.eventlog import EventLog
 
 __all__ = ["FEED_QUEUE_SIZE", "AlertNotifier", "catch_up_events"]
 

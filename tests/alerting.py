@@ -12,12 +12,12 @@ from typing import Any
 
 import grpc
 
+from pipewarden.server.alerting.settings import AlertSettings
+from pipewarden.server.app import App
+from pipewarden.server.config import Config
+from pipewarden.server.detection.engine import DETECTORS
+from pipewarden.server.detection.settings import DetectionSettings
 from pipewarden.v1 import alert_pb2, service_pb2, service_pb2_grpc
-from server.alerting.settings import AlertSettings
-from server.app import App
-from server.config import Config
-from server.detection.engine import DETECTORS
-from server.detection.settings import DetectionSettings
 from tests.conftest import make_config
 from tests.helpers import T0, request, run
 

@@ -10,9 +10,10 @@ from typing import Any
 import grpc
 import pytest
 
+from pipewarden.server.app import App
+from pipewarden.server.config import Config, ServerConfig
+from pipewarden.server.core.limits import IngestLimits
 from pipewarden.v1 import service_pb2_grpc
-from server.app import App
-from server.config import Config, IngestLimits, ServerConfig
 
 
 def make_config(tmp_path: Path, **server: Any) -> Config:

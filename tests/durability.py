@@ -6,15 +6,15 @@ import contextlib
 import os
 from pathlib import Path
 
+from pipewarden.server.core.dedup import SeenExecutions
+from pipewarden.server.core.ingest import Ingestor, IngestOutcome
+from pipewarden.server.core.limits import IngestLimits
+from pipewarden.server.core.shards import ShardSet
+from pipewarden.server.partition.prefetch import Prefetch
+from pipewarden.server.partition.recovery import recover
+from pipewarden.server.partition.snapshot import SnapshotStore
+from pipewarden.server.storage.wal import WriteAheadLog
 from pipewarden.v1 import service_pb2
-from server.config import IngestLimits
-from server.dedup import SeenExecutions
-from server.ingest import Ingestor, IngestOutcome
-from server.prefetch import Prefetch
-from server.recovery import recover
-from server.shards import ShardSet
-from server.snapshot import SnapshotStore
-from server.wal import WriteAheadLog
 
 
 class Node:

@@ -10,13 +10,13 @@ import hashlib
 import itertools
 import random
 
+from pipewarden.server.core import compiled
+from pipewarden.server.core.dedup import ImageBuilder, SeenExecutions
+from pipewarden.server.core.ingest import Ingestor
+from pipewarden.server.core.limits import IngestLimits
+from pipewarden.server.core.shards import ShardSet
+from pipewarden.server.storage.eventlog import MemoryLog
 from pipewarden.v1 import execution_pb2, service_pb2
-from server import compiled
-from server.config import IngestLimits
-from server.dedup import ImageBuilder, SeenExecutions
-from server.eventlog import MemoryLog
-from server.ingest import Ingestor
-from server.shards import ShardSet
 from tests.helpers import T0, run
 
 STATUSES = ("succeeded", "failed", "cancelled", "running")
@@ -99,7 +99,7 @@ def main() -> None:
         replayed, SeenExecutions(500, retention_seconds=1800), MemoryLog(), IngestLimits()
     )
     for _, payload in log.replay(0):
-        again.replay(payload)  # through server/wire.py where it can
+        again.replay(payload)  # through server/core/wire.py where it can
     digest.update(repr(list(again.seen)).encode())
     for state in (shards, replayed):
         for shard in state.dump():

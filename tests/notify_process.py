@@ -15,8 +15,8 @@ import logging
 import signal
 import sys
 
-from notifiers.config import parse_receivers, parse_routes
-from notifiers.dispatcher import Dispatcher
+from pipewarden.notifiers.config import parse_receivers, parse_routes
+from pipewarden.notifiers.dispatcher import Dispatcher
 from tests.alert_events import event
 from tests.peers import ROUTING_KEY
 

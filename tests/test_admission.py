@@ -10,10 +10,10 @@ from pathlib import Path
 import grpc
 import pytest
 
+from pipewarden.server.api.admission import IngestTurns
+from pipewarden.server.app import App
+from pipewarden.server.storage.eventlog import MemoryLog
 from pipewarden.v1 import service_pb2, service_pb2_grpc
-from server.admission import IngestTurns
-from server.app import App
-from server.eventlog import MemoryLog
 from tests.conftest import make_config
 from tests.helpers import request, run
 

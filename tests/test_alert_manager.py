@@ -7,9 +7,9 @@ import asyncio
 
 import pytest
 
-from server.alerting.feed import AlertFeed, FeedOverflow
-from server.alerting.manager import AlertManager, should_notify
-from server.alerting.model import (
+from pipewarden.server.alerting.feed import AlertFeed, FeedOverflow
+from pipewarden.server.alerting.manager import AlertManager, should_notify
+from pipewarden.server.alerting.model import (
     ACKNOWLEDGED_EVENT,
     CONSECUTIVE_FAILURES,
     FIRED,
@@ -17,11 +17,11 @@ from server.alerting.model import (
     RESOLVED_EVENT,
     AlertEvent,
 )
-from server.alerting.settings import AlertSettings
-from server.detect import Anomaly
-from server.eventlog import MemoryLog
-from server.model import SUCCEEDED, Execution
-from server.shards import PipelineState, ShardSet
+from pipewarden.server.alerting.settings import AlertSettings
+from pipewarden.server.core.detect import Anomaly
+from pipewarden.server.core.model import SUCCEEDED, Execution
+from pipewarden.server.core.shards import PipelineState, ShardSet
+from pipewarden.server.storage.eventlog import MemoryLog
 from tests.helpers import T0
 
 REGRESSION = 5

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import grpc
 
+from pipewarden.server.alerting.manager import AlertManager
+from pipewarden.server.alerting.model import Silence
+from pipewarden.server.alerting.settings import AlertSettings
+from pipewarden.server.core.detect import Anomaly
+from pipewarden.server.core.model import FAILED, Execution
+from pipewarden.server.core.shards import ShardSet
+from pipewarden.server.storage.eventlog import MemoryLog
 from pipewarden.storage.v1 import storage_pb2
 from pipewarden.v1 import alert_pb2, service_pb2
-from server.alerting.manager import AlertManager
-from server.alerting.model import Silence
-from server.alerting.settings import AlertSettings
-from server.detect import Anomaly
-from server.eventlog import MemoryLog
-from server.model import FAILED, Execution
-from server.shards import ShardSet
 from tests.alerting import FIRED, Stub, Watcher, failures, send
 from tests.helpers import T0
 from tests.process import ServerProcess

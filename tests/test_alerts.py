@@ -11,8 +11,8 @@ from pathlib import Path
 import grpc
 import pytest
 
+from pipewarden.server.app import App
 from pipewarden.v1 import alert_pb2, service_pb2, service_pb2_grpc
-from server.app import App
 from tests.alerting import (
     ACKNOWLEDGED,
     CRITICAL,

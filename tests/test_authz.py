@@ -17,10 +17,9 @@ import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from pipewarden.server.api.auth import AuthToken, digest
+from pipewarden.server.app import App
 from pipewarden.v1 import alert_pb2, service_pb2
-from server.app import App
-from server.auth import digest
-from server.config import AuthToken
 from tests.alerting import Clock, Stub, Watcher, config, eventually, failures, serving
 from tests.helpers import T0, request, run
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from server import compiled
+from pipewarden.server.core import compiled
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,7 +61,7 @@ def test_a_build_of_these_sources_goes_first(
     path = ["/the/sources"]
     build = _build(tmp_path, compiled.manifest())
     assert compiled.activate(path, build) == "compiled with mypyc"
-    assert path == [str(build / "server"), "/the/sources"]
+    assert path == [str(build / "pipewarden" / "server" / "core"), "/the/sources"]
     assert sys.path[-1] == str(build)
 
 

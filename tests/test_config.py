@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import yaml
 
-from server.config import Config, load, parse
-from server.errors import ConfigError
+from pipewarden.server.base.errors import ConfigError
+from pipewarden.server.config import Config, load, parse
 
 CONTRACT_EXAMPLE = """
 server:  {listen: "127.0.0.1:50051", http_listen: "127.0.0.1:9095", data_dir: "./var"}

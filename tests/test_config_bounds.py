@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 import trustme
 
-from notifiers.config import Delivery
-from server.config import Config, parse
-from server.errors import ConfigError
+from pipewarden.notifiers.config import Delivery
+from pipewarden.server.base.errors import ConfigError
+from pipewarden.server.config import Config, parse
 from tests.process import BIN
 
 INT32_MAX = 2**31 - 1  # gRPC's options are int32

@@ -19,10 +19,10 @@ import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from pipewarden.server.app import App
+from pipewarden.server.core.limits import IngestLimits
+from pipewarden.server.storage import descriptors
 from pipewarden.v1 import service_pb2, service_pb2_grpc
-from server import descriptors
-from server.app import App
-from server.config import IngestLimits
 from tests.conftest import make_config
 from tests.helpers import request, run
 from tests.process import ServerProcess, free_port
@@ -210,17 +210,18 @@ def test_idle_connections_cannot_starve_the_log_of_descriptors(
                 batch = [run(f"e{i}-{j}", f"p{j}", "t") for j in range(5)]
                 accepted += stub.Ingest(request(*batch), timeout=10).accepted
             # Segments are named by their first entry: the log switched many times (a
-            # segment of 2 KiB holds a few requests).
+            # segment of 4 KiB holds a few requests).
             assert max(int(p.stem) for p in (data / "wal").glob("*.seg")) > 40
             assert server.proc.poll() is None, server.log()
         assert accepted == 301
         for s in sockets:
             s.close()
         sockets.clear()
-        # Free again, a new client connects and is served.
+        # Free again, a new client connects and is served (once the server has seen the
+        # closes: until then a new connection is over the cap and closed, and gRPC retries).
         with grpc.insecure_channel(server.target) as channel:
             health = health_pb2_grpc.HealthStub(channel)
-            check = health.Check(health_pb2.HealthCheckRequest(), timeout=10)
+            check = health.Check(health_pb2.HealthCheckRequest(), timeout=20, wait_for_ready=True)
             assert check.status == health_pb2.HealthCheckResponse.SERVING
         assert server.stop() == 0, server.log()
     finally:
@@ -253,7 +254,7 @@ def test_a_file_of_ours_opens_when_descriptors_run_out(tmp_path: Path) -> None:
     is given up for it."""
     script = f"""
 import os, resource
-from server.descriptors import SPARES, open_file
+from pipewarden.server.storage.descriptors import SPARES, open_file
 resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
 SPARES.hold(2)
 taken = []

@@ -10,8 +10,8 @@ from pathlib import Path
 import grpc
 import pytest
 
+from pipewarden.server.base.failpoints import NAMES
 from pipewarden.v1 import service_pb2, service_pb2_grpc
-from server.failpoints import NAMES
 from tests.helpers import request, run
 from tests.process import ServerProcess
 

@@ -9,8 +9,15 @@ import crc32c
 import grpc
 import pytest
 
+from pipewarden.server.core.dedup import (
+    CHUNK,
+    PROBES,
+    ImageBuilder,
+    Remembered,
+    SeenExecutions,
+    key,
+)
 from pipewarden.v1 import service_pb2_grpc
-from server.dedup import CHUNK, PROBES, ImageBuilder, Remembered, SeenExecutions, key
 from tests.durability import Node
 from tests.helpers import request, run, until
 from tests.process import ServerProcess

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.dedup import ImageBuilder, SeenExecutions
+from pipewarden.server.core.dedup import ImageBuilder, SeenExecutions
 
 
 class Chunk:

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-from notifiers.config import EmailReceiver
-from server.config import load
+from pipewarden.notifiers.config import EmailReceiver
+from pipewarden.server.config import load
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"

@@ -12,17 +12,17 @@ from dataclasses import replace
 import grpc
 import pytest
 
+from pipewarden.server.app import App
+from pipewarden.server.core.dedup import SeenExecutions
+from pipewarden.server.core.ingest import Ingestor
+from pipewarden.server.core.limits import IngestLimits
+from pipewarden.server.core.model import FAILED, RUNNING, SUCCEEDED, Execution
+from pipewarden.server.core.shards import PipelineState, ShardSet
+from pipewarden.server.detection.engine import DetectionEngine
+from pipewarden.server.detection.history import median, spread
+from pipewarden.server.detection.settings import DetectionSettings
+from pipewarden.server.storage.eventlog import MemoryLog
 from pipewarden.v1 import anomaly_pb2, service_pb2, service_pb2_grpc
-from server.app import App
-from server.config import IngestLimits
-from server.dedup import SeenExecutions
-from server.detection.engine import DetectionEngine
-from server.detection.history import median, spread
-from server.detection.settings import DetectionSettings
-from server.eventlog import MemoryLog
-from server.ingest import Ingestor
-from server.model import FAILED, RUNNING, SUCCEEDED, Execution
-from server.shards import PipelineState, ShardSet
 from tests.helpers import T0, request, run, until
 
 HOUR = 3600.0

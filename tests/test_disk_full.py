@@ -15,8 +15,8 @@ from pathlib import Path
 import grpc
 import pytest
 
+from pipewarden.server.openlineage.producers import DatasetProducers
 from pipewarden.v1 import service_pb2, service_pb2_grpc
-from server.openlineage.producers import DatasetProducers
 from tests.helpers import request, run
 from tests.process import ServerProcess
 

@@ -18,10 +18,11 @@ import grpc
 import pytest
 
 from pipewarden.client import execution
+from pipewarden.server.app import App
+from pipewarden.server.base.errors import ConfigError
+from pipewarden.server.config import parse
+from pipewarden.server.core.limits import IngestLimits
 from pipewarden.v1 import service_pb2, service_pb2_grpc
-from server.app import App
-from server.config import IngestLimits, parse
-from server.errors import ConfigError
 from tests.conftest import make_config
 from tests.helpers import T0, request, run
 from tests.process import ServerProcess

@@ -26,10 +26,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pipewarden.server.api.requestlimits import DEFAULT_STRING_LENGTH, string_limits
+from pipewarden.server.core.limits import IngestLimits
+from pipewarden.server.core.validation import MAX_DURATION_SECONDS, MAX_SECONDS, MIN_SECONDS
 from pipewarden.v1 import alert_pb2, service_pb2
-from server.config import IngestLimits
-from server.requestlimits import DEFAULT_STRING_LENGTH, string_limits
-from server.validation import MAX_DURATION_SECONDS, MAX_SECONDS, MIN_SECONDS
 from tests.helpers import request, run
 from tests.process import ServerProcess
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import aiohttp
 
+from pipewarden.server.app import App
 from pipewarden.v1 import service_pb2_grpc
-from server.app import App
 from tests.helpers import request, run
 
 

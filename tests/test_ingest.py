@@ -9,9 +9,9 @@ import pytest
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from pipewarden.server.app import App
+from pipewarden.server.core.limits import IngestLimits
 from pipewarden.v1 import execution_pb2, service_pb2, service_pb2_grpc
-from server.app import App
-from server.config import IngestLimits
 from tests.helpers import T0, request, run
 
 Stub = service_pb2_grpc.PipelineMonitorStub

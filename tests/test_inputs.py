@@ -11,14 +11,14 @@ import pytest
 from google.protobuf import descriptor as d
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from pipewarden.server.alerting.silences import MAX_COMMENT_LENGTH, MAX_NAME_LENGTH
+from pipewarden.server.api.requestlimits import RequestLimits, string_limits
+from pipewarden.server.base.logsafe import safe
+from pipewarden.server.core.limits import IngestLimits
+from pipewarden.server.core.validation import MAX_SECONDS, MIN_SECONDS
+from pipewarden.server.storage.wal import WriteAheadLog
 from pipewarden.storage.v1 import storage_pb2
 from pipewarden.v1 import alert_pb2, service_pb2
-from server.alerting.silences import MAX_COMMENT_LENGTH, MAX_NAME_LENGTH
-from server.config import IngestLimits
-from server.logsafe import safe
-from server.requestlimits import RequestLimits, string_limits
-from server.validation import MAX_SECONDS, MIN_SECONDS
-from server.wal import WriteAheadLog
 from tests.alerting import STREAK, Clock, alerts, config, failures, send, serving
 from tests.helpers import T0, run
 
@@ -151,7 +151,7 @@ def test_every_string_field_of_every_request_is_in_the_table() -> None:
 
 
 def test_the_longest_page_token_the_server_gives_is_within_its_limit() -> None:
-    from server.servicer import _encode_token
+    from pipewarden.server.api.servicer import _encode_token
 
     limits = IngestLimits()
     token = _encode_token("\U0001f600" * limits.max_team_length, "é" * limits.max_id_length)

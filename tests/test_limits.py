@@ -12,11 +12,12 @@ from typing import Any
 import grpc
 import pytest
 
+from pipewarden.server.api.auth import AuthToken
+from pipewarden.server.api.limits import RateLimiter
+from pipewarden.server.app import App
+from pipewarden.server.core.limits import IngestLimits
+from pipewarden.server.storage.eventlog import MemoryLog
 from pipewarden.v1 import service_pb2, service_pb2_grpc
-from server.app import App
-from server.config import AuthToken, IngestLimits
-from server.eventlog import MemoryLog
-from server.limits import RateLimiter
 from tests.conftest import make_config
 from tests.helpers import request, run
 

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.alerting.lineage import Lineage, TeamTrust, root_causes
-from server.alerting.settings import BlastRadiusSettings
+from pipewarden.server.alerting.lineage import Lineage, TeamTrust, root_causes
+from pipewarden.server.alerting.settings import BlastRadiusSettings
 from tests.alerting import (
     CRITICAL,
     ESCALATED,

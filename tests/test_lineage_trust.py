@@ -13,10 +13,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from server.alerting.lineage import Lineage, TeamTrust, root_causes
-from server.config import Config, parse
-from server.errors import ConfigError
-from server.openlineage.settings import OpenLineageSettings
+from pipewarden.server.alerting.lineage import Lineage, TeamTrust, root_causes
+from pipewarden.server.base.errors import ConfigError
+from pipewarden.server.config import Config, parse
+from pipewarden.server.openlineage.settings import OpenLineageSettings
 from tests.alerting import FIRED, Clock, Watcher, alerts, config, failures, send, serving
 from tests.helpers import T0
 from tests.lineage import at

@@ -8,9 +8,9 @@ from pathlib import Path
 import grpc
 import pytest
 
+from pipewarden.server.app import App
+from pipewarden.server.storage.wal import WriteAheadLog
 from pipewarden.v1 import service_pb2_grpc
-from server.app import App
-from server.wal import WriteAheadLog
 from tests.conftest import make_config
 from tests.helpers import request, run
 from tests.test_wal import FaultyIO

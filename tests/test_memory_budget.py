@@ -12,14 +12,14 @@ from __future__ import annotations
 import gc
 import tracemalloc
 
+from pipewarden.server.core.dedup import SeenExecutions
+from pipewarden.server.core.ingest import Ingestor
+from pipewarden.server.core.limits import PIPELINE_MEMORY_BUDGET, IngestLimits
+from pipewarden.server.core.shards import MAX_IN_FLIGHT, ShardSet
+from pipewarden.server.detection.engine import DetectionEngine
+from pipewarden.server.detection.settings import DetectionSettings
+from pipewarden.server.storage.eventlog import MemoryLog
 from pipewarden.v1 import execution_pb2
-from server.config import PIPELINE_MEMORY_BUDGET, IngestLimits
-from server.dedup import SeenExecutions
-from server.detection.engine import DetectionEngine
-from server.detection.settings import DetectionSettings
-from server.eventlog import MemoryLog
-from server.ingest import Ingestor
-from server.shards import MAX_IN_FLIGHT, ShardSet
 from tests.helpers import T0, request, run
 
 WIDE = "\U0001f600"  # 4 bytes a character in a str

@@ -10,12 +10,12 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from pipewarden.server.api.collector import MetricsSettings, worst_first
+from pipewarden.server.app import App
+from pipewarden.server.base.errors import ConfigError
+from pipewarden.server.config import parse
+from pipewarden.server.core.shards import ShardSet
 from pipewarden.v1 import service_pb2_grpc
-from server.app import App
-from server.collector import MetricsSettings, worst_first
-from server.config import parse
-from server.errors import ConfigError
-from server.shards import ShardSet
 from tests.conftest import make_config
 from tests.helpers import request, run
 

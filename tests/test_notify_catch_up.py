@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from notifiers import metrics
-from notifiers.config import parse_receivers, parse_routes
-from notifiers.dispatcher import Dispatcher
-from server.alerting.feed import AlertFeed
-from server.alerting.model import (
+from pipewarden.notifiers import metrics
+from pipewarden.notifiers.config import parse_receivers, parse_routes
+from pipewarden.notifiers.dispatcher import Dispatcher
+from pipewarden.server.alerting.feed import AlertFeed
+from pipewarden.server.alerting.model import (
     ACKNOWLEDGED,
     ACKNOWLEDGED_EVENT,
     CRITICAL,
@@ -29,8 +29,8 @@ from server.alerting.model import (
     Alert,
     AlertEvent,
 )
-from server.eventlog import MemoryLog
-from server.notifier import catch_up_events
+from pipewarden.server.notifier import catch_up_events
+from pipewarden.server.storage.eventlog import MemoryLog
 from tests.alert_events import event as alert_event
 from tests.alerting import Clock
 

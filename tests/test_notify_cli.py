@@ -6,8 +6,8 @@ import json
 import subprocess
 from pathlib import Path
 
-from notifiers.config import parse_receivers, parse_routes
-from notifiers.dispatcher import Dispatcher
+from pipewarden.notifiers.config import parse_receivers, parse_routes
+from pipewarden.notifiers.dispatcher import Dispatcher
 from tests.alert_events import event
 from tests.peers import PD_PATH, HttpPeer
 from tests.process import BIN

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from notifiers.config import (
+from pipewarden.notifiers.config import (
     ConsoleReceiver,
     EmailReceiver,
     PagerDutyReceiver,
@@ -16,9 +16,9 @@ from notifiers.config import (
     parse_receivers,
     parse_routes,
 )
-from notifiers.router import Router
-from server.config import parse
-from server.errors import ConfigError
+from pipewarden.notifiers.router import Router
+from pipewarden.server.base.errors import ConfigError
+from pipewarden.server.config import parse
 
 ENV = {
     "PD_KEY": "pd-secret",

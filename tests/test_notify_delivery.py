@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 
-from notifiers import deadletters
-from notifiers.config import parse_receivers, parse_routes
-from notifiers.dispatcher import Dispatcher
-from notifiers.notification import Notification
-from notifiers.webhook import signature
-from server.errors import LogError
+from pipewarden.notifiers import deadletters
+from pipewarden.notifiers.config import parse_receivers, parse_routes
+from pipewarden.notifiers.dispatcher import Dispatcher
+from pipewarden.notifiers.notification import Notification
+from pipewarden.notifiers.webhook import signature
+from pipewarden.server.base.errors import LogError
 from tests.alert_events import event
 from tests.peers import (
     HOOK_PATH,

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from notifiers import deadletters
-from notifiers.config import parse_receivers, parse_routes
-from notifiers.dispatcher import Dispatcher
+from pipewarden.notifiers import deadletters
+from pipewarden.notifiers.config import parse_receivers, parse_routes
+from pipewarden.notifiers.dispatcher import Dispatcher
 from tests.alert_events import event
 from tests.peers import Certificates, SmtpPeer
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from notifiers.outbox import DEAD, DELIVERED, Outbox
+from pipewarden.notifiers.outbox import DEAD, DELIVERED, Outbox
 from tests.alert_events import event
 
 

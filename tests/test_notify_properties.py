@@ -12,9 +12,9 @@ from typing import Any
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from notifiers.nflog import NotificationLog
-from notifiers.notification import state_of
-from notifiers.outbox import DEAD, DELIVERED, Outbox
+from pipewarden.notifiers.nflog import NotificationLog
+from pipewarden.notifiers.notification import state_of
+from pipewarden.notifiers.outbox import DEAD, DELIVERED, Outbox
 from tests.alert_events import event
 
 ALERTS = ["a0"]

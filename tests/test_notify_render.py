@@ -10,14 +10,14 @@ from email.utils import format_datetime
 
 import pytest
 
-from notifiers.config import parse_receivers
-from notifiers.console import line
-from notifiers.email import build_message
-from notifiers.http import parse_retry_after
-from notifiers.notification import Notification, number, summary
-from notifiers.pagerduty import dedup_key, event_body
-from notifiers.slack import message
-from notifiers.webhook import body, signature
+from pipewarden.notifiers.config import parse_receivers
+from pipewarden.notifiers.console import line
+from pipewarden.notifiers.email import build_message
+from pipewarden.notifiers.http import parse_retry_after
+from pipewarden.notifiers.notification import Notification, number, summary
+from pipewarden.notifiers.pagerduty import dedup_key, event_body
+from pipewarden.notifiers.slack import message
+from pipewarden.notifiers.webhook import body, signature
 from pipewarden.v1 import alert_pb2
 from tests.alert_events import T0, event
 from tests.peers import ROUTING_KEY, pagerduty_answer, slack_answer

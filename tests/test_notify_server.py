@@ -16,11 +16,11 @@ import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from notifiers import metrics
-from notifiers.config import parse_receivers, parse_routes
+from pipewarden.notifiers import metrics
+from pipewarden.notifiers.config import parse_receivers, parse_routes
+from pipewarden.server.app import App
+from pipewarden.server.config import Config
 from pipewarden.v1 import alert_pb2, service_pb2, service_pb2_grpc
-from server.app import App
-from server.config import Config
 from tests.alerting import Clock, Stub, alerts, config, eventually, failures, send, successes
 from tests.helpers import T0, until
 from tests.peers import PD_PATH, ROUTING_KEY, HttpPeer

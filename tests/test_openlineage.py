@@ -16,13 +16,14 @@ import grpc
 import pytest
 import requests
 
+from pipewarden.server.app import App
+from pipewarden.server.base.errors import ConfigError
+from pipewarden.server.config import parse
+from pipewarden.server.core.limits import IngestLimits
+from pipewarden.server.openlineage.mapping import BadEventError, parse_event
+from pipewarden.server.openlineage.producers import DatasetProducers
+from pipewarden.server.openlineage.settings import OpenLineageSettings
 from pipewarden.v1 import execution_pb2, service_pb2, service_pb2_grpc
-from server.app import App
-from server.config import IngestLimits, parse
-from server.errors import ConfigError
-from server.openlineage.mapping import BadEventError, parse_event
-from server.openlineage.producers import DatasetProducers
-from server.openlineage.settings import OpenLineageSettings
 from tests.conftest import make_config
 from tests.helpers import T0
 from tests.lineage import at, event, lineage_client

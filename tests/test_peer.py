@@ -7,10 +7,10 @@ import math
 
 import pytest
 
-from server.detection.peer import CRITICAL, HIGH, MEDIUM, PeerDetector
-from server.detection.settings import PeerSettings
-from server.model import FAILED, SUCCEEDED, Execution
-from server.shards import PipelineState, ShardSet
+from pipewarden.server.core.model import FAILED, SUCCEEDED, Execution
+from pipewarden.server.core.shards import PipelineState, ShardSet
+from pipewarden.server.detection.peer import CRITICAL, HIGH, MEDIUM, PeerDetector
+from pipewarden.server.detection.settings import PeerSettings
 
 T0 = 1_780_000_000.0
 RATE, DURATION, RECORDS = 1, 2, 3

@@ -1,6 +1,6 @@
-"""The replay prefetch (server/prefetch.py): a forked helper converts the log's tail while the
-snapshot loads. Whatever it manages, recovery must build exactly the state of a replay without
-it: the same pipelines, the same remembered ids."""
+"""The replay prefetch (server/partition/prefetch.py): a forked helper converts the log's tail
+while the snapshot loads. Whatever it manages, recovery must build exactly the state of a
+replay without it: the same pipelines, the same remembered ids."""
 
 from __future__ import annotations
 
@@ -12,15 +12,15 @@ from pathlib import Path
 import grpc
 import pytest
 
+from pipewarden.server.base import failpoints
+from pipewarden.server.base.errors import CorruptLogError
+from pipewarden.server.core.dedup import key
+from pipewarden.server.core.limits import IngestLimits
+from pipewarden.server.partition.prefetch import Prefetch, _converted
+from pipewarden.server.partition.recovery import recover
+from pipewarden.server.partition.snapshot import SnapshotStore
+from pipewarden.server.storage.wal import read_entries
 from pipewarden.v1 import service_pb2, service_pb2_grpc
-from server import failpoints
-from server.config import IngestLimits
-from server.dedup import key
-from server.errors import CorruptLogError
-from server.prefetch import Prefetch, _converted
-from server.recovery import recover
-from server.snapshot import SnapshotStore
-from server.wal import read_entries
 from tests.durability import Node
 from tests.helpers import T0, request, run
 from tests.process import ServerProcess

@@ -6,11 +6,11 @@ from dataclasses import replace
 
 import pytest
 
-from server.detection.engine import DetectionEngine
-from server.detection.profile import fold, offset
-from server.detection.settings import DetectionSettings
-from server.model import SUCCEEDED, Execution
-from server.shards import PipelineState, Shard, ShardSet
+from pipewarden.server.core.model import SUCCEEDED, Execution
+from pipewarden.server.core.shards import PipelineState, Shard, ShardSet
+from pipewarden.server.detection.engine import DetectionEngine
+from pipewarden.server.detection.profile import fold, offset
+from pipewarden.server.detection.settings import DetectionSettings
 
 MONDAY = 1_704_067_200.0  # 2024-01-01 00:00 UTC
 HOUR, DAY = 3600.0, 86400.0

@@ -17,8 +17,8 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from pipewarden.server.app import App
 from pipewarden.v1 import service_pb2_grpc
-from server.app import App
 from tests.alerting import Clock, alerts, config, eventually, failures, send, serving
 from tests.helpers import T0, request, run
 from tests.process import free_port

@@ -12,12 +12,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipewarden.client import execution
+from pipewarden.server.core.dedup import SeenExecutions
+from pipewarden.server.core.ingest import Ingestor
+from pipewarden.server.core.limits import IngestLimits
+from pipewarden.server.core.shards import ShardSet
+from pipewarden.server.storage.eventlog import MemoryLog
 from pipewarden.v1 import execution_pb2, service_pb2
-from server.config import IngestLimits
-from server.dedup import SeenExecutions
-from server.eventlog import MemoryLog
-from server.ingest import Ingestor
-from server.shards import ShardSet
 
 T0 = 1_780_000_000.0
 PIPELINES = ["p0", "p1", "p2", "p3"]

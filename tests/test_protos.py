@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import filecmp
-import importlib
 import subprocess
 import sys
 from pathlib import Path
-
-import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,48 +30,3 @@ def test_generated_code_is_fresh(tmp_path: Path) -> None:
         for p in (ROOT / d).glob("*_pb2*")
     }
     assert committed == {g for g in generated if g.name != "__init__.py"}
-
-
-@pytest.mark.parametrize(
-    "module",
-    [
-        "pipewarden.client",
-        "pipewarden.cli",
-        "server.config",
-        "server.shards",
-        "server.ingest",
-        "server.eventlog",
-        "server.detect",
-        "server.servicer",
-        "server.app",
-        "server.validation",
-        "server.dedup",
-        "server.alerting.book",
-        "server.alerting.convert",
-        "server.alerting.feed",
-        "server.alerting.lineage",
-        "server.alerting.manager",
-        "server.alerting.model",
-        "server.alerting.policy",
-        "server.alerting.settings",
-        "server.alerting.silences",
-        "server.alerting.storage",
-        "pipewarden.reporter",
-        "pipewarden.runs",
-        "server.collector",
-        "server.metrics",
-        "server.openlineage.endpoint",
-        "server.openlineage.mapping",
-        "server.openlineage.producers",
-        "server.openlineage.settings",
-        "server.requestlimits",
-        "server.logsafe",
-        "server.tasks",
-    ],
-)
-def test_public_names_are_declared_and_exist(module: str) -> None:
-    mod = importlib.import_module(module)
-    names = getattr(mod, "__all__", None)
-    assert names, f"{module} declares no __all__"
-    for name in names:
-        assert hasattr(mod, name), f"{module}.__all__ names {name}, which does not exist"

@@ -16,8 +16,8 @@ import grpc
 import pytest
 
 from pipewarden.client import AsyncReporter, Reporter, current_run, execution
+from pipewarden.server.app import App
 from pipewarden.v1 import execution_pb2, service_pb2, service_pb2_grpc
-from server.app import App
 from tests.helpers import run
 from tests.process import ServerProcess, free_port
 

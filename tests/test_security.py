@@ -16,11 +16,12 @@ import pytest
 import trustme
 
 from pipewarden.client import Client, execution, tls_credentials
+from pipewarden.server.api.auth import Authenticator, AuthToken, is_loopback
+from pipewarden.server.api.tls import TLSConfig
+from pipewarden.server.app import App
+from pipewarden.server.base.errors import ConfigError
+from pipewarden.server.config import Config, ServerConfig, check_exposure, parse
 from pipewarden.v1 import service_pb2, service_pb2_grpc
-from server.app import App
-from server.auth import Authenticator, check_exposure, is_loopback
-from server.config import AuthToken, Config, ServerConfig, TLSConfig, parse
-from server.errors import ConfigError
 from tests.conftest import make_config
 from tests.process import BIN, free_port
 

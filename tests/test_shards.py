@@ -7,8 +7,8 @@ import zlib
 
 import pytest
 
-from server.model import CANCELLED, FAILED, SUCCEEDED, Execution
-from server.shards import Ring, ShardSet, shard_of
+from pipewarden.server.core.model import CANCELLED, FAILED, SUCCEEDED, Execution
+from pipewarden.server.core.shards import Ring, ShardSet, shard_of
 
 
 def _e(

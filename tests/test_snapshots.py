@@ -14,8 +14,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from server.dedup import key
-from server.errors import CorruptLogError
+from pipewarden.server.base.errors import CorruptLogError
+from pipewarden.server.core.dedup import key
 from tests.durability import Node
 from tests.helpers import T0, request, run
 

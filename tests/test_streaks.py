@@ -15,8 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipewarden.server.config import Config
+from pipewarden.server.core.limits import IngestLimits
 from pipewarden.v1 import alert_pb2
-from server.config import Config, IngestLimits
 from tests.alerting import (
     CRITICAL,
     HIGH,

@@ -1,6 +1,6 @@
 """A long-lived task that dies stops the server: its traceback is in the log, the exit status is
 1, the log is flushed, and a restart has everything that was answered. Tasks are made to die
-through failpoints armed with `:raise` (server/failpoints.py), in a real `pipewarden serve`."""
+through failpoints armed with `:raise` (server/base/failpoints.py), in a real `pipewarden serve`."""
 
 from __future__ import annotations
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from server.errors import CorruptLogError, LogError
-from server.wal import RECORD_HEADER, SEGMENT_HEADER, WriteAheadLog
+from pipewarden.server.base.errors import CorruptLogError, LogError
+from pipewarden.server.storage.wal import RECORD_HEADER, SEGMENT_HEADER, WriteAheadLog
 
 
 def entry(i: int) -> bytes:

@@ -1,4 +1,4 @@
-"""server/wire.py against protobuf: whatever the bytes, decode_rows gives the rows that parsing
+"""server/core/wire.py against protobuf: whatever the bytes, decode_rows gives the rows that parsing
 with protobuf, `convert` and `row` give, or None (and then replay parses with protobuf)."""
 
 from __future__ import annotations
@@ -8,11 +8,11 @@ import math
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from pipewarden.server.core.ingest import row
+from pipewarden.server.core.limits import IngestLimits
+from pipewarden.server.core.validation import convert
+from pipewarden.server.core.wire import decode_rows
 from pipewarden.v1 import execution_pb2, service_pb2
-from server.config import IngestLimits
-from server.ingest import row
-from server.validation import convert
-from server.wire import decode_rows
 from tests.helpers import T0, run
 
 LIMITS = IngestLimits()

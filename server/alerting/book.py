@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterator, KeysView
 
-from server.alerting.model import ACKNOWLEDGED, FIRING, RESOLVED, Alert, AlertEvent
+from pipewarden.server.alerting.model import ACKNOWLEDGED, FIRING, RESOLVED, Alert, AlertEvent
 
 __all__ = ["AlertBook"]
 

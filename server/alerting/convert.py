@@ -7,9 +7,9 @@ import math
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from pipewarden.server.alerting.model import Alert, AlertEvent, Silence
+from pipewarden.server.core.validation import MAX_SECONDS, MIN_SECONDS
 from pipewarden.v1 import alert_pb2
-from server.alerting.model import Alert, AlertEvent, Silence
-from server.validation import MAX_SECONDS, MIN_SECONDS
 
 __all__ = [
     "alert_from_message",

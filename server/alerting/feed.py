@@ -26,10 +26,10 @@ import contextlib
 import logging
 from collections import deque
 
-from server import tasks
-from server.alerting.model import AlertEvent
-from server.errors import LogError, PipewardenError
-from server.eventlog import EventLog
+from pipewarden.server.alerting.model import AlertEvent
+from pipewarden.server.base import tasks
+from pipewarden.server.base.errors import LogError, PipewardenError
+from pipewarden.server.storage.eventlog import EventLog
 
 __all__ = ["AlertFeed", "FeedOverflow", "Subscription"]
 

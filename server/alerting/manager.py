@@ -31,19 +31,17 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 
-from pipewarden.storage.v1 import storage_pb2
-from server import failpoints, metrics
-from server.alerting import lineage as lineage_mod
-from server.alerting.book import AlertBook
-from server.alerting.convert import (
+from pipewarden.server.alerting import lineage as lineage_mod
+from pipewarden.server.alerting.book import AlertBook
+from pipewarden.server.alerting.convert import (
     event_from_message,
     event_message,
     silence_from_message,
     silence_message,
 )
-from server.alerting.feed import AlertFeed
-from server.alerting.lineage import Lineage, TeamTrust
-from server.alerting.model import (
+from pipewarden.server.alerting.feed import AlertFeed
+from pipewarden.server.alerting.lineage import Lineage, TeamTrust
+from pipewarden.server.alerting.model import (
     ACKNOWLEDGED,
     ACKNOWLEDGED_EVENT,
     CRITICAL,
@@ -58,16 +56,23 @@ from server.alerting.model import (
     AlertEvent,
     Silence,
 )
-from server.alerting.policy import blast_severity, escalated, resolvable, span
-from server.alerting.settings import AlertSettings
-from server.alerting.silences import Silences, check_silence
-from server.alerting.storage import alert_changes, silence_change, stored_alert, unstored_alert
-from server.detect import Anomaly
-from server.errors import RequestError
-from server.eventlog import EventLog
-from server.logsafe import safe
-from server.shards import PipelineState
-from server.validation import format_time
+from pipewarden.server.alerting.policy import blast_severity, escalated, resolvable, span
+from pipewarden.server.alerting.settings import AlertSettings
+from pipewarden.server.alerting.silences import Silences, check_silence
+from pipewarden.server.alerting.storage import (
+    alert_changes,
+    silence_change,
+    stored_alert,
+    unstored_alert,
+)
+from pipewarden.server.base import failpoints, metrics
+from pipewarden.server.base.errors import RequestError
+from pipewarden.server.base.logsafe import safe
+from pipewarden.server.core.detect import Anomaly
+from pipewarden.server.core.shards import PipelineState
+from pipewarden.server.core.validation import format_time
+from pipewarden.server.storage.eventlog import EventLog
+from pipewarden.storage.v1 import storage_pb2
 
 __all__ = ["DIRTY_BATCH", "AlertManager", "should_notify"]
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from server.alerting.model import CONSECUTIVE_FAILURES, CRITICAL, HIGH, MEDIUM, Alert
-from server.alerting.settings import AlertSettings, BlastRadiusSettings, EscalationSettings
+from pipewarden.server.alerting.model import CONSECUTIVE_FAILURES, CRITICAL, HIGH, MEDIUM, Alert
+from pipewarden.server.alerting.settings import (
+    AlertSettings,
+    BlastRadiusSettings,
+    EscalationSettings,
+)
 
 __all__ = ["blast_severity", "escalated", "escalation_delay", "resolvable", "span"]
 

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from server.errors import ConfigError
+from pipewarden.server.base.errors import ConfigError
 
 __all__ = ["AlertSettings", "BlastRadiusSettings", "EscalationSettings", "parse_trusted_teams"]
 

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from pipewarden.storage.v1 import storage_pb2
-from server.alerting.convert import (
+from pipewarden.server.alerting.convert import (
     alert_from_message,
     alert_message,
     event_message,
     silence_message,
 )
-from server.alerting.model import Alert, AlertEvent, Silence
+from pipewarden.server.alerting.model import Alert, AlertEvent, Silence
+from pipewarden.storage.v1 import storage_pb2
 
 __all__ = ["alert_changes", "silence_change", "stored_alert", "unstored_alert"]
 

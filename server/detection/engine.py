@@ -15,8 +15,9 @@ import math
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
-from server.detect import Anomaly
-from server.detection.history import (
+from pipewarden.server.core.detect import Anomaly
+from pipewarden.server.core.shards import PipelineState, ShardSet
+from pipewarden.server.detection.history import (
     RegressionDetector,
     StreakDetector,
     SuccessRateDetector,
@@ -24,10 +25,14 @@ from server.detection.history import (
     binomial_tail,
     median,
 )
-from server.detection.peer import HIGH_DURATION, LOW_RECORDS, LOW_SUCCESS_RATE, PeerDetector
-from server.detection.profile import fold
-from server.detection.settings import DetectionSettings, MetricRule
-from server.shards import PipelineState, ShardSet
+from pipewarden.server.detection.peer import (
+    HIGH_DURATION,
+    LOW_RECORDS,
+    LOW_SUCCESS_RATE,
+    PeerDetector,
+)
+from pipewarden.server.detection.profile import fold
+from pipewarden.server.detection.settings import DetectionSettings, MetricRule
 
 __all__ = ["DETECTORS", "DetectionEngine"]
 

@@ -14,17 +14,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from server.detect import Anomaly
-from server.detection.profile import offsets, started
-from server.detection.settings import (
+from pipewarden.server.core.detect import Anomaly
+from pipewarden.server.core.model import FAILED, SUCCEEDED
+from pipewarden.server.core.shards import PipelineState
+from pipewarden.server.detection.profile import offsets, started
+from pipewarden.server.detection.settings import (
     DropSettings,
     ProfileSettings,
     RegressionSettings,
     StreakSettings,
     SuccessRateSettings,
 )
-from server.model import FAILED, SUCCEEDED
-from server.shards import PipelineState
 
 __all__ = [
     "Baseline",

@@ -13,10 +13,10 @@ import bisect
 import math
 from dataclasses import dataclass
 
-from server.detect import Anomaly
-from server.detection.settings import MetricRule, PeerSettings
-from server.model import FAILED, SUCCEEDED
-from server.shards import PipelineState, ShardSet
+from pipewarden.server.core.detect import Anomaly
+from pipewarden.server.core.model import FAILED, SUCCEEDED
+from pipewarden.server.core.shards import PipelineState, ShardSet
+from pipewarden.server.detection.settings import MetricRule, PeerSettings
 
 __all__ = ["PeerDetector", "severity_for"]
 

@@ -20,9 +20,9 @@ from __future__ import annotations
 import math
 from array import array
 
-from server.detection.settings import ProfileSettings
-from server.model import SUCCEEDED
-from server.shards import PipelineState
+from pipewarden.server.core.model import SUCCEEDED
+from pipewarden.server.core.shards import PipelineState
+from pipewarden.server.detection.settings import ProfileSettings
 
 __all__ = ["SIZE", "fold", "offset", "offsets", "started"]
 

@@ -13,7 +13,7 @@ import re
 import zlib
 from typing import Any
 
-from server.openlineage.mapping import BadEventError
+from pipewarden.server.openlineage.mapping import BadEventError
 
 __all__ = ["MAX_DEPTH", "BodyTooLargeError", "decode"]
 

@@ -20,16 +20,14 @@ from typing import Any
 
 from aiohttp import web
 
-from pipewarden.v1 import service_pb2
-from server import metrics
-from server.auth import ANONYMOUS, Principal
-from server.config import IngestLimits
-from server.errors import LogError
-from server.eventlog import EventLog
-from server.http import PRINCIPAL
-from server.ingest import Ingestor
-from server.openlineage.body import BodyTooLargeError, decode
-from server.openlineage.mapping import (
+from pipewarden.server.api.auth import ANONYMOUS, Principal
+from pipewarden.server.api.http import PRINCIPAL
+from pipewarden.server.base import metrics
+from pipewarden.server.base.errors import LogError
+from pipewarden.server.core.ingest import Ingestor
+from pipewarden.server.core.limits import IngestLimits
+from pipewarden.server.openlineage.body import BodyTooLargeError, decode
+from pipewarden.server.openlineage.mapping import (
     BadEventError,
     EventLimits,
     LineageEvent,
@@ -37,8 +35,10 @@ from server.openlineage.mapping import (
     parse_event,
     pipeline_id,
 )
-from server.openlineage.producers import DatasetProducers
-from server.openlineage.settings import OpenLineageSettings
+from pipewarden.server.openlineage.producers import DatasetProducers
+from pipewarden.server.openlineage.settings import OpenLineageSettings
+from pipewarden.server.storage.eventlog import EventLog
+from pipewarden.v1 import service_pb2
 
 __all__ = ["PATH", "Authorizer", "LineageEndpoint", "allow_all", "event_limits"]
 

@@ -34,12 +34,12 @@ from typing import Any, Protocol
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from pipewarden.server.base.errors import PipewardenError
+from pipewarden.server.base.logsafe import safe
+from pipewarden.server.core.model import CANCELLED, FAILED, RUNNING, SUCCEEDED
+from pipewarden.server.core.shards import ShardSet
+from pipewarden.server.openlineage.settings import OpenLineageSettings
 from pipewarden.v1.execution_pb2 import PipelineExecution
-from server.errors import PipewardenError
-from server.logsafe import safe
-from server.model import CANCELLED, FAILED, RUNNING, SUCCEEDED
-from server.openlineage.settings import OpenLineageSettings
-from server.shards import ShardSet
 
 __all__ = [
     "STATUSES",

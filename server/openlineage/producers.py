@@ -33,8 +33,8 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from server.errors import DiskError, LogError, is_disk_error
-from server.openlineage.mapping import DatasetKey
+from pipewarden.server.base.errors import DiskError, LogError, is_disk_error
+from pipewarden.server.openlineage.mapping import DatasetKey
 
 __all__ = ["MAX_PRODUCERS_PER_DATASET", "DatasetProducers"]
 

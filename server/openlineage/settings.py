@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from server.confparse import whole
-from server.errors import ConfigError
+from pipewarden.server.base.confparse import whole
+from pipewarden.server.base.errors import ConfigError
 
 __all__ = ["OpenLineageSettings", "parse_settings"]
 

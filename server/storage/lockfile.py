@@ -6,7 +6,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from server.errors import LogError
+from pipewarden.server.base.errors import LogError
 
 __all__ = ["hold"]
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from server.detect import Anomaly
-from server.shards import PipelineState
+from pipewarden.server.core.detect import Anomaly
+from pipewarden.server.core.shards import PipelineState
 
 __all__ = ["AnomalyStore", "CurrentAnomaly"]
 

@@ -273,9 +273,9 @@ def _rpc_error(e: grpc.RpcError, args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from server import app
-    from server.config import load
-    from server.errors import ConfigError
+    from pipewarden.server import app
+    from pipewarden.server.base.errors import ConfigError
+    from pipewarden.server.config import load
 
     try:
         config = load(args.config).with_overrides(
@@ -294,7 +294,7 @@ def _dead_letters(args: argparse.Namespace) -> int:
     from rich import box
     from rich.table import Table
 
-    from notifiers.deadletters import read
+    from pipewarden.notifiers.deadletters import read
 
     letters = [
         x for x in read(args.data_dir) if not args.receiver or x.get("receiver") == args.receiver

@@ -2,7 +2,7 @@
 
 Counters and histograms of what happens, updated where it happens, belong here. Values read from
 a node's state at scrape time (queue depths, pipeline and team health, alerts firing) are
-collectors on the node's own registry instead: see server/collector.py for that pattern.
+collectors on the node's own registry instead: see server/api/collector.py for that pattern.
 """
 
 from __future__ import annotations

@@ -18,18 +18,18 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipewarden.server.base import metrics
+from pipewarden.server.base.logsafe import safe
+from pipewarden.server.core.dedup import SeenExecutions, key, legacy_key
+from pipewarden.server.core.detect import AlertSink, Detector, NullDetector, NullSink
+from pipewarden.server.core.limits import IngestLimits
+from pipewarden.server.core.model import RUNNING, Execution
+from pipewarden.server.core.shards import PipelineState, Shard, ShardSet
+from pipewarden.server.core.validation import convert
+from pipewarden.server.core.wire import decode_rows
+from pipewarden.server.storage.eventlog import EventLog
 from pipewarden.storage.v1 import storage_pb2
 from pipewarden.v1 import service_pb2
-from server import metrics
-from server.config import IngestLimits
-from server.dedup import SeenExecutions, key, legacy_key
-from server.detect import AlertSink, Detector, NullDetector, NullSink
-from server.eventlog import EventLog
-from server.logsafe import safe
-from server.model import RUNNING, Execution
-from server.shards import PipelineState, Shard, ShardSet
-from server.validation import convert
-from server.wire import decode_rows
 
 __all__ = ["IngestOutcome", "Ingestor", "Row", "from_row", "logged_batch", "row"]
 
@@ -290,7 +290,7 @@ class Ingestor:
         rows = decode_rows(
             batch.request, batch.applied, received, self.limits.max_error_message_length
         )
-        if rows is not None:  # the plain case, read straight from the bytes (server/wire.py)
+        if rows is not None:  # the plain case, read straight from the bytes (server/core/wire.py)
             return self.replay_rows(received, rows)
         received, executions, mask = logged_batch(batch)
         verdicts, _ = self._process(executions, received, None, replaying=True, mask=mask)

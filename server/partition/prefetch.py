@@ -37,15 +37,15 @@ from typing import Any
 
 import crc32c
 
+from pipewarden.server.base import failpoints
+from pipewarden.server.core.dedup import Remembered
+from pipewarden.server.core.ingest import Row, logged_batch, row
+from pipewarden.server.core.limits import IngestLimits
+from pipewarden.server.core.validation import convert
+from pipewarden.server.core.wire import decode_rows
+from pipewarden.server.partition.snapshot import SnapshotStore
+from pipewarden.server.storage.wal import read_entries, segments_after
 from pipewarden.storage.v1 import storage_pb2
-from server import failpoints
-from server.config import IngestLimits
-from server.dedup import Remembered
-from server.ingest import Row, logged_batch, row
-from server.snapshot import SnapshotStore
-from server.validation import convert
-from server.wal import read_entries, segments_after
-from server.wire import decode_rows
 
 __all__ = ["MIN_TAIL_BYTES", "Prefetch"]
 

@@ -35,14 +35,20 @@ from typing import cast
 
 import crc32c
 
+from pipewarden.server.base import failpoints, metrics
+from pipewarden.server.base.errors import DiskError, is_disk_error
+from pipewarden.server.core.dedup import (
+    LEGACY,
+    ImageBuilder,
+    Remembered,
+    SeenExecutions,
+    legacy_key,
+)
+from pipewarden.server.core.shards import ShardSet
+from pipewarden.server.storage.descriptors import open_file
+from pipewarden.server.storage.eventlog import EventLog
+from pipewarden.server.storage.readonly import mapped
 from pipewarden.storage.v1 import storage_pb2
-from server import failpoints, metrics
-from server.dedup import LEGACY, ImageBuilder, Remembered, SeenExecutions, legacy_key
-from server.descriptors import open_file
-from server.errors import DiskError, is_disk_error
-from server.eventlog import EventLog
-from server.readonly import mapped
-from server.shards import ShardSet
 
 __all__ = ["LoadedSnapshot", "SnapshotStore"]
 

@@ -3,13 +3,14 @@ each returns the value with its type, or raises a ConfigError that names the key
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from collections.abc import Mapping
 from typing import Any
 
-from server.errors import ConfigError
+from pipewarden.server.base.errors import ConfigError
 
-__all__ = ["INT32_MAX", "mapping", "number", "string", "whole"]
+__all__ = ["INT32_MAX", "mapping", "number", "parse_hostport", "string", "whole"]
 
 INT32_MAX = 2**31 - 1
 """The largest whole number a key takes unless it says otherwise: what gRPC's options (int32)
@@ -67,3 +68,19 @@ def number(value: Any, key: str, *, minimum: float, maximum: float = math.inf) -
     if result > maximum:
         raise ConfigError(key, f"{value} is more than {maximum:g}")
     return result
+
+
+def parse_hostport(value: str, key: str) -> tuple[str, int]:
+    """Split HOST:PORT (IPv6 hosts in brackets), or raise a ConfigError naming `key`."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host:
+        raise ConfigError(key, f"{value!r} is not HOST:PORT")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(key, f"{value!r}: the port must be a number from 0 to 65535")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError as e:
+            raise ConfigError(key, f"{value!r}: an IPv6 host goes in brackets") from e
+    return host, int(port)

@@ -11,8 +11,8 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
-from server.auth import ANONYMOUS, Authenticator, Principal, audit
-from server.logsafe import safe
+from pipewarden.server.api.auth import ANONYMOUS, Authenticator, Principal, audit
+from pipewarden.server.base.logsafe import safe
 
 __all__ = [
     "ADMIN_PATHS",
@@ -48,7 +48,7 @@ class HttpServer:
         self.port = port
         self._ready = ready
         self.registry = registry
-        """What /metrics shows: the node's registry (see server/collector.py)."""
+        """What /metrics shows: the node's registry (see server/api/collector.py)."""
         self._routes = routes
         self._max_body_bytes = max_body_bytes
         self._auth = auth if auth is not None else Authenticator(())

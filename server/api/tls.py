@@ -5,17 +5,28 @@ client certificate required (mutual TLS). The files are checked when the configu
 from __future__ import annotations
 
 import ssl
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import grpc
 
-from server.errors import ConfigError
+from pipewarden.server.base.errors import ConfigError
 
-if TYPE_CHECKING:
-    from server.config import TLSConfig
 
-__all__ = ["check_files", "grpc_credentials", "http_context"]
+@dataclass(frozen=True)
+class TLSConfig:
+    """TLS for the gRPC and HTTP ports (`server.tls`)."""
+
+    cert: str
+    """PEM file of the server's certificate chain."""
+    key: str
+    """PEM file of the server's private key."""
+    client_ca: str = ""
+    """PEM file of the CA that signs client certificates; set, clients must present one
+    (mutual TLS)."""
+
+
+__all__ = ["TLSConfig", "check_files", "grpc_credentials", "http_context"]
 
 _PEM = {
     "cert": (b"-----BEGIN CERTIFICATE-----", "a PEM certificate"),

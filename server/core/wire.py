@@ -16,14 +16,14 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING
 
-from server.model import FAILED
-from server.validation import _STATUSES, event_time
-from server.validation import MAX_DURATION_SECONDS as _MAX_DURATION_SECONDS
-from server.validation import MAX_SECONDS as _MAX_SECONDS
-from server.validation import MIN_SECONDS as _MIN_SECONDS
+from pipewarden.server.core.model import FAILED
+from pipewarden.server.core.validation import _STATUSES, event_time
+from pipewarden.server.core.validation import MAX_DURATION_SECONDS as _MAX_DURATION_SECONDS
+from pipewarden.server.core.validation import MAX_SECONDS as _MAX_SECONDS
+from pipewarden.server.core.validation import MIN_SECONDS as _MIN_SECONDS
 
 if TYPE_CHECKING:
-    from server.ingest import Row
+    from pipewarden.server.core.ingest import Row
 
 __all__ = ["decode_rows"]
 

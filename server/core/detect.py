@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from server.shards import PipelineState, ShardSet
+from pipewarden.server.core.shards import PipelineState, ShardSet
 
 __all__ = ["AlertSink", "Anomaly", "Detector", "FanoutSink", "NullDetector", "NullSink"]
 

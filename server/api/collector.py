@@ -1,6 +1,6 @@
 """What /metrics shows of one node: its own health and its pipelines' health, read at scrape time.
 
-Two kinds of metric, two places (the registry pattern; see also server/metrics.py):
+Two kinds of metric, two places (the registry pattern; see also server/base/metrics.py):
 
 - Process-wide counters and histograms (events ingested, fsync latency, snapshot time, ...)
   live in `server.metrics`, in prometheus-client's default registry, updated where things
@@ -27,7 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from server.shards import PipelineState, ShardSet
+from pipewarden.server.core.shards import PipelineState, ShardSet
 
 __all__ = [
     "AlertCollector",

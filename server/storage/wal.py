@@ -45,10 +45,10 @@ from typing import Protocol
 
 import crc32c
 
-from server import failpoints, metrics, tasks
-from server.descriptors import open_file
-from server.errors import CorruptLogError, DiskError, LogError, is_disk_error
-from server.readonly import Buffer, mapped
+from pipewarden.server.base import failpoints, metrics, tasks
+from pipewarden.server.base.errors import CorruptLogError, DiskError, LogError, is_disk_error
+from pipewarden.server.storage.descriptors import open_file
+from pipewarden.server.storage.readonly import Buffer, mapped
 
 __all__ = [
     "FSYNC_POLICIES",

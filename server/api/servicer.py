@@ -12,36 +12,37 @@ import base64
 import binascii
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError, Message
 
-from pipewarden.v1 import alert_pb2, anomaly_pb2, health_pb2, service_pb2
-from server import metrics
-from server.admission import IngestTurns
-from server.alerting.convert import (
+from pipewarden.server.alerting.convert import (
     alert_message,
     event_message,
     silence_from_message,
     silence_message,
     timestamp,
 )
-from server.alerting.feed import FeedOverflow
-from server.alerting.manager import AlertManager
-from server.alerting.model import CRITICAL, HIGH, MEDIUM
-from server.anomalies import AnomalyStore, CurrentAnomaly
-from server.auth import ANONYMOUS, Authenticator, Principal, audit
-from server.config import AlertSettings, ServerConfig
-from server.errors import LogError, RequestError
-from server.eventlog import EventLog
-from server.ingest import Ingestor, IngestOutcome
-from server.limits import RateLimiter, StreamGate
-from server.logsafe import safe
-from server.requestlimits import RequestLimits
-from server.shards import PipelineState, ShardSet, TeamTotals
+from pipewarden.server.alerting.feed import FeedOverflow
+from pipewarden.server.alerting.manager import AlertManager
+from pipewarden.server.alerting.model import CRITICAL, HIGH, MEDIUM
+from pipewarden.server.alerting.settings import AlertSettings
+from pipewarden.server.api.admission import IngestTurns
+from pipewarden.server.api.auth import ANONYMOUS, Authenticator, Principal, audit
+from pipewarden.server.api.limits import RateLimiter, StreamGate
+from pipewarden.server.api.requestlimits import RequestLimits
+from pipewarden.server.base import metrics
+from pipewarden.server.base.errors import LogError, RequestError
+from pipewarden.server.base.logsafe import safe
+from pipewarden.server.core.ingest import Ingestor, IngestOutcome
+from pipewarden.server.core.limits import IngestLimits
+from pipewarden.server.core.shards import PipelineState, ShardSet, TeamTotals
+from pipewarden.server.detection.anomalies import AnomalyStore, CurrentAnomaly
+from pipewarden.server.storage.eventlog import EventLog
+from pipewarden.v1 import alert_pb2, anomaly_pb2, health_pb2, service_pb2
 
-__all__ = ["RETRY_METADATA", "SERVICE_NAME", "PipelineMonitorService"]
+__all__ = ["RETRY_METADATA", "SERVICE_NAME", "PipelineMonitorService", "ServicerConfig"]
 
 SERVICE_NAME = "pipewarden.v1.PipelineMonitor"
 DEFAULT_PAGE_SIZE = 100
@@ -148,6 +149,30 @@ def _decode_token(token: str, team: str) -> str | None:
     return parts[2]
 
 
+class ServicerConfig(Protocol):
+    """What the servicer reads of the `server:` section of the configuration (the wiring passes
+    the whole section; tests may pass any object with these)."""
+
+    @property
+    def limits(self) -> IngestLimits: ...
+    @property
+    def rate_limit_per_second(self) -> float: ...
+    @property
+    def rate_limit_burst(self) -> int: ...
+    @property
+    def max_streams(self) -> int: ...
+    @property
+    def max_streams_per_caller(self) -> int: ...
+    @property
+    def max_streams_per_team(self) -> int: ...
+    @property
+    def ingest_stream_reserve(self) -> int: ...
+    @property
+    def ingest_queue_bytes(self) -> int: ...
+    @property
+    def max_in_flight_per_stream(self) -> int: ...
+
+
 class PipelineMonitorService:
     """Implements pipewarden.v1.PipelineMonitor."""
 
@@ -156,7 +181,7 @@ class PipelineMonitorService:
         ingestor: Ingestor,
         shards: ShardSet,
         log: EventLog,
-        config: ServerConfig,
+        config: ServicerConfig,
         *,
         anomalies: AnomalyStore | None = None,
         alerts: AlertManager | None = None,
@@ -171,7 +196,7 @@ class PipelineMonitorService:
             ingest_reserve=config.ingest_stream_reserve,
         )
         self.turns = IngestTurns(config.ingest_queue_bytes)
-        """Ingest requests are applied one at a time, each in its turn (server/admission.py)."""
+        """Ingest requests are applied one at a time, each in its turn (server/api/admission.py)."""
         self.ingestor = ingestor
         self.shards = shards
         self.log = log
@@ -224,7 +249,7 @@ class PipelineMonitorService:
         self, request_type: type[M], fn: Callable[[M, Context, Principal], Awaitable[Any]]
     ) -> grpc.RpcMethodHandler[Any, Any]:
         async def handle(raw: bytes, context: Context, who: Principal) -> Any:
-            self.turns.reading()  # ingestion makes room (server/admission.py)
+            self.turns.reading()  # ingestion makes room (server/api/admission.py)
             return await fn(await self._parse_checked(request_type, raw, context), context, who)
 
         name = request_type.DESCRIPTOR.name.removesuffix("Request")
@@ -389,7 +414,7 @@ class PipelineMonitorService:
                         return
                     try:
                         # Decoded and applied in turn with every other ingest request
-                        # (server/admission.py): waiting here holds the stream back.
+                        # (server/api/admission.py): waiting here holds the stream back.
                         async with self.turns.turn(len(raw)):
                             pending.put_nowait(self._apply_streamed(raw, team))
                     except _Refused as e:

@@ -8,16 +8,16 @@ import logging
 import time
 from dataclasses import dataclass
 
+from pipewarden.server.alerting.manager import AlertManager
+from pipewarden.server.alerting.model import CONSECUTIVE_FAILURES
+from pipewarden.server.base.errors import CorruptLogError
+from pipewarden.server.core.dedup import SeenExecutions
+from pipewarden.server.core.ingest import Ingestor
+from pipewarden.server.core.shards import ShardSet
+from pipewarden.server.partition.prefetch import Prefetch
+from pipewarden.server.partition.snapshot import LoadedSnapshot, SnapshotStore
+from pipewarden.server.storage.eventlog import EventLog
 from pipewarden.storage.v1 import storage_pb2
-from server.alerting.manager import AlertManager
-from server.alerting.model import CONSECUTIVE_FAILURES
-from server.dedup import SeenExecutions
-from server.errors import CorruptLogError
-from server.eventlog import EventLog
-from server.ingest import Ingestor
-from server.prefetch import Prefetch
-from server.shards import ShardSet
-from server.snapshot import LoadedSnapshot, SnapshotStore
 
 __all__ = ["Recovered", "recover"]
 

@@ -16,8 +16,8 @@ import zlib
 from array import array
 from collections.abc import Iterator
 
+from pipewarden.server.core.model import CANCELLED, FAILED, SUCCEEDED, Execution
 from pipewarden.storage.v1 import storage_pb2
-from server.model import CANCELLED, FAILED, SUCCEEDED, Execution
 
 __all__ = [
     "MAX_IN_FLIGHT",

@@ -4,6 +4,18 @@ from __future__ import annotations
 
 import errno
 
+__all__ = [
+    "ConfigError",
+    "CorruptLogError",
+    "DiskError",
+    "LogError",
+    "PipewardenError",
+    "RequestError",
+    "TaskDied",
+    "is_disk_error",
+    "is_disk_full",
+]
+
 
 class PipewardenError(Exception):
     """Base of every error Pipewarden raises on purpose."""

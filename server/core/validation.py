@@ -11,9 +11,9 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Final
 
+from pipewarden.server.core.limits import IngestLimits
+from pipewarden.server.core.model import CANCELLED, FAILED, RUNNING, SUCCEEDED, Execution
 from pipewarden.v1.execution_pb2 import PipelineExecution
-from server.config import IngestLimits
-from server.model import CANCELLED, FAILED, RUNNING, SUCCEEDED, Execution
 
 __all__ = [
     "MAX_DURATION_SECONDS",
@@ -193,7 +193,7 @@ def event_time(
 ) -> float:
     """When an event happened (Execution.event_time): a run in flight at its start; a finished
     one at its finish, else start + duration, else its start; without times, when the server
-    received it. The one home of this rule (server/wire.py reads the log with it too)."""
+    received it. The one home of this rule (server/core/wire.py reads the log with it too)."""
     if status == RUNNING:
         # A run in flight happens at its start; its duration is not known yet.
         return started_at if started_at is not None else received_at

@@ -23,9 +23,10 @@ from pathlib import Path
 __all__ = ["BUILD_DIR", "MODULES", "activate", "manifest", "status"]
 
 MODULES = ("model", "validation", "dedup", "shards", "wire", "ingest")
-"""The compiled modules of the `server` package."""
+"""The compiled modules, all of the `core` room (pipewarden.server.core)."""
 PACKAGE_DIR = Path(__file__).resolve().parent
-BUILD_DIR = PACKAGE_DIR.parent / "build" / "mypyc"
+"""The sources of the compiled modules."""
+BUILD_DIR = PACKAGE_DIR.parent.parent / "build" / "mypyc"
 MANIFEST = "manifest.json"
 PURE_ENV = "PIPEWARDEN_PURE_PYTHON"
 
@@ -64,7 +65,7 @@ def _activate(package_path: MutableSequence[str], build_dir: Path) -> str:
         return "pure Python: the compiled build is of other sources or another Python (make)"
     # The modules' shared library is a top-level module of the build directory.
     sys.path.append(str(build_dir))
-    package_path.insert(0, str(build_dir / "server"))
+    package_path.insert(0, str(build_dir / "pipewarden" / "server" / "core"))
     return "compiled with mypyc"
 
 

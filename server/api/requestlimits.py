@@ -14,10 +14,10 @@ from typing import Any, Final
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
+from pipewarden.server.alerting.silences import MAX_COMMENT_LENGTH, MAX_NAME_LENGTH
+from pipewarden.server.core.limits import IngestLimits
+from pipewarden.server.core.validation import duration_problem, timestamp_problem
 from pipewarden.v1 import execution_pb2
-from server.alerting.silences import MAX_COMMENT_LENGTH, MAX_NAME_LENGTH
-from server.config import IngestLimits
-from server.validation import duration_problem, timestamp_problem
 
 __all__ = [
     "DEFAULT_STRING_LENGTH",

@@ -24,16 +24,22 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from server.config import AuthToken, Config, parse_hostport
 
-__all__ = [
-    "ANONYMOUS",
-    "Authenticator",
-    "Principal",
-    "audit",
-    "check_exposure",
-    "is_loopback",
-]
+@dataclass(frozen=True)
+class AuthToken:
+    """A bearer token and what it may do."""
+
+    token: str
+    """The token itself ("" when only its digest is configured)."""
+    team: str | None
+    """The team it belongs to; None for an admin token of no team."""
+    role: str
+    """reader, writer or admin."""
+    sha256: str = ""
+    """The token's SHA-256 in hex, configured instead of the token (`sha256: …`)."""
+
+
+__all__ = ["ANONYMOUS", "AuthToken", "Authenticator", "Principal", "audit", "is_loopback"]
 
 audit = logging.getLogger("pipewarden.audit")
 """One line for every acknowledgement, silence created or ended, and refused authentication."""
@@ -135,22 +141,3 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def check_exposure(config: Config, insecure: bool) -> str | None:
-    """Why the server must not start as configured, or None. Without tokens there is no
-    authentication, so anything but loopback would let anyone on the network read and write."""
-    if config.tokens or insecure:
-        return None
-    sc = config.server
-    for key, address in (("server.listen", sc.listen), ("server.http_listen", sc.http_listen)):
-        if not address:
-            continue
-        host, _ = parse_hostport(address, key)
-        if not is_loopback(host):
-            return (
-                f"{key} is {address}, which is not a loopback address, and no auth.tokens are "
-                "configured: anyone who can reach it could read and write every team's data. "
-                "Configure auth.tokens, listen on 127.0.0.1, or pass --insecure to accept this."
-            )
-    return None

@@ -28,8 +28,8 @@ NOTIFY_NAMES = ("notify-before-submit",)
 TASK_NAMES = ("alert-tick",)
 """In the long-lived loops (the alert timers' tick), for tests of a task that dies (`:raise`)."""
 PREFETCH_NAMES = ("replay-prefetch",)
-"""In the replay prefetch's child (server/prefetch.py), after it sends an entry: the child dies
-and the server replays the rest alone."""
+"""In the replay prefetch's child (server/partition/prefetch.py), after it sends an entry: the
+child dies and the server replays the rest alone."""
 
 
 class FailpointError(RuntimeError):
