@@ -6,6 +6,8 @@ import math
 import zlib
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pipewarden.server.core.model import CANCELLED, FAILED, SUCCEEDED, Execution
 from pipewarden.server.core.shards import Ring, ShardSet, shard_of
@@ -81,3 +83,43 @@ def test_restore_into_another_window_keeps_the_latest_runs() -> None:
     assert restored is not None
     assert [r[1] for r in restored.ring.runs()] == [2.0, 3.0, 4.0, 5.0]
     assert restored.total == 6
+
+
+def _walk(shards: ShardSet, team: str, size: int) -> list[str]:
+    """Every pipeline id that paging gives, page by page."""
+    out: list[str] = []
+    after = ""
+    while True:
+        page, more = shards.page(team, after, size)
+        out += [p.pipeline_id for p in page]
+        if not more:
+            assert len(page) <= size
+            return out
+        assert len(page) == size
+        after = page[-1].pipeline_id
+
+
+@given(
+    st.lists(
+        st.tuples(st.text(min_size=1, max_size=6), st.sampled_from(["a", "b", "c"])),
+        unique_by=lambda x: x[0],
+        max_size=80,
+    ),
+    st.integers(1, 7),
+)
+def test_paging_walks_every_id_in_order_after_inserts_and_after_restore(
+    pipelines: list[tuple[str, str]], size: int
+) -> None:
+    shards = ShardSet(3, 4)
+    for pid, team in pipelines:  # in no particular order, as pipelines appear
+        shards.create(pid, team)
+    restored = ShardSet(5, 4)  # another shard count: pipelines are re-spread
+    restored.restore(shards.dump())
+    for state in (shards, restored):
+        assert len(state) == len(pipelines)
+        assert _walk(state, "", size) == sorted(pid for pid, _ in pipelines)
+        for team in ("a", "b", "c", "unknown"):
+            mine = sorted(pid for pid, t in pipelines if t == team)
+            assert _walk(state, team, size) == mine
+            assert state.team_pipeline_count(team) == len(mine)
+        assert state.teams() == sorted({t for _, t in pipelines})

@@ -9,12 +9,13 @@ waiting.
 
 from __future__ import annotations
 
-import bisect
 import math
 import sys
 import zlib
 from array import array
 from collections.abc import Iterator
+
+from sortedcontainers import SortedList
 
 from pipewarden.server.core.model import CANCELLED, FAILED, SUCCEEDED, Execution
 from pipewarden.storage.v1 import storage_pb2
@@ -522,8 +523,11 @@ class ShardSet:
     def __init__(self, shards: int, window: int) -> None:
         self.window = window
         self.shards = [Shard(i, window) for i in range(shards)]
-        self._sorted: list[str] = []
-        self._sorted_by_team: dict[str, list[str]] = {}
+        # Sorted lists made for inserts (sortedcontainers: a list of sorted sublists), so that
+        # a new pipeline costs O(log n) and not a shift of every id after it (bisect.insort on
+        # a list: O(n), and O(n²) for a fleet).
+        self._sorted: SortedList[str] = SortedList()
+        self._sorted_by_team: dict[str, SortedList[str]] = {}
         self.index: dict[str, PipelineState] = {}
         """Every pipeline by id, across shards: one lookup on the hot path."""
         self.job: SnapshotJob | None = None
@@ -558,18 +562,22 @@ class ShardSet:
         self.index[pipeline_id] = state
         if self.job is not None:
             state.epoch = self.job.epoch
-        bisect.insort(self._sorted, pipeline_id)
-        bisect.insort(self._sorted_by_team.setdefault(team, []), pipeline_id)
+        self._sorted.add(pipeline_id)
+        by_team = self._sorted_by_team.get(state.team)
+        if by_team is None:
+            by_team = self._sorted_by_team[state.team] = SortedList()
+        by_team.add(pipeline_id)
         return state
 
     def page(self, team: str, after: str, size: int) -> tuple[list[PipelineState], bool]:
         """Up to `size` pipelines with ids after `after`, in id order; and whether more follow."""
-        ids = self._sorted_by_team.get(team, []) if team else self._sorted
-        start = bisect.bisect_right(ids, after) if after else 0
-        chunk = ids[start : start + size]
+        ids = self._sorted_by_team.get(team) if team else self._sorted
+        if ids is None:
+            return [], False
+        start = ids.bisect_right(after) if after else 0
         more = start + size < len(ids)
         states = []
-        for pid in chunk:
+        for pid in ids.islice(start, start + size):
             state = self.get(pid)
             assert state is not None
             states.append(state)
@@ -618,12 +626,13 @@ class ShardSet:
                     state.shard = shard.index
                     state.totals = _add_to_totals(shard, state)
         self.index = {p.pipeline_id: p for p in self.pipelines()}
-        self._sorted = sorted(p.pipeline_id for p in self.pipelines())
+        ids = sorted(self.index)
         by_team: dict[str, list[str]] = {}
         index = self.index
-        for pid in self._sorted:
+        for pid in ids:
             by_team.setdefault(index[pid].team, []).append(pid)
-        self._sorted_by_team = by_team
+        self._sorted = SortedList(ids)
+        self._sorted_by_team = {team: SortedList(part) for team, part in by_team.items()}
 
 
 def _add_to_totals(shard: Shard, p: PipelineState) -> TeamTotals:
