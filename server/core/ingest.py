@@ -246,6 +246,7 @@ class Ingestor:
                 if job is not None:
                     job.preserve(state.shard, state)
             state.last_received = received
+            state.changed = True
             if status == RUNNING:
                 Shard.apply_running(state, e)
                 verdicts[i] = _RUNNING

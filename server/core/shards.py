@@ -13,7 +13,7 @@ import math
 import sys
 import zlib
 from array import array
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from sortedcontainers import SortedList
 
@@ -94,6 +94,7 @@ class PipelineState:
 
     __slots__ = (
         "cancelled",
+        "changed",
         "consecutive_failures",
         "duration_count",
         "duration_sum",
@@ -161,6 +162,8 @@ class PipelineState:
         """How many of its runs the profile has seen (by count of runs, not time)."""
         self.epoch = 0
         """The last snapshot that has this pipeline's state (see SnapshotJob)."""
+        self.changed = True
+        """Changed since the last snapshot began: a delta snapshot holds only these."""
 
     def streak_judged(self) -> None:
         """Mark the failure streak as judged where it stands: thresholds count as crossed
@@ -266,6 +269,7 @@ class Shard:
         totals = state.totals
         status = e.status
         t = e.event_time
+        state.changed = True
         if state.in_flight is not None:
             state.in_flight.pop(e.execution_id, None)
             if not state.in_flight:
@@ -335,6 +339,7 @@ class Shard:
     @staticmethod
     def apply_running(state: PipelineState, e: Execution) -> None:
         """Mark one execution of `state`'s pipeline as in flight."""
+        state.changed = True
         if state.in_flight is None:
             state.in_flight = {}
         elif len(state.in_flight) >= MAX_IN_FLIGHT and e.execution_id not in state.in_flight:
@@ -367,10 +372,19 @@ class Shard:
         return snap
 
     @classmethod
-    def restore(cls, snap: storage_pb2.ShardSnapshot, window: int) -> Shard:
-        """A shard from its snapshot. A ring of another size is refilled into `window` slots."""
+    def restore(
+        cls,
+        snap: storage_pb2.ShardSnapshot,
+        window: int,
+        newer: Sequence[storage_pb2.ShardSnapshot] = (),
+    ) -> Shard:
+        """A shard from its snapshot. A ring of another size is refilled into `window` slots.
+
+        `newer` is the same shard in the delta snapshots written after `snap`, oldest first:
+        the last one's team totals replace `snap`'s, and the latest state of each pipeline
+        wins (in the order the pipelines were first written, as they were made)."""
         shard = cls(snap.index, window)
-        for t in snap.teams:
+        for t in (newer[-1] if newer else snap).teams:
             totals = shard.teams[t.team] = TeamTotals()
             totals.pipelines = t.pipelines
             totals.succeeded = t.succeeded
@@ -380,39 +394,51 @@ class Shard:
             totals.duration_count = t.duration_count
             totals.records_sum = int(t.records_sum or "0")
             totals.failing = t.failing
-        for msg in snap.pipelines:
-            team = sys.intern(msg.team)
-            team_totals = shard.teams.get(team)
-            if team_totals is None:
-                team_totals = shard.teams[team] = TeamTotals()
-            # A ring of size 0 for now: _restore_ring puts the saved arrays in place.
-            p = PipelineState(msg.pipeline_id, team, 0, shard.index, team_totals)
-            p.succeeded = msg.succeeded
-            p.failed = msg.failed
-            p.cancelled = msg.cancelled
-            p.duration_sum = msg.duration_sum
-            p.duration_count = msg.duration_count
-            p.records_sum = int(msg.records_sum or "0")
-            p.last_time = msg.last_time if msg.HasField("last_time") else None
-            p.last_received = msg.last_received if msg.HasField("last_received") else None
-            p.last_status = msg.last_status
-            p.consecutive_failures = msg.consecutive_failures
-            # Judged by the first detection pass after recovery; the alerts logged after the
-            # snapshot mark again what was judged before the stop (see server.recovery).
-            p.peak_failures = p.judged_failures = msg.consecutive_failures
-            p.last_error = msg.last_error
-            p.last_success_time = (
-                msg.last_success_time if msg.HasField("last_success_time") else None
-            )
-            p.in_flight = dict(msg.in_flight) if msg.in_flight else None
-            p.upstream = tuple(msg.upstream)
-            p.labels = dict(msg.labels) if msg.labels else None
-            _restore_ring(p, msg.ring, window)
-            if msg.profile:
-                p.profile = array("f", msg.profile)
-            p.profile_at = msg.profile_at
-            shard.pipelines[p.pipeline_id] = p
+        if newer:
+            latest: dict[str, storage_pb2.PipelineSnapshot] = {}
+            for part in newer:
+                for msg in part.pipelines:
+                    latest[msg.pipeline_id] = msg
+            for msg in snap.pipelines:
+                shard._restore_pipeline(latest.pop(msg.pipeline_id, msg), window)
+            for msg in latest.values():
+                shard._restore_pipeline(msg, window)
+        else:
+            for msg in snap.pipelines:
+                shard._restore_pipeline(msg, window)
         return shard
+
+    def _restore_pipeline(self, msg: storage_pb2.PipelineSnapshot, window: int) -> None:
+        team = sys.intern(msg.team)
+        team_totals = self.teams.get(team)
+        if team_totals is None:
+            team_totals = self.teams[team] = TeamTotals()
+        # A ring of size 0 for now: _restore_ring puts the saved arrays in place.
+        p = PipelineState(msg.pipeline_id, team, 0, self.index, team_totals)
+        p.changed = False
+        p.succeeded = msg.succeeded
+        p.failed = msg.failed
+        p.cancelled = msg.cancelled
+        p.duration_sum = msg.duration_sum
+        p.duration_count = msg.duration_count
+        p.records_sum = int(msg.records_sum or "0")
+        p.last_time = msg.last_time if msg.HasField("last_time") else None
+        p.last_received = msg.last_received if msg.HasField("last_received") else None
+        p.last_status = msg.last_status
+        p.consecutive_failures = msg.consecutive_failures
+        # Judged by the first detection pass after recovery; the alerts logged after the
+        # snapshot mark again what was judged before the stop (see server.recovery).
+        p.peak_failures = p.judged_failures = msg.consecutive_failures
+        p.last_error = msg.last_error
+        p.last_success_time = msg.last_success_time if msg.HasField("last_success_time") else None
+        p.in_flight = dict(msg.in_flight) if msg.in_flight else None
+        p.upstream = tuple(msg.upstream)
+        p.labels = dict(msg.labels) if msg.labels else None
+        _restore_ring(p, msg.ring, window)
+        if msg.profile:
+            p.profile = array("f", msg.profile)
+        p.profile_at = msg.profile_at
+        self.pipelines[p.pipeline_id] = p
 
 
 def dump_pipeline(p: PipelineState) -> storage_pb2.PipelineSnapshot:
@@ -476,16 +502,30 @@ def _restore_ring(p: PipelineState, msg: storage_pb2.RingSnapshot, window: int) 
 class SnapshotJob:
     """A consistent snapshot taken while ingestion goes on: copy-on-write, pipeline by pipeline.
 
-    At the start the team totals are copied and the pipelines listed; the writer then dumps
-    the listed pipelines a chunk at a time, yielding to the event loop in between. A pipeline
-    about to change before its turn is dumped first (`preserve`), so every pipeline is written
-    as it was at the start. Pipelines created later are not in the snapshot (the log has them).
+    At the start the team totals are copied and the pipelines listed (all of them, or for a
+    delta only those changed since the last snapshot began); the writer then dumps the listed
+    pipelines a chunk at a time, yielding to the event loop in between. A pipeline about to
+    change before its turn is dumped first (`preserve`), so every pipeline is written as it was
+    at the start. Pipelines created later are not in the snapshot (the log has them).
     """
 
-    def __init__(self, epoch: int, shards: list[Shard]) -> None:
+    def __init__(self, epoch: int, shards: list[Shard], *, full: bool = True) -> None:
         self.epoch = epoch
+        self.full = full
+        """Every pipeline, or (a delta) only those changed since the last snapshot began."""
         self.teams = [shard.dump_teams() for shard in shards]
-        self._listed = [(shard.index, list(shard.pipelines.values())) for shard in shards]
+        self._listed: list[tuple[int, list[PipelineState]]] = []
+        for shard in shards:
+            listed: list[PipelineState] = []
+            for state in shard.pipelines.values():
+                if full or state.changed:
+                    state.changed = False
+                    listed.append(state)
+                else:
+                    state.epoch = epoch  # already in the snapshots, as it is now
+            self._listed.append((shard.index, listed))
+        self.listed = sum(len(states) for _, states in self._listed)
+        """How many pipelines the snapshot holds."""
         self._preserved: list[tuple[int, storage_pb2.PipelineSnapshot]] = []
 
     def preserve(self, shard_index: int, state: PipelineState) -> None:
@@ -533,12 +573,17 @@ class ShardSet:
         self.job: SnapshotJob | None = None
         """The snapshot being written, if any; writers call job.preserve before a change."""
         self._epoch = 0
+        self.full_next = True
+        """Whether the next snapshot must hold every pipeline: there is none yet to build
+        a delta on (or the pipelines were re-spread over another number of shards)."""
 
-    def begin_snapshot(self) -> SnapshotJob:
-        """Start a snapshot of the state as it is now."""
+    def begin_snapshot(self, *, full: bool = True) -> SnapshotJob:
+        """Start a snapshot of the state as it is now: of every pipeline, or (`full` False)
+        a delta of those changed since the last snapshot began."""
         assert self.job is None, "one snapshot at a time"
         self._epoch += 1
-        self.job = SnapshotJob(self._epoch, self.shards)
+        self.job = SnapshotJob(self._epoch, self.shards, full=full or self.full_next)
+        self.full_next = False
         return self.job
 
     def end_snapshot(self) -> None:
@@ -611,15 +656,26 @@ class ShardSet:
         """Every shard as a snapshot message."""
         return [shard.dump() for shard in self.shards]
 
-    def restore(self, snaps: list[storage_pb2.ShardSnapshot]) -> None:
-        """Replace all state with the snapshots'. Pipelines are re-spread if the shard count
-        changed since the snapshot was taken."""
-        if len(snaps) == len(self.shards) and all(s.index == i for i, s in enumerate(snaps)):
-            self.shards = [Shard.restore(s, self.window) for s in snaps]
+    def restore(
+        self,
+        snaps: list[storage_pb2.ShardSnapshot],
+        deltas: Sequence[list[storage_pb2.ShardSnapshot]] = (),
+    ) -> None:
+        """Replace all state with the snapshots': a whole one, then the deltas written after
+        it, oldest first (each the shards of one delta, by index, as `snaps`). Pipelines are
+        re-spread if the shard count changed since the snapshots were taken."""
+
+        def newer(index: int) -> list[storage_pb2.ShardSnapshot]:
+            return [delta[index] for delta in deltas if index < len(delta)]
+
+        same = len(snaps) == len(self.shards) and all(s.index == i for i, s in enumerate(snaps))
+        self.full_next = not same
+        if same:
+            self.shards = [Shard.restore(s, self.window, newer(i)) for i, s in enumerate(snaps)]
         else:
             self.shards = [Shard(i, self.window) for i in range(len(self.shards))]
-            for snap in snaps:
-                old = Shard.restore(snap, self.window)
+            for i, snap in enumerate(snaps):
+                old = Shard.restore(snap, self.window, newer(i))
                 for pid, state in old.pipelines.items():
                     shard = self.shard_for(pid)
                     shard.pipelines[pid] = state
