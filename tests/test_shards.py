@@ -85,6 +85,40 @@ def test_restore_into_another_window_keeps_the_latest_runs() -> None:
     assert restored.total == 6
 
 
+@pytest.mark.parametrize("runs", [0, 1, 5, 7, 8, 9, 20])
+def test_a_ring_not_yet_full_is_written_as_its_slots_in_use_and_read_back_whole(
+    runs: int,
+) -> None:
+    shards = ShardSet(1, window=8)
+    shard = shards.shard_for("p")
+    state = shards.create("p", "team")
+    for i in range(runs):
+        status = FAILED if i % 3 == 0 else SUCCEEDED
+        shard.apply_terminal(state, _e(f"e{i}", status, float(i), duration=float(i), records=i))
+    (snap,) = shards.dump()
+    ring = snap.pipelines[0].ring
+    assert ring.size == 8 and len(ring.status) == (max(runs, 1) if runs < 8 else 8)
+    assert len(ring.time) == 8 * len(ring.status)
+    expected = state.ring.runs()
+    for window in (8, 4, 16):  # its own size, and the refill a reader without this does
+        again = ShardSet(2, window=window)
+        again.restore([snap])
+        restored = again.get("p")
+        assert restored is not None
+        assert len(restored.ring.status) == window
+        assert restored.ring.runs() == expected[-window:]
+    # Restored into its own size, it goes on as the original does.
+    assert restored is not None
+    again = ShardSet(1, window=8)
+    again.restore([snap])
+    restored = again.get("p")
+    assert restored is not None
+    for ring in (restored.ring, state.ring):
+        ring.push(SUCCEEDED, 1.0, 1, 99.0)
+    assert restored.ring.runs() == state.ring.runs()
+    assert (restored.ring.position, restored.ring.count) == (state.ring.position, state.ring.count)
+
+
 def _walk(shards: ShardSet, team: str, size: int) -> list[str]:
     """Every pipeline id that paging gives, page by page."""
     out: list[str] = []

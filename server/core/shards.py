@@ -443,7 +443,6 @@ class Shard:
 
 def dump_pipeline(p: PipelineState) -> storage_pb2.PipelineSnapshot:
     """One pipeline's whole state as a snapshot message."""
-    ring = p.ring
     msg = storage_pb2.PipelineSnapshot(
         pipeline_id=p.pipeline_id,
         team=p.team,
@@ -457,15 +456,7 @@ def dump_pipeline(p: PipelineState) -> storage_pb2.PipelineSnapshot:
         consecutive_failures=p.consecutive_failures,
         last_error=p.last_error,
         upstream=p.upstream,
-        ring=storage_pb2.RingSnapshot(
-            size=len(ring.status),
-            position=ring.position,
-            count=ring.count,
-            status=ring.status.tobytes(),
-            duration=ring.duration.tobytes(),
-            records=ring.records.tobytes(),
-            time=ring.time.tobytes(),
-        ),
+        ring=_dump_ring(p.ring),
     )
     if p.last_time is not None:
         msg.last_time = p.last_time
@@ -483,6 +474,35 @@ def dump_pipeline(p: PipelineState) -> storage_pb2.PipelineSnapshot:
     return msg
 
 
+def _dump_ring(ring: Ring) -> storage_pb2.RingSnapshot:
+    """A ring as a snapshot message. A ring not yet full is written as its slots in use (the
+    first `count`, oldest first) and read back into its size: a new pipeline's run costs 25
+    bytes, not its whole preallocated ring. A reader that knows nothing of this takes it as a
+    full ring of `count` slots, refilled into its window: the same runs in the same order."""
+    size = len(ring.status)
+    count = ring.count
+    if count < size and ring.position == count:
+        used = max(count, 1)  # a ring of no slot would be a division by zero in Ring.indices
+        return storage_pb2.RingSnapshot(
+            size=size,
+            position=0,
+            count=count,
+            status=ring.status[:used].tobytes(),
+            duration=ring.duration[:used].tobytes(),
+            records=ring.records[:used].tobytes(),
+            time=ring.time[:used].tobytes(),
+        )
+    return storage_pb2.RingSnapshot(
+        size=size,
+        position=ring.position,
+        count=count,
+        status=ring.status.tobytes(),
+        duration=ring.duration.tobytes(),
+        records=ring.records.tobytes(),
+        time=ring.time.tobytes(),
+    )
+
+
 def _restore_ring(p: PipelineState, msg: storage_pb2.RingSnapshot, window: int) -> None:
     saved = p.ring  # the empty ring the pipeline was made with: filled, not made again
     saved.status = array("b", msg.status)
@@ -490,7 +510,18 @@ def _restore_ring(p: PipelineState, msg: storage_pb2.RingSnapshot, window: int) 
     saved.records = array("q", msg.records)
     saved.time = array("d", msg.time)
     saved.position, saved.count = msg.position, msg.count
-    if len(saved.status) == window:
+    used = len(saved.status)
+    if used == window:
+        p.ring = saved
+        return
+    if msg.size == window and used < window and msg.position == 0 and msg.count <= used:
+        # The slots in use of a ring not yet full (see _dump_ring): padded to its size.
+        pad = window - used
+        saved.status.frombytes(bytes(pad))
+        saved.duration.frombytes(bytes(8 * pad))
+        saved.records.frombytes(bytes(8 * pad))
+        saved.time.frombytes(bytes(8 * pad))
+        saved.position = msg.count
         p.ring = saved
         return
     # Another window size since the snapshot: keep the latest runs that fit.
