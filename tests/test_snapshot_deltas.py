@@ -229,3 +229,20 @@ async def test_a_clean_stop_writes_a_delta_and_the_next_start_counts_the_same(
     finally:
         assert third.stop() == 0
     assert "a whole snapshot and 1 deltas" in third.log()
+
+
+async def test_the_pipelines_changed_since_the_last_snapshot_are_counted(tmp_path: Path) -> None:
+    node = Node(tmp_path)
+    await node.open()
+    await node.ingest(request(*runs("a", range(50))))
+    await node.ingest(request(*runs("b", range(5))))
+    assert node.shards.changed == 50  # each pipeline once
+    await node.snapshot()
+    assert node.shards.changed == 0
+    await node.ingest(
+        request(*runs("c", range(2)), *runs("d", range(2)), *runs("e", range(60, 61)))
+    )
+    assert node.shards.changed == 3
+    await node.snapshot()
+    assert pipelines_in(node.store.deltas()[0][2]) == {"p0", "p1", "p60"}
+    await node.close()

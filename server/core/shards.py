@@ -604,6 +604,8 @@ class ShardSet:
         self.job: SnapshotJob | None = None
         """The snapshot being written, if any; writers call job.preserve before a change."""
         self._epoch = 0
+        self.changed = 0
+        """Pipelines changed since the last snapshot began (as ingestion counts them)."""
         self.full_next = True
         """Whether the next snapshot must hold every pipeline: there is none yet to build
         a delta on (or the pipelines were re-spread over another number of shards)."""
@@ -615,6 +617,7 @@ class ShardSet:
         self._epoch += 1
         self.job = SnapshotJob(self._epoch, self.shards, full=full or self.full_next)
         self.full_next = False
+        self.changed = 0
         return self.job
 
     def end_snapshot(self) -> None:
@@ -636,6 +639,7 @@ class ShardSet:
         """Add a pipeline to its shard and to the indexes."""
         state = self.shard_for(pipeline_id).create(pipeline_id, team)
         self.index[pipeline_id] = state
+        self.changed += 1
         if self.job is not None:
             state.epoch = self.job.epoch
         self._sorted.add(pipeline_id)
