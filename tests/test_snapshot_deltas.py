@@ -4,8 +4,11 @@ and a whole snapshot comes back when the deltas have grown."""
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -246,3 +249,45 @@ async def test_the_pipelines_changed_since_the_last_snapshot_are_counted(tmp_pat
     await node.snapshot()
     assert pipelines_in(node.store.deltas()[0][2]) == {"p0", "p1", "p60"}
     await node.close()
+
+
+MAIN = Path(__file__).parent / "data" / "main-3bd02f0"  # written by commit 3bd02f0 (make.py)
+
+
+def facts(node: Node) -> dict[str, Any]:
+    """As make.py's: counts, records, failure streak, ring's runs, runs in flight."""
+    return {
+        p.pipeline_id: [
+            p.succeeded,
+            p.failed,
+            p.cancelled,
+            p.records_sum,
+            p.consecutive_failures,
+            [list(r) for r in p.ring.runs()],
+            sorted(p.in_flight or ()),
+        ]
+        for p in sorted(node.shards.pipelines(), key=lambda p: p.pipeline_id)
+    }
+
+
+async def test_a_data_directory_of_the_release_before_deltas_starts_and_holds_the_same(
+    tmp_path: Path,
+) -> None:
+    expected = json.loads((MAIN / "facts.json").read_text())
+    shutil.copytree(MAIN / "v3", tmp_path / "data")
+    node = Node(tmp_path / "data", segment_bytes=1 << 20)
+    await node.open()
+    assert facts(node) == expected
+    # Its whole snapshot is the base of this release's first delta, which a start reads after it.
+    outcome = await node.ingest(request(run("more-1", "sales.one", "sales", start=T0 + 60)))
+    assert outcome.accepted == 1
+    await node.snapshot()
+    (_, parent, _), *_ = node.store.deltas()
+    assert parent == int(node.store.paths()[0].stem) == 1
+    later = facts(node)
+    await node.close()
+    again = Node(tmp_path / "data", segment_bytes=1 << 20)
+    await again.open()
+    assert facts(again) == later
+    assert later["sales.one"][0] == expected["sales.one"][0] + 1
+    await again.close()
