@@ -4,6 +4,7 @@ and a whole snapshot comes back when the deltas have grown."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import shutil
@@ -157,28 +158,64 @@ async def test_a_whole_snapshot_again_when_the_deltas_have_grown(tmp_path: Path)
     await again.close()
 
 
-async def test_a_snapshot_that_failed_makes_the_next_one_whole(tmp_path: Path) -> None:
+async def test_a_delta_that_failed_or_was_cancelled_leaves_its_pipelines_to_the_next(
+    tmp_path: Path,
+) -> None:
     node = Node(tmp_path)
     await node.open()
-    await node.ingest(request(*runs("a", range(50))))
+    await node.ingest(request(*runs("a", range(1500))))
     await node.snapshot()
     await node.ingest(request(*runs("b", range(3))))
-    # The delta's temporary file cannot be made: the write fails half-way through the
-    # pipelines' flags, and the next snapshot must not build on what it did not write.
-    blocker = node.store.directory / f"{node.wal.last_seq:020d}-{node.wal.last_seq - 1:020d}"
-    blocker = blocker.with_name(blocker.name + ".delta.tmp")
+    # The delta's temporary file cannot be made: the write fails after the pipelines' flags
+    # were taken; the next delta must still hold them.
+    seq = node.wal.last_seq
+    blocker = node.store.directory / f"{seq:020d}-{seq - 1:020d}.delta.tmp"
     blocker.mkdir()
     with pytest.raises(OSError):
         await node.snapshot()
     blocker.rmdir()
+    assert node.shards.changed == 3
+    await node.ingest(request(*runs("c", range(10, 12))))
+    # A stop cancels a snapshot under way (here: once it has begun writing pipelines).
+    await node.ingest(request(*runs("d", range(100, 1400))))
+    task = asyncio.ensure_future(node.snapshot())
+    for _ in range(100_000):
+        if node.shards.job is not None and list(node.store.directory.glob("*.tmp")):
+            break
+        await asyncio.sleep(0)
+    else:
+        raise AssertionError("the snapshot never began writing")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert node.store.deltas() == [] and not list(node.store.directory.glob("*.tmp"))
     await node.snapshot()
-    assert node.store.deltas() == [] and len(node.store.paths()) == 2
+    (_, parent, delta), *_ = node.store.deltas()
+    assert parent == int(node.store.paths()[0].stem)
+    want = {f"p{i}" for i in (*range(3), 10, 11, *range(100, 1400))}
+    assert pipelines_in(delta) == want
     expected = state(node)
     await node.close()
     again = Node(tmp_path)
     await again.open()
     assert state(again) == expected
     await again.close()
+
+
+async def test_a_whole_snapshot_that_failed_makes_the_next_one_whole(tmp_path: Path) -> None:
+    node = Node(tmp_path)
+    await node.open()
+    await node.ingest(request(*runs("a", range(50))))
+    blocker = node.store.directory / f"{node.wal.last_seq:020d}.snap.tmp"
+    blocker.mkdir(parents=True)
+    with pytest.raises(OSError):
+        await node.snapshot()
+    blocker.rmdir()
+    await node.ingest(request(*runs("b", range(3))))
+    await node.snapshot()
+    assert node.store.deltas() == [] and len(node.store.paths()) == 1
+    assert pipelines_in(node.store.paths()[0]) == {f"p{i}" for i in range(50)}
+    await node.close()
 
 
 async def test_a_clean_stop_writes_a_delta_and_the_next_start_counts_the_same(

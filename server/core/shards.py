@@ -559,6 +559,17 @@ class SnapshotJob:
         """How many pipelines the snapshot holds."""
         self._preserved: list[tuple[int, storage_pb2.PipelineSnapshot]] = []
 
+    def abandon(self) -> int:
+        """The snapshot was not written: mark its pipelines changed again, so that the next
+        delta holds them; return how many were not marked already."""
+        count = 0
+        for _, states in self._listed:
+            for state in states:
+                if not state.changed:
+                    state.changed = True
+                    count += 1
+        return count
+
     def preserve(self, shard_index: int, state: PipelineState) -> None:
         """Dump `state` now, before it changes, unless it is already in the snapshot."""
         if state.epoch != self.epoch:
@@ -603,6 +614,8 @@ class ShardSet:
         """Every pipeline by id, across shards: one lookup on the hot path."""
         self.job: SnapshotJob | None = None
         """The snapshot being written, if any; writers call job.preserve before a change."""
+        self.last_job: SnapshotJob | None = None
+        """The snapshot begun last (being written, written or abandoned)."""
         self._epoch = 0
         self.changed = 0
         """Pipelines changed since the last snapshot began (as ingestion counts them)."""
@@ -615,7 +628,9 @@ class ShardSet:
         a delta of those changed since the last snapshot began."""
         assert self.job is None, "one snapshot at a time"
         self._epoch += 1
-        self.job = SnapshotJob(self._epoch, self.shards, full=full or self.full_next)
+        self.job = self.last_job = SnapshotJob(
+            self._epoch, self.shards, full=full or self.full_next
+        )
         self.full_next = False
         self.changed = 0
         return self.job
@@ -623,6 +638,13 @@ class ShardSet:
     def end_snapshot(self) -> None:
         """The snapshot is written (or abandoned)."""
         self.job = None
+
+    def abandon_snapshot(self, job: SnapshotJob) -> None:
+        """`job` was not written (it failed, or was cancelled): what it held counts as
+        changed again. After a whole one, the next snapshot must be whole."""
+        self.changed += job.abandon()
+        if job.full:
+            self.full_next = True
 
     def __len__(self) -> int:
         return len(self._sorted)

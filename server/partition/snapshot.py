@@ -383,9 +383,17 @@ class SnapshotStore:
             return chain.last
         name = _delta_name(seq, chain.last_seq) if delta and chain else _snapshot_name(seq)
         tmp = self.directory / (name + ".tmp")
+        before = shards.last_job
         try:
             path, job = await self._write(seq, shards, seen, event_log, alerts, name, delta)
         except BaseException as e:
+            # What it held is changed again, and the files on disk are as they were: a delta
+            # that failed (or a stop that cancelled it) costs the next one nothing more.
+            begun = shards.last_job
+            if begun is not None and begun is not before:
+                shards.abandon_snapshot(begun)
+                if not begun.full:
+                    self._chain = chain
             # A half-written snapshot must not keep the space that the log needs next.
             with contextlib.suppress(OSError):
                 await asyncio.shield(asyncio.to_thread(_remove, tmp))
