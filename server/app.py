@@ -190,6 +190,7 @@ class App:
         self._server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._snapshot_lock = asyncio.Lock()
+        self._periodic: asyncio.Future[Path | None] | None = None
         self._log_bytes_at_snapshot = 0
         self._snapshot_time = time.monotonic()
         self._closed = False
@@ -411,11 +412,17 @@ class App:
             changed = self.shards.changed >= SNAPSHOT_CHANGED_PIPELINES
             if grown >= sc.snapshot_log_bytes or (due and grown > 0) or changed:
                 try:
-                    await self.snapshot()
+                    # Not cancelled by a stop: a snapshot under way is finished (with ingestion
+                    # stopped, quickly), and the stop's own is then the delta after it.
+                    self._periodic = asyncio.ensure_future(self.snapshot())
+                    await asyncio.shield(self._periodic)
+                    self._periodic = None
                 except DiskError as e:  # the log, on the same disk, would fail next: stop now
+                    self._periodic = None
                     self._log_failed(e)
                     return
                 except (OSError, LogError) as e:
+                    self._periodic = None
                     log.error("snapshot failed: %s", e)
 
     async def _detection_loop(self) -> None:
@@ -552,6 +559,16 @@ class App:
             await self.notifier.close(self.config.server.shutdown_grace_seconds)
         except Exception as e:  # the snapshot and the log's flush must still happen
             log.error("notifiers did not stop cleanly: %s", e)
+        periodic = self._periodic  # a snapshot that the stop found under way (_snapshot_loop)
+        if periodic is not None:
+            if self.failure is not None:  # the state may be half changed: not written
+                periodic.cancel()
+            await asyncio.wait([periodic])
+            error = None if periodic.cancelled() else periodic.exception()
+            if isinstance(error, DiskError):
+                self._log_failed(error)
+            elif error is not None:
+                log.error("snapshot failed: %s", error)
         try:
             if self.failure is None and self._tasks:
                 await self.snapshot()

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import math
 import zlib
+from array import array
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipewarden.server.core.model import CANCELLED, FAILED, SUCCEEDED, Execution
-from pipewarden.server.core.shards import Ring, ShardSet, shard_of
+from pipewarden.server.core.model import CANCELLED, FAILED, RUNNING, SUCCEEDED, Execution
+from pipewarden.server.core.shards import (
+    Ring,
+    ShardSet,
+    dump_pipeline,
+    encode_pipeline,
+    encode_shard_part,
+    shard_of,
+)
+from pipewarden.storage.v1 import storage_pb2
 
 
 def _e(
@@ -157,3 +166,49 @@ def test_paging_walks_every_id_in_order_after_inserts_and_after_restore(
             assert _walk(state, team, size) == mine
             assert state.team_pipeline_count(team) == len(mine)
         assert state.teams() == sorted({t for _, t in pipelines})
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([SUCCEEDED, FAILED, CANCELLED, RUNNING]),
+            st.one_of(st.none(), st.floats(0, 1e6)),
+            st.integers(-(2**40), 2**40),
+            st.floats(-1e10, 1e10),
+        ),
+        max_size=40,
+    ),
+    st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=3),
+    st.lists(st.text(max_size=8), max_size=3),
+    st.text(max_size=20),
+    st.integers(1, 70),
+    st.integers(0, 5),
+)
+def test_a_pipeline_encoded_by_hand_is_the_message_dump_pipeline_makes(
+    events: list[tuple[int, float | None, int, float]],
+    labels: dict[str, str],
+    upstream: list[str],
+    pipeline_id: str,
+    window: int,
+    index: int,
+) -> None:
+    shards = ShardSet(1, window=window)
+    shard = shards.shards[0]
+    state = shards.create(pipeline_id, "tëam")
+    for i, (status, duration, records, t) in enumerate(events):
+        e = Execution(
+            f"e{i}", pipeline_id, "tëam", status, t - 1, t, duration, records,
+            tuple(upstream), labels, "bóom" if status == FAILED else "", t,
+        )  # fmt: skip
+        if status == RUNNING:
+            shard.apply_running(state, e)
+        else:
+            shard.apply_terminal(state, e)
+    if events:
+        state.last_received = events[-1][3]
+        state.profile = array("f", [float(i) for i in range(window)])
+        state.profile_at = len(events)
+    encoded = encode_pipeline(state)
+    assert storage_pb2.PipelineSnapshot.FromString(encoded) == dump_pipeline(state)
+    part = storage_pb2.ShardSnapshot.FromString(encode_shard_part(index, [encoded, encoded]))
+    assert part == storage_pb2.ShardSnapshot(index=index, pipelines=[dump_pipeline(state)] * 2)

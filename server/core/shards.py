@@ -10,6 +10,7 @@ waiting.
 from __future__ import annotations
 
 import math
+import struct
 import sys
 import zlib
 from array import array
@@ -29,6 +30,8 @@ __all__ = [
     "SnapshotJob",
     "TeamTotals",
     "dump_pipeline",
+    "encode_pipeline",
+    "encode_shard_part",
     "shard_of",
 ]
 
@@ -474,6 +477,136 @@ def dump_pipeline(p: PipelineState) -> storage_pb2.PipelineSnapshot:
     return msg
 
 
+_DOUBLE = struct.Struct("<d")
+
+
+def _varint(out: bytearray, n: int) -> None:
+    if n < 0:
+        n += 1 << 64  # int64 and int32 alike: ten bytes, two's complement
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+
+
+def _bytes_field(out: bytearray, tag: int, data: bytes) -> None:
+    out.append(tag)
+    _varint(out, len(data))
+    out += data
+
+
+def _text_field(out: bytearray, tag: int, text: str) -> None:
+    _bytes_field(out, tag, text.encode())
+
+
+def _set(x: float) -> bool:
+    """Whether protobuf writes the double `x` in a field without presence: -0.0 it does."""
+    return x != 0.0 or math.copysign(1.0, x) < 0
+
+
+def _int_field(out: bytearray, tag: int, n: int) -> None:
+    if n:
+        out.append(tag)
+        _varint(out, n)
+
+
+def encode_pipeline(p: PipelineState) -> bytes:
+    """dump_pipeline's message in the protobuf wire format, encoded here (several times faster
+    than building the message: a snapshot of a large fleet spends its time on this)."""
+    out = bytearray()
+    _text_field(out, 0x0A, p.pipeline_id)  # 1
+    if p.team:
+        _text_field(out, 0x12, p.team)  # 2
+    _int_field(out, 0x18, p.succeeded)  # 3
+    _int_field(out, 0x20, p.failed)  # 4
+    _int_field(out, 0x28, p.cancelled)  # 5
+    if _set(p.duration_sum):
+        out.append(0x31)  # 6
+        out += _DOUBLE.pack(p.duration_sum)
+    _int_field(out, 0x38, p.duration_count)  # 7
+    _text_field(out, 0x42, str(p.records_sum))  # 8
+    if p.last_time is not None:
+        out.append(0x49)  # 9
+        out += _DOUBLE.pack(p.last_time)
+    _int_field(out, 0x50, p.last_status)  # 10
+    _int_field(out, 0x58, p.consecutive_failures)  # 11
+    if p.last_error:
+        _text_field(out, 0x62, p.last_error)  # 12
+    if p.last_success_time is not None:
+        out.append(0x69)  # 13
+        out += _DOUBLE.pack(p.last_success_time)
+    if p.in_flight:
+        for eid, t in p.in_flight.items():  # 14: entries of key 1, value 2
+            entry = bytearray()
+            _text_field(entry, 0x0A, eid)
+            if _set(t):
+                entry.append(0x11)
+                entry += _DOUBLE.pack(t)
+            _bytes_field(out, 0x72, bytes(entry))
+    for up in p.upstream:
+        _text_field(out, 0x7A, up)  # 15
+    if p.labels:
+        for k, v in p.labels.items():  # 16 (two-byte tag)
+            entry = bytearray()
+            _text_field(entry, 0x0A, k)
+            if v:
+                _text_field(entry, 0x12, v)
+            out += b"\x82\x01"
+            _varint(out, len(entry))
+            out += entry
+    ring = bytearray()
+    _encode_ring(ring, p.ring)
+    out += b"\x8a\x01"  # 17
+    _varint(out, len(ring))
+    out += ring
+    if p.profile is not None and len(p.profile):
+        out += b"\x92\x01"  # 18
+        data = p.profile.tobytes()
+        _varint(out, len(data))
+        out += data
+    if p.profile_at:
+        out += b"\x98\x01"  # 19
+        _varint(out, p.profile_at)
+    if p.last_received is not None:
+        out += b"\xa1\x01"  # 20
+        out += _DOUBLE.pack(p.last_received)
+    return bytes(out)
+
+
+def _encode_ring(out: bytearray, ring: Ring) -> None:
+    """_dump_ring's message in the wire format."""
+    size = len(ring.status)
+    count = ring.count
+    position = ring.position
+    used = size
+    if count < size and position == count:
+        used = max(count, 1)
+        position = 0
+    _int_field(out, 0x08, size)
+    _int_field(out, 0x10, position)
+    _int_field(out, 0x18, count)
+    if used == size:
+        if size:
+            _bytes_field(out, 0x22, ring.status.tobytes())
+            _bytes_field(out, 0x2A, ring.duration.tobytes())
+            _bytes_field(out, 0x32, ring.records.tobytes())
+            _bytes_field(out, 0x3A, ring.time.tobytes())
+    else:
+        _bytes_field(out, 0x22, ring.status[:used].tobytes())
+        _bytes_field(out, 0x2A, ring.duration[:used].tobytes())
+        _bytes_field(out, 0x32, ring.records[:used].tobytes())
+        _bytes_field(out, 0x3A, ring.time[:used].tobytes())
+
+
+def encode_shard_part(index: int, pipelines: list[bytes]) -> bytes:
+    """A ShardSnapshot of the shard `index` and the encoded `pipelines`, in the wire format."""
+    out = bytearray()
+    _int_field(out, 0x08, index)
+    for data in pipelines:
+        _bytes_field(out, 0x12, data)
+    return bytes(out)
+
+
 def _dump_ring(ring: Ring) -> storage_pb2.RingSnapshot:
     """A ring as a snapshot message. A ring not yet full is written as its slots in use (the
     first `count`, oldest first) and read back into its size: a new pipeline's run costs 25
@@ -557,7 +690,7 @@ class SnapshotJob:
             self._listed.append((shard.index, listed))
         self.listed = sum(len(states) for _, states in self._listed)
         """How many pipelines the snapshot holds."""
-        self._preserved: list[tuple[int, storage_pb2.PipelineSnapshot]] = []
+        self._preserved: list[tuple[int, bytes]] = []
 
     def abandon(self) -> int:
         """The snapshot was not written: mark its pipelines changed again, so that the next
@@ -574,16 +707,17 @@ class SnapshotJob:
         """Dump `state` now, before it changes, unless it is already in the snapshot."""
         if state.epoch != self.epoch:
             state.epoch = self.epoch
-            self._preserved.append((shard_index, dump_pipeline(state)))
+            self._preserved.append((shard_index, encode_pipeline(state)))
 
-    def chunks(self, size: int) -> Iterator[tuple[int, list[storage_pb2.PipelineSnapshot]]]:
-        """(shard index, up to `size` pipelines) until every listed pipeline is out."""
+    def chunks(self, size: int) -> Iterator[tuple[int, list[bytes]]]:
+        """(shard index, up to `size` pipelines, each a PipelineSnapshot encoded) until every
+        listed pipeline is out."""
         for index, states in self._listed:
-            batch: list[storage_pb2.PipelineSnapshot] = []
+            batch: list[bytes] = []
             for state in states:
                 if state.epoch != self.epoch:
                     state.epoch = self.epoch
-                    batch.append(dump_pipeline(state))
+                    batch.append(encode_pipeline(state))
                     if len(batch) >= size:
                         yield index, batch
                         batch = []
@@ -593,7 +727,7 @@ class SnapshotJob:
                 yield index, batch
         yield from self._drain()
 
-    def _drain(self) -> Iterator[tuple[int, list[storage_pb2.PipelineSnapshot]]]:
+    def _drain(self) -> Iterator[tuple[int, list[bytes]]]:
         preserved, self._preserved = self._preserved, []
         for index, msg in preserved:
             yield index, [msg]

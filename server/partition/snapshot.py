@@ -54,7 +54,7 @@ from pipewarden.server.core.dedup import (
     SeenExecutions,
     legacy_key,
 )
-from pipewarden.server.core.shards import ShardSet, SnapshotJob
+from pipewarden.server.core.shards import ShardSet, SnapshotJob, encode_shard_part
 from pipewarden.server.storage.descriptors import open_file
 from pipewarden.server.storage.eventlog import EventLog
 from pipewarden.server.storage.readonly import mapped
@@ -71,6 +71,10 @@ HEADER = struct.Struct("<8sIIQI4x")  # magic, version, reserved, seq, crc, pad
 FRAME = struct.Struct("<IIB")  # length of the message, crc of kind + message, kind
 TEAMS, PIPELINES, SEEN, END, ALERTS, IDS, IDS_PART = 1, 2, 3, 4, 5, 6, 7
 CHUNK_PIPELINES = 500
+SLICE_SECONDS = 0.01
+"""How long the writer works before it lets ingestion in: about what one request of a thousand
+events takes, so that a snapshot keeps its share of the loop while ingestion saturates it (with
+a turn per chunk, it had a few percent, and a stop found most of it still to write)."""
 FLUSH_BYTES = 1 << 20
 PART_BYTES = 8 << 20
 MAX_DELTAS = 8
@@ -453,20 +457,24 @@ class SnapshotStore:
                 if alerting is not None:
                     buffer += _frame(ALERTS, alerting.SerializeToString())
                 pipelines = 0
+                turn = time.perf_counter()
                 for index, batch in job.chunks(CHUNK_PIPELINES):
-                    part = storage_pb2.ShardSnapshot(index=index, pipelines=batch)
-                    buffer += _frame(PIPELINES, part.SerializeToString())
+                    buffer += _frame(PIPELINES, encode_shard_part(index, batch))
                     pipelines += len(batch)
                     if len(buffer) >= FLUSH_BYTES:
                         await loop.run_in_executor(None, _write_all, fd, bytes(buffer))
                         buffer.clear()
                         failpoints.hit("snapshot-mid-write")
-                    await asyncio.sleep(0)  # let ingestion in between chunks
+                    if time.perf_counter() - turn >= SLICE_SECONDS:
+                        await asyncio.sleep(0)  # let ingestion in between slices
+                        turn = time.perf_counter()
                 if buffer:
                     await loop.run_in_executor(None, _write_all, fd, bytes(buffer))
                     buffer.clear()
                 for _ in ids_builder.steps():
-                    await asyncio.sleep(0)  # let ingestion in between slices
+                    if time.perf_counter() - turn >= SLICE_SECONDS:
+                        await asyncio.sleep(0)  # let ingestion in between slices
+                        turn = time.perf_counter()
                 image = ids_builder.result
                 for head, piece in _ids_frames(image):
                     await loop.run_in_executor(None, _write_pair, fd, head, piece)
