@@ -1,0 +1,133 @@
+"""The wheel, with the hot path compiled by mypyc where it can be (as black and mypy ship theirs).
+
+Everything about the project is in pyproject.toml; this file adds one step to `build_ext`: the
+modules of the hot path (`pipewarden.server.core`, the names in HOT_PATH, as in
+server/core/compiled.py) are compiled with mypyc into extension modules that sit beside their
+sources and win the import. Where that cannot be done (no working C compiler, mypyc missing, or
+PIPEWARDEN_PURE_PYTHON set) the wheel is pure Python, and the build says why in one line starting
+"pipewarden: hot path". The reason is also kept in the package (`hot_path.json`), so that the
+server's start line can say it. An editable install (`make dev`) compiles nothing: `make`
+compiles the hot path into build/mypyc/, where an edited source is never shadowed by a stale build.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from setuptools import setup
+from setuptools.command.build_ext import build_ext
+from setuptools.dist import Distribution
+
+HOT_PATH = ("model", "validation", "dedup", "shards", "wire", "ingest")
+"""The compiled modules of pipewarden.server.core (server/core/compiled.py names the same)."""
+PACKAGE = "pipewarden/server/core"
+"""Through the pipewarden/server link, so that mypyc names the modules pipewarden.server.core.*"""
+RECORD = "hot_path.json"
+"""Written beside the modules in a pure-Python build: why it is one."""
+PURE_ENV = "PIPEWARDEN_PURE_PYTHON"
+
+
+class HotPathDistribution(Distribution):
+    """A distribution that has extension modules until the build finds it cannot make them
+    (then the wheel is pure Python, tagged py3-none-any)."""
+
+    compiling = True
+
+    def has_ext_modules(self) -> bool:
+        return self.compiling
+
+
+class BuildHotPath(build_ext):
+    """build_ext that compiles the hot path with mypyc, or says why it does not."""
+
+    def run(self) -> None:
+        why = self._why_not()
+        if why is None:
+            try:
+                # Set up again with the extensions, which exist only now.
+                self.distribution.ext_modules = self._mypycify()
+                self.initialize_options()
+                self.finalize_options()
+                super().run()
+            except Exception as e:  # mypyc's or the compiler's failure: build pure Python
+                why = f"the build failed ({type(e).__name__}: {_first_line(e)})"
+                self._remove_outputs()
+        if why is None:
+            print(f"pipewarden: hot path compiled with mypyc ({', '.join(HOT_PATH)})")
+            return
+        print(f"pipewarden: hot path pure Python: {why}", file=sys.stderr)
+        self._pure_python(why)
+
+    def _why_not(self) -> str | None:
+        """Why the hot path cannot be compiled here, before trying; None when it can be."""
+        if self.editable_mode:
+            return "an editable install (make compiles the hot path into build/mypyc/)"
+        if os.environ.get(PURE_ENV):
+            return f"{PURE_ENV} was set when it was built"
+        try:
+            import mypyc.build  # noqa: F401
+        except ImportError:
+            return "mypyc was not installed when it was built (pip install mypy)"
+        return _no_c_compiler()
+
+    def _mypycify(self) -> list[Any]:
+        from mypyc.build import mypycify
+
+        temp = Path(self.build_temp)
+        sources = [f"{PACKAGE}/{name}.py" for name in HOT_PATH]
+        # mypy's cache and the generated C in the build's own temporary directory.
+        options = ["--cache-dir", str(temp / "mypy-cache")]
+        extensions: list[Any] = mypycify(
+            options + sources, opt_level="3", target_dir=str(temp / "mypyc")
+        )
+        return extensions
+
+    def _remove_outputs(self) -> None:
+        for extension in self.distribution.ext_modules or []:
+            Path(self.get_ext_fullpath(extension.name)).unlink(missing_ok=True)
+        self.distribution.ext_modules = self.extensions = []
+
+    def _pure_python(self, why: str) -> None:
+        distribution = self.distribution
+        assert isinstance(distribution, HotPathDistribution)
+        distribution.compiling = False
+        wheel = distribution.command_obj.get("bdist_wheel")
+        if wheel is not None:
+            wheel.root_is_pure = True
+        if not self.editable_mode:
+            record = Path(self.build_lib, PACKAGE, RECORD)
+            record.parent.mkdir(parents=True, exist_ok=True)
+            record.write_text(json.dumps({"compiled": False, "why": why}) + "\n")
+
+
+def _no_c_compiler() -> str | None:
+    """Why the C compiler that build_ext would use cannot build an extension; None when it can."""
+    from setuptools._distutils import ccompiler, sysconfig
+    from setuptools._distutils.errors import CCompilerError, DistutilsError
+
+    compiler: Any = ccompiler.new_compiler()
+    sysconfig.customize_compiler(compiler)
+    with tempfile.TemporaryDirectory(prefix="pipewarden-cc-") as tmp:
+        probe = Path(tmp, "probe.c")
+        probe.write_text("#include <Python.h>\nint pipewarden_probe(void) { return 0; }\n")
+        try:
+            compiler.compile(
+                [str(probe)], output_dir=tmp, include_dirs=[sysconfig.get_python_inc()]
+            )
+        except (CCompilerError, DistutilsError, OSError) as e:
+            cc = os.environ.get("CC") or compiler.compiler_so[0]
+            return f"no working C compiler ({cc}: {_first_line(e)})"
+    return None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+setup(distclass=HotPathDistribution, cmdclass={"build_ext": BuildHotPath})
