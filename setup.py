@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import tempfile
+from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,14 @@ class BuildHotPath(build_ext):
         if wheel is not None:
             wheel.root_is_pure = True
         if not self.editable_mode:
+            # An earlier build's extension modules in the same build directory would win over
+            # the sources: not in a pure-Python wheel.
+            for suffix in EXTENSION_SUFFIXES:
+                for stale in [
+                    *Path(self.build_lib).glob(f"*__mypyc{suffix}"),
+                    *(Path(self.build_lib, PACKAGE, name + suffix) for name in HOT_PATH),
+                ]:
+                    stale.unlink(missing_ok=True)
             record = Path(self.build_lib, PACKAGE, RECORD)
             record.parent.mkdir(parents=True, exist_ok=True)
             record.write_text(json.dumps({"compiled": False, "why": why}) + "\n")
