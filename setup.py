@@ -117,7 +117,6 @@ class BuildHotPath(build_ext):
 def _no_c_compiler() -> str | None:
     """Why the C compiler that build_ext would use cannot build an extension; None when it can."""
     from setuptools._distutils import ccompiler, sysconfig
-    from setuptools._distutils.errors import CCompilerError, DistutilsError
 
     compiler: Any = ccompiler.new_compiler()
     sysconfig.customize_compiler(compiler)
@@ -128,7 +127,7 @@ def _no_c_compiler() -> str | None:
             compiler.compile(
                 [str(probe)], output_dir=tmp, include_dirs=[sysconfig.get_python_inc()]
             )
-        except (CCompilerError, DistutilsError, OSError) as e:
+        except Exception as e:  # distutils' errors, of whichever copy of distutils is in use
             cc = os.environ.get("CC") or compiler.compiler_so[0]
             return f"no working C compiler ({cc}: {_first_line(e)})"
     return None
