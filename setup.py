@@ -81,8 +81,9 @@ class BuildHotPath(build_ext):
 
         temp = Path(self.build_temp)
         sources = [f"{PACKAGE}/{name}.py" for name in HOT_PATH]
-        # mypy's cache and the generated C in the build's own temporary directory.
-        options = ["--cache-dir", str(temp / "mypy-cache")]
+        # Module names from this directory down, even when it lies inside another package (a
+        # tree under bench/out/, say); mypy's cache and the C in the build's temporary directory.
+        options = ["--explicit-package-bases", "--cache-dir", str(temp / "mypy-cache")]
         extensions: list[Any] = mypycify(
             options + sources, opt_level="3", target_dir=str(temp / "mypyc")
         )
