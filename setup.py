@@ -82,10 +82,11 @@ class BuildHotPath(build_ext):
         temp = Path(self.build_temp)
         sources = [f"{PACKAGE}/{name}.py" for name in HOT_PATH]
         # Module names from this directory down, even when it lies inside another package (a
-        # tree under bench/out/, say). The runtime dependencies are not installed in an isolated
-        # build: mypy sees them as Any, which changes no compiled module (they call into them
-        # as into any Python object); the protobuf messages they read are typed by the stubs
-        # in the build requirements. mypy's cache and the C in the build's temporary directory.
+        # tree under bench/out/, say). Most runtime dependencies are not installed in an
+        # isolated build: mypy sees them as Any, which changes no compiled module (they call
+        # into them as into any Python object); what the hot path calls directly is in the build
+        # requirements (pyproject.toml), so the C is the same as `make` compiles in a development
+        # tree. mypy's cache and the C in the build's temporary directory.
         options = [
             "--explicit-package-bases",
             "--ignore-missing-imports",
