@@ -10,6 +10,7 @@ dependencies into a new virtual environment.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -196,3 +197,16 @@ def _wait_serving(channel: grpc.Channel, server: subprocess.Popen[bytes], output
         except grpc.RpcError:
             time.sleep(0.1)
     pytest.fail(f"the installed server did not serve within 30 s:\n{output.read_text()}")
+
+
+def test_the_docker_image_compiles_in_its_build_stage_and_checks_it_runs_compiled() -> None:
+    """No image is built here (tests/test_deploy.py says why); the build stage does what the
+    fixtures above do, with the compiler it installs, and the final stage refuses a wheel whose
+    hot path is not compiled."""
+    build_stage, final_stage = (ROOT / "Dockerfile").read_text().split("\nFROM ")[1:]
+    compiler = build_stage.index("apt-get install")
+    assert "gcc" in build_stage[compiler:].splitlines()[0]
+    copied = re.findall(r"^COPY (?!--from)(.+?) \S+$", build_stage, re.M)
+    assert {"pyproject.toml", "setup.py"} <= {name for line in copied for name in line.split()}
+    assert compiler < build_stage.index("pip wheel")
+    assert "c.status() != c.COMPILED" in final_stage.replace("\\\n", "")
