@@ -1,8 +1,8 @@
 """The wheel, with the hot path compiled by mypyc where it can be (as black and mypy ship theirs).
 
 Everything about the project is in pyproject.toml; this file adds one step to `build_ext`: the
-modules of the hot path (`pipewarden.server.core`, the names in HOT_PATH, as in
-server/core/compiled.py) are compiled with mypyc into extension modules that sit beside their
+modules of the hot path (`pipewarden.server.core`, the names that server/core/compiled.py
+lists) are compiled with mypyc into extension modules that sit beside their
 sources and win the import. Where that cannot be done (no working C compiler, mypyc missing, or
 PIPEWARDEN_PURE_PYTHON set) the wheel is pure Python, and the build says why in one line starting
 "pipewarden: hot path". The reason is also kept in the package (`hot_path.json`), so that the
@@ -12,25 +12,41 @@ compiles the hot path into build/mypyc/, where an edited source is never shadowe
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import re
 import sys
 import tempfile
 from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
 from setuptools.dist import Distribution
 
-HOT_PATH = ("model", "validation", "dedup", "shards", "wire", "ingest")
-"""The compiled modules of pipewarden.server.core (server/core/compiled.py names the same)."""
 PACKAGE = "pipewarden/server/core"
 """Through the pipewarden/server link, so that mypyc names the modules pipewarden.server.core.*"""
-RECORD = "hot_path.json"
+
+
+def _compiled() -> ModuleType:
+    """server/core/compiled.py, which says what is compiled and how a build is recorded, read
+    alone: it needs the standard library only, and the build has none of our dependencies."""
+    spec = importlib.util.spec_from_file_location("_pipewarden_compiled", f"{PACKAGE}/compiled.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_COMPILED = _compiled()
+HOT_PATH: tuple[str, ...] = _COMPILED.MODULES
+"""The modules of pipewarden.server.core to compile."""
+RECORD: str = _COMPILED.RECORD
 """Written beside the modules in a pure-Python build: why it is one."""
-PURE_ENV = "PIPEWARDEN_PURE_PYTHON"
+PURE_ENV: str = _COMPILED.PURE_ENV
 
 
 class HotPathDistribution(Distribution):
@@ -139,7 +155,9 @@ def _no_c_compiler() -> str | None:
             )
         except Exception as e:  # distutils' errors, of whichever copy of distutils is in use
             cc = os.environ.get("CC") or compiler.compiler_so[0]
-            return f"no working C compiler ({cc}: {_first_line(e)})"
+            # distutils names the whole command line; the compiler and the outcome say enough.
+            outcome = re.sub(r"^Command '\[.*\]' ", "", _first_line(e)).rstrip(".")
+            return f"no working C compiler ({cc}: {outcome})"
     return None
 
 

@@ -8,16 +8,20 @@ speed hurts no side more). The figures to watch are ratios taken round by round,
 median: ingest path / sink (target 0.5) and detectors on / off (target 0.8: detection may cost
 at most a fifth of the throughput). The absolute rates are context.
 
-At 1,000 executions a request a fourth server takes its turn in the same rotation: Pipewarden as
-users install it, a wheel of the current tree (built with pip, so with the hot path compiled by
-mypyc where a C compiler is) in its own virtual environment under bench/out/wheel/, detection
-off. Its figure is the ratio installed wheel / development tree (target 1.0: what users install
-runs no slower than a `make`-built checkout).
+At 1,000 executions a request, every round also sends the same requests to Pipewarden as users
+install it, a wheel of the current tree (built with pip, so with the hot path compiled by mypyc
+where a C compiler is) in its own virtual environment under bench/out/wheel/, detection off, and
+once more to the development tree's server, the two back to back in alternating order, after
+every server has gone quiet (the detecting server goes on evaluating after its run). The figure
+is the ratio installed wheel / development tree, round by round, then the median (target 1.0:
+what users install runs no slower than a `make`-built checkout).
 """
 
 from __future__ import annotations
 
 import statistics
+import time
+from collections.abc import Iterable
 from typing import Any
 
 from bench import loadgen, wheel
@@ -43,6 +47,10 @@ LABELS = ("sink", "pipewarden", "detecting")
 WHEEL_SIZE = 1000
 """The request size at which the installed wheel runs beside the development tree."""
 WHEEL_TARGET = Target(">=", 1.0)
+QUIET_CPU = 0.05
+"""A server counts as quiet below this share of a CPU."""
+QUIET_WITHIN = 15.0
+"""How long to wait at most for the servers to go quiet before the wheel's pair of runs."""
 PROFILE_SECONDS = 8.0
 """How long the extra run under py-spy (--profile) should take."""
 
@@ -125,15 +133,14 @@ def run(ctx: Context) -> SectionResult:
         for server in servers.values():
             measure(worker, server, "warmup", max_seconds)
         for size in SIZES:
-            labels = (*LABELS, "wheel") if size == WHEEL_SIZE else LABELS
-            runs: dict[str, list[dict[str, Any]]] = {label: [] for label in labels}
+            runs: dict[str, list[dict[str, Any]]] = {label: [] for label in LABELS}
             ratios: list[float] = []
             detection_ratios: list[float] = []
             wheel_ratios: list[float] = []
             for r in range(rounds):
                 built = worker.call(build, size, events[size], size * 1000 + r)
-                order = [(label, servers[label]) for label in labels]
-                order = order[r % len(order) :] + order[: r % len(order)]
+                order = [(label, servers[label]) for label in LABELS]
+                order = order[r % 3 :] + order[: r % 3]
                 rates = {}
                 for label, server in order:
                     out = measure(worker, server, "requests", max_seconds)
@@ -143,11 +150,18 @@ def run(ctx: Context) -> SectionResult:
                 ratios.append(rates["pipewarden"] / rates["sink"])
                 detection_ratios.append(rates["detecting"] / rates["pipewarden"])
                 installed_rate = ""
-                if "wheel" in rates:
-                    wheel_ratios.append(rates["wheel"] / rates["pipewarden"])
+                if size == WHEEL_SIZE:
+                    pair = [("dev", full), ("wheel", installed)][:: 1 if r % 2 == 0 else -1]
+                    quiet = _quiet(servers.values())
+                    for label, server in pair:
+                        out = measure(worker, server, "requests", max_seconds)
+                        out.update(quiet_after_seconds=quiet)
+                        runs.setdefault(label, []).append(out)
+                        rates[label] = out["events_per_second"]
+                    wheel_ratios.append(rates["wheel"] / rates["dev"])
                     installed_rate = (
-                        f", installed wheel {rates['wheel']:,.0f}/s "
-                        f"(wheel/dev {wheel_ratios[-1]:.2f})"
+                        f"; then dev {rates['dev']:,.0f}/s, installed wheel "
+                        f"{rates['wheel']:,.0f}/s (wheel/dev {wheel_ratios[-1]:.2f})"
                     )
                 ctx.log(
                     f"ingest x{size} round {r + 1}/{rounds}: sink {rates['sink']:,.0f}/s, "
@@ -167,6 +181,18 @@ def run(ctx: Context) -> SectionResult:
     return res
 
 
+def _quiet(servers: Iterable[ServerProcess]) -> float:
+    """Wait until every server uses less than QUIET_CPU of a CPU (or QUIET_WITHIN seconds have
+    passed); return the seconds waited."""
+    began = time.monotonic()
+    while time.monotonic() - began < QUIET_WITHIN:
+        before = [(server, server.cpu_seconds()) for server in servers]
+        time.sleep(0.25)
+        if all(server.cpu_seconds() - cpu < QUIET_CPU * 0.25 for server, cpu in before):
+            break
+    return time.monotonic() - began
+
+
 def hot_path(server: ServerProcess) -> str:
     """What the server's start line says runs its hot path ("compiled with mypyc", ...)."""
     for line in server.log_tail(200).splitlines():
@@ -182,25 +208,26 @@ def _report_wheel(
     wheel_ratios: list[float],
     hot_paths: dict[str, str],
 ) -> None:
-    rates = [r["events_per_second"] for r in runs["wheel"]]
-    cpu = statistics.median(r["server_cpu"] for r in runs["wheel"])
     summary = res.details["sizes"][str(size)]
-    summary["wheel"] = {"median": statistics.median(rates), "best": max(rates), "cpu": cpu}
     summary["wheel_ratios"] = wheel_ratios
-    res.add(
-        f"installed wheel (detection off) events/s, {size:,} exec/request",
-        statistics.median(rates),
-        "events/s",
-        note=f"median of {len(rates)}; best {max(rates):,.0f}; server CPU {cpu:.0%}; "
-        f"hot path {hot_paths['installed wheel']}",
-    )
+    names = {"dev": "development tree", "wheel": "installed wheel"}
+    for label in ("dev", "wheel"):
+        rates = [r["events_per_second"] for r in runs[label]]
+        cpu = statistics.median(r["server_cpu"] for r in runs[label])
+        summary[label] = {"median": statistics.median(rates), "best": max(rates), "cpu": cpu}
+        res.add(
+            f"{names[label]} (detection off) events/s, {size:,} exec/request, paired",
+            statistics.median(rates),
+            "events/s",
+            note=f"median of {len(rates)}; best {max(rates):,.0f}; server CPU {cpu:.0%}; "
+            f"hot path {hot_paths[names[label]]}",
+        )
     res.add(
         f"ratio installed wheel/development tree, {size:,} exec/request",
         statistics.median(wheel_ratios),
         "ratio",
         WHEEL_TARGET,
-        note=f"median of paired rounds {', '.join(f'{x:.2f}' for x in wheel_ratios)}; "
-        f"development tree's hot path {hot_paths['development tree']}",
+        note=f"median of paired rounds {', '.join(f'{x:.2f}' for x in wheel_ratios)}",
     )
 
 
