@@ -8,11 +8,12 @@ speed hurts no side more). The figures to watch are ratios taken round by round,
 median: ingest path / sink (target 0.5) and detectors on / off (target 0.8: detection may cost
 at most a fifth of the throughput). The absolute rates are context.
 
-At 1,000 executions a request, every round also sends the same requests to Pipewarden as users
-install it, a wheel of the current tree (built with pip, so with the hot path compiled by mypyc
-where a C compiler is) in its own virtual environment under bench/out/wheel/, detection off, and
-once more to the development tree's server, the two back to back in alternating order, after
-every server has gone quiet (the detecting server goes on evaluating after its run). The figure
+At 1,000 executions a request, every round also sends a second set of requests to Pipewarden
+as users install it, a wheel of the current tree (built with pip, so with the hot path compiled
+by mypyc where a C compiler is) in its own virtual environment under bench/out/wheel/, detection
+off, and to a development tree's server that has seen the same requests since it started, the
+two back to back in alternating order, after every server has gone quiet (the detecting server
+goes on evaluating after its run). The figure
 is the ratio installed wheel / development tree, round by round, then the median (target 1.0:
 what users install runs no slower than a `make`-built checkout).
 """
@@ -123,13 +124,20 @@ def run(ctx: Context) -> SectionResult:
         ctx.sink("ingest-sink") as sink,
         ctx.pipewarden("ingest-pipewarden", NO_DETECTION) as full,
         ctx.pipewarden("ingest-detecting") as detecting,
+        ctx.pipewarden("ingest-dev", NO_DETECTION) as dev,
         ctx.pipewarden("ingest-wheel", NO_DETECTION, bin_dir=wheel_bin) as installed,
     ):
-        hot_paths = {"development tree": hot_path(full), "installed wheel": hot_path(installed)}
+        hot_paths = {"development tree": hot_path(dev), "installed wheel": hot_path(installed)}
         res.details["hot_path"] = hot_paths
         ctx.log(f"hot path: {hot_paths}")
         worker.call(setup, PIPELINES)
-        servers = {"sink": sink, "pipewarden": full, "detecting": detecting, "wheel": installed}
+        servers = {
+            "sink": sink,
+            "pipewarden": full,
+            "detecting": detecting,
+            "dev": dev,
+            "wheel": installed,
+        }
         for server in servers.values():
             measure(worker, server, "warmup", max_seconds)
         for size in SIZES:
@@ -151,7 +159,8 @@ def run(ctx: Context) -> SectionResult:
                 detection_ratios.append(rates["detecting"] / rates["pipewarden"])
                 installed_rate = ""
                 if size == WHEEL_SIZE:
-                    pair = [("dev", full), ("wheel", installed)][:: 1 if r % 2 == 0 else -1]
+                    pair = [("dev", dev), ("wheel", installed)][:: 1 if r % 2 == 0 else -1]
+                    worker.call(build, size, events[size], size * 1000 + 500 + r)
                     quiet = _quiet(servers.values())
                     for label, server in pair:
                         out = measure(worker, server, "requests", max_seconds)
