@@ -29,7 +29,16 @@ from importlib.machinery import EXTENSION_SUFFIXES, ExtensionFileLoader, ModuleS
 from pathlib import Path
 from types import ModuleType
 
-__all__ = ["BUILD_DIR", "MODULES", "activate", "manifest", "status"]
+__all__ = [
+    "BUILD_DIR",
+    "COMPILED",
+    "MODULES",
+    "PURE_ENV",
+    "RECORD",
+    "activate",
+    "manifest",
+    "status",
+]
 
 MODULES = ("model", "validation", "dedup", "shards", "wire", "ingest")
 """The compiled modules, all of the `core` room (pipewarden.server.core)."""
