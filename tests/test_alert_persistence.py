@@ -204,6 +204,6 @@ async def test_replaying_the_log_or_restoring_a_snapshot_gives_the_state_exactly
     restored.restore(storage_pb2.AlertsSnapshot.FromString(manager.dump().SerializeToString()))
     assert restored.dump().SerializeToString(deterministic=True) == state
     # Nothing was published by replay or restore: their feeds have nothing pending.
-    assert not replayed.feed._pending and not restored.feed._pending
+    assert not replayed.feed.pending() and not restored.feed.pending()
     states = sorted((a.pipeline_id, a.state, a.severity) for a in restored.book.alerts())
     assert states == [("A", 1, 3), ("B", 1, 2), ("C", 3, 2)]

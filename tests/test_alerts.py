@@ -481,5 +481,5 @@ async def test_a_stop_ends_the_watch_streams_at_once(tmp_path: Path) -> None:
         await app.close()
         # Well within the grace period (1 s here) that open ingest streams get.
         assert time.perf_counter() - began < 0.9
-        await asyncio.wait_for(watcher._task, 5)
+        await watcher.ended()
         assert watcher.error is None  # the stream ended normally

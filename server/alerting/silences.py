@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 from pipewarden.server.alerting.model import KIND_NAMES, Alert, Silence
 from pipewarden.server.base.errors import RequestError
-from pipewarden.server.core.validation import MAX_SECONDS, MIN_SECONDS
+from pipewarden.times import MAX_SECONDS, MIN_SECONDS
 
 __all__ = ["MAX_COMMENT_LENGTH", "MAX_NAME_LENGTH", "Silences", "check_silence"]
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import itertools
 import logging
 import os
@@ -48,6 +47,7 @@ import crc32c
 from pipewarden.server.base import failpoints, metrics, tasks
 from pipewarden.server.base.errors import CorruptLogError, DiskError, LogError, is_disk_error
 from pipewarden.server.storage.descriptors import open_file
+from pipewarden.server.storage.files import fsync_dir, truncate, write_all
 from pipewarden.server.storage.readonly import Buffer, mapped
 
 __all__ = [
@@ -332,14 +332,6 @@ def read_entries(directory: Path, after: int) -> Iterator[tuple[int, bytes]]:
             return
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = open_file(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class WriteAheadLog:
     """The event log on disk. See the module docstring for the format and the guarantees."""
 
@@ -486,7 +478,7 @@ class WriteAheadLog:
             for s in doomed:
                 with contextlib.suppress(FileNotFoundError):
                     s.path.unlink()
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
 
         await asyncio.get_running_loop().run_in_executor(self._executor, delete)
         self.segments = [s for s in self.segments if s not in doomed]
@@ -539,7 +531,7 @@ class WriteAheadLog:
                         cut,
                         scan.last_seq - first + 1,
                     )
-                    self._truncate(path, scan.good_end)
+                    truncate(path, scan.good_end)
                     report.cut_bytes += cut
                 else:
                     problem = scan.error
@@ -589,16 +581,7 @@ class WriteAheadLog:
         if good_end < SEGMENT_HEADER.size:
             path.unlink()
         else:
-            self._truncate(path, good_end)
-
-    @staticmethod
-    def _truncate(path: Path, size: int) -> None:
-        fd = os.open(path, os.O_WRONLY)
-        try:
-            os.ftruncate(fd, size)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            truncate(path, good_end)
 
     def _new_segment(self, first_seq: int) -> None:
         """Create and switch to a new segment (in the writer thread or during recovery)."""
@@ -607,7 +590,7 @@ class WriteAheadLog:
         try:
             fd = open_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
-                self._write_all(fd, _segment_header(first_seq))
+                write_all(fd, _segment_header(first_seq), self.io.write)
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -618,21 +601,13 @@ class WriteAheadLog:
                 tmp.unlink()
             e.filename = e.filename or str(tmp)
             raise
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
         if self._fd >= 0:
             os.close(self._fd)
         self._fd = open_file(path, os.O_WRONLY | os.O_APPEND)
         self.segments.append(Segment(path, first_seq, first_seq - 1, SEGMENT_HEADER.size))
 
     # -- writing ---------------------------------------------------------------------------------
-
-    def _write_all(self, fd: int, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            n = self.io.write(fd, view)
-            if n <= 0:
-                raise OSError(errno.ENOSPC, "write wrote nothing")
-            view = view[n:]
 
     def _fsync(self, fd: int) -> None:
         """In the writer thread: fdatasync, timed for /metrics."""
@@ -647,7 +622,7 @@ class WriteAheadLog:
                 self._fsync(self._fd)
             self._new_segment(first_seq)
         failpoints.hit("wal-before-write")
-        self._write_all(self._fd, data)
+        write_all(self._fd, data, self.io.write)
         failpoints.hit("wal-after-write")
         if self.fsync == "always":
             self._fsync(self._fd)
