@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from pipewarden.server.base.errors import PipewardenError
+from pipewarden.server.base.errors import InvalidArgument
 from pipewarden.server.base.logsafe import safe
 from pipewarden.server.core.model import CANCELLED, FAILED, RUNNING, SUCCEEDED
 from pipewarden.server.core.shards import ShardSet
@@ -97,7 +97,7 @@ class EventLimits:
     """Longest dataset namespace, and longest dataset name."""
 
 
-class BadEventError(PipewardenError):
+class BadEventError(InvalidArgument):
     """The body is not an OpenLineage event Pipewarden can use; the message says why."""
 
 
