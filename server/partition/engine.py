@@ -242,7 +242,11 @@ class Partition:
         """Apply one request (see Ingestor.ingest); return its outcome and the log position to
         wait for (`wait_durable`). Failure streaks that just reached an alerting length are
         judged here, in the request; the rest wait for the next detection pass."""
-        outcome, seq = self.ingestor.ingest(raw, request, team)
+        try:
+            outcome, seq = self.ingestor.ingest(raw, request, team)
+        except LogError as e:  # the log refuses: whatever its kind, the partition stops
+            self.fail(e)
+            raise
         urgent = self.ingestor.take_urgent()
         if urgent:
             self.detection.judge_now(urgent)
@@ -251,8 +255,14 @@ class Partition:
         return outcome, seq
 
     async def wait_durable(self, seq: int) -> None:
-        """Return once the log is durable up to `seq`; LogError if it cannot be."""
-        await self.log.wait_durable(seq)
+        """Return once the log is durable up to `seq`; LogError if it cannot be, and then the
+        partition stops (a log of any kind: the write-ahead log also says so at once, through
+        its on_failure, for the requests that are not waiting)."""
+        try:
+            await self.log.wait_durable(seq)
+        except LogError as e:
+            self.fail(e)
+            raise
 
     # -- durability ------------------------------------------------------------------------------
 
