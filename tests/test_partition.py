@@ -51,8 +51,7 @@ async def test_a_partition_recovers_what_it_counted_and_closes_once(tmp_path: Pa
     assert await _ingest(first, run("e1")) == (0, 1)
     await first.close()
     await first.close()  # idempotent
-    # Its loops are over, and its snapshot was written at the close.
-    assert all(task.done() for task in first._tasks)
+    # Its snapshot was written at the close.
     assert first.snapshots.paths()
 
     again = Partition(_settings(tmp_path))
