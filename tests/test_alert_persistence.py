@@ -192,11 +192,11 @@ async def test_replaying_the_log_or_restoring_a_snapshot_gives_the_state_exactly
     manager = AlertManager(AlertSettings(), log, clock=lambda: clock_time[0])
     _drive(manager, ShardSet(2, 8))
     state = manager.dump().SerializeToString(deterministic=True)
-    kinds = [storage_pb2.LogRecord.FromString(p).WhichOneof("entry") for _, p in log.replay(0)]
+    kinds = [storage_pb2.LogRecord.FromString(p).WhichOneof("entry") for _, p in log.read(0)]
     assert set(kinds) == {"alerts", "silence"}
 
     replayed = AlertManager(AlertSettings(), MemoryLog())
-    for _, payload in log.replay(0):
+    for _, payload in log.read(0):
         replayed.replay(storage_pb2.LogRecord.FromString(payload))
     assert replayed.dump().SerializeToString(deterministic=True) == state
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from pipewarden.server.base.errors import PipewardenError
+from pipewarden.server.base.errors import InvalidArgument
 from pipewarden.server.base.logsafe import safe
 from pipewarden.server.core.model import CANCELLED, FAILED, RUNNING, SUCCEEDED
 from pipewarden.server.core.shards import ShardSet
@@ -93,7 +93,7 @@ class EventLimits:
     """Longest dataset namespace, and longest dataset name."""
 
 
-class BadEventError(PipewardenError):
+class BadEventError(InvalidArgument):
     """The body is not an OpenLineage event Pipewarden can use; the message says why."""
 
 
