@@ -10,10 +10,10 @@ sends a steady background load of realistic runs of a 5,000-pipeline fleet (1,00
 pipeline runs every 5 s, far more often than real ones, which run every few minutes at most).
 
 Each probe's failure streak reaches its alerting length, so it is judged in its own Ingest
-request (see server/app.py, _judge_now). Other anomalies are judged in detection passes, which
-take at most about a ninth of a busy process: a load that touches more distinct pipelines a
-second than that can judge makes those wait for the backlog. A third run, as context without a
-target: 5,000 events/s, every pipeline each second.
+request (see server/partition/scheduling.py, DetectionLoop.judge_now). Other anomalies are
+judged in detection passes, which take at most about a ninth of a busy process: a load that
+touches more distinct pipelines a second than that can judge makes those wait for the backlog.
+A third run, as context without a target: 5,000 events/s, every pipeline each second.
 """
 
 from __future__ import annotations

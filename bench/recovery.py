@@ -95,20 +95,21 @@ PHASES: tuple[tuple[str, tuple[str, ...]], ...] = (
             "Ingestor.replay_batch (ingest.py)",
             "Ingestor.replay_rows (ingest.py)",
             "Prefetch.take (prefetch.py)",
+            "WriteAheadLog.read (wal.py)",
             "WriteAheadLog.replay (wal.py)",
             "AlertManager.replay (manager.py)",
             "_replay (recovery.py)",  # and the compiled apply, which a sampler does not see
         ),
     ),
     ("recovery: other", ("recover (recovery.py)",)),
-    ("start: other", ("App.start (app.py)",)),
+    ("start: other", ("App.start (app.py)", "Partition.start (engine.py)")),
     ("imports", ("_find_and_load (<frozen importlib._bootstrap>)",)),
     (
         "background tasks, from SERVING until the kill",
         (
-            "App._detection_loop (app.py)",
-            "App._snapshot_loop (app.py)",
-            "App._report_stats (app.py)",
+            "DetectionLoop._run (scheduling.py)",
+            "Partition._snapshot_loop (engine.py)",
+            "Partition._report_stats (engine.py)",
         ),
     ),
 )

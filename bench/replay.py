@@ -54,7 +54,7 @@ async def read_and_parse(data_dir: Path) -> dict[str, Any]:
     opened = time.perf_counter()
     events = entries = 0
     try:
-        for _, payload in wal.replay(0):
+        for _, payload in wal.read(0):
             batch = storage_pb2.LogRecord.FromString(payload).executions
             _ = (batch.received_unix_nanos, batch.applied)
             events += read_every_field(service_pb2.IngestRequest.FromString(batch.request))

@@ -16,6 +16,17 @@ from dataclasses import dataclass, field
 
 from eval.replay import Raised
 from eval.scenario import FAULT_TYPES, TRAP_KINDS, Pipeline, Scenario, runs
+from pipewarden import names
+from pipewarden.names import (
+    CONSECUTIVE_FAILURES,
+    DURATION_REGRESSION,
+    HIGH_DURATION,
+    LOW_RECORDS,
+    LOW_SUCCESS_RATE,
+    STALE,
+    STUCK_RUN,
+    VOLUME_DROP,
+)
 
 __all__ = [
     "CONFIG_KINDS",
@@ -31,18 +42,7 @@ __all__ = [
     "scored_types",
 ]
 
-LOW_SUCCESS_RATE, HIGH_DURATION, LOW_RECORDS = 1, 2, 3
-CONSECUTIVE_FAILURES, DURATION_REGRESSION, VOLUME_DROP, STALE, STUCK_RUN = 4, 5, 6, 7, 8
-KIND_NAMES: Mapping[int, str] = {
-    1: "LOW_SUCCESS_RATE",
-    2: "HIGH_DURATION",
-    3: "LOW_RECORDS",
-    4: "CONSECUTIVE_FAILURES",
-    5: "DURATION_REGRESSION",
-    6: "VOLUME_DROP",
-    7: "STALE",
-    8: "STUCK_RUN",
-}
+KIND_NAMES: Mapping[int, str] = {n: name.upper() for n, name in names.KIND_NAMES.items()}
 MATCHING: Mapping[str, frozenset[int]] = {
     "failures": frozenset({CONSECUTIVE_FAILURES, LOW_SUCCESS_RATE}),
     "falling_success": frozenset({LOW_SUCCESS_RATE, CONSECUTIVE_FAILURES}),

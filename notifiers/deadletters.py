@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from pipewarden.server.storage.files import write_all
+
 __all__ = ["FILE_NAME", "DeadLetter", "DeadLetters", "read"]
 
 FILE_NAME = "dead-letters.jsonl"
@@ -76,7 +78,7 @@ class DeadLetters:
             pass
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            os.write(fd, data)
+            write_all(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)

@@ -12,8 +12,8 @@ and hands it to the receiver's worker, all without waiting. `notify=False` (a si
 one explained by an upstream root cause) sends nothing; a resolution submitted so lets the
 receivers' memory of the alert age out.
 
-The server wires it through `server/notifier.py` (AlertNotifier): built in `App.__init__` from
-`config.receivers` and `config.routes`, with `data_dir=server.data_dir` and
+The server wires it through `server/partition/notifier.py` (AlertNotifier): built by each
+`Partition` from `config.receivers` and `config.routes`, with `data_dir=server.data_dir` and
 `fsync=server.fsync`; `start()` after recovery and before serving, so that pages pending from
 before a crash go out first; `submit(event, notify=...)` from the event loop for every
 AlertEvent of the alert feed (it is cheap: tens of microseconds), and `submit(...,

@@ -15,8 +15,9 @@ from urllib.parse import quote
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from pipewarden import names
 from pipewarden.notifiers.config import Link
-from pipewarden.v1 import alert_pb2, anomaly_pb2
+from pipewarden.v1 import alert_pb2
 
 __all__ = [
     "Notification",
@@ -71,12 +72,12 @@ class Notification:
 
 def severity_name(severity: int) -> str:
     """critical, high, medium (unspecified for 0)."""
-    return _enum_name(anomaly_pb2.Severity, severity, "SEVERITY_")
+    return names.severity_name(severity)
 
 
 def kind_name(kind: int) -> str:
     """The anomaly kind in words: `consecutive failures`."""
-    return _enum_name(anomaly_pb2.AnomalyKind, kind, "ANOMALY_KIND_").replace("_", " ")
+    return names.kind_name(kind).replace("_", " ")
 
 
 def event_name(event_type: int) -> str:

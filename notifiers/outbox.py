@@ -100,7 +100,7 @@ class Outbox:
         await self._wal.open()
         found = Recovered(cut_bytes=self._wal.report.cut_bytes)
         nflog = found.nflog
-        for _, payload in self._wal.replay(0):
+        for _, payload in self._wal.read(0):
             found.entries += 1
             record = outbox_pb2.OutboxRecord.FromString(payload)
             which = record.WhichOneof("entry")

@@ -23,10 +23,10 @@ from types import TracebackType
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from pipewarden.reporter import AsyncReporter, Reporter, ReporterStats
 from pipewarden.runs import Run, current_run
+from pipewarden.times import timestamp
 from pipewarden.v1 import (
     alert_pb2,
     anomaly_pb2,
@@ -53,15 +53,6 @@ _STATUS = {
     "running": execution_pb2.EXECUTION_STATUS_RUNNING,
     "cancelled": execution_pb2.EXECUTION_STATUS_CANCELLED,
 }
-
-
-def _timestamp(t: float | datetime) -> Timestamp:
-    ts = Timestamp()
-    if isinstance(t, datetime):
-        ts.FromDatetime(t)
-    else:
-        ts.FromNanoseconds(int(t * 1e9))
-    return ts
 
 
 def execution(
@@ -91,9 +82,9 @@ def execution(
         error_message=error_message,
     )
     if started_at is not None:
-        msg.started_at.CopyFrom(_timestamp(started_at))
+        msg.started_at.CopyFrom(timestamp(started_at))
     if finished_at is not None:
-        msg.finished_at.CopyFrom(_timestamp(finished_at))
+        msg.finished_at.CopyFrom(timestamp(finished_at))
     if duration is not None:
         d = Duration()
         d.FromNanoseconds(int(duration * 1e9))
@@ -313,12 +304,12 @@ class Client:
             team=team,
             pipeline_id=pipeline_id,
             kind=kind,  # type: ignore[arg-type]
-            ends_at=_timestamp(ends_at),
+            ends_at=timestamp(ends_at),
             created_by=created_by,
             comment=comment,
         )
         if starts_at is not None:
-            silence.starts_at.CopyFrom(_timestamp(starts_at))
+            silence.starts_at.CopyFrom(timestamp(starts_at))
         response: alert_pb2.Silence = self.stub.CreateSilence(
             service_pb2.CreateSilenceRequest(silence=silence),
             timeout=self.timeout,

@@ -140,6 +140,10 @@ class Watcher:
         """Wait until the server has the subscription (its metadata arrived)."""
         await self.call.initial_metadata()
 
+    async def ended(self, within: float = 5.0) -> None:
+        """Wait until the stream has ended (normally, or with `error`)."""
+        await asyncio.wait_for(asyncio.shield(self._task), within)
+
     async def wait_for(
         self, predicate: Callable[[list[alert_pb2.AlertEvent]], bool], within: float = 5.0
     ) -> list[alert_pb2.AlertEvent]:

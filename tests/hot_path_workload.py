@@ -98,7 +98,7 @@ def main() -> None:
     again = Ingestor(
         replayed, SeenExecutions(500, retention_seconds=1800), MemoryLog(), IngestLimits()
     )
-    for _, payload in log.replay(0):
+    for _, payload in log.read(0):
         again.replay(payload)  # through server/core/wire.py where it can
     digest.update(repr(list(again.seen)).encode())
     for state in (shards, replayed):

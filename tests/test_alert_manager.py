@@ -35,7 +35,6 @@ class Fixture:
         self.manager = AlertManager(AlertSettings(**settings), self.log)  # type: ignore[arg-type]
         self.shards = ShardSet(1, 8)
         self.p: PipelineState = self.shards.create("p", "team")
-        self.events: list[AlertEvent] = []
 
     def runs(self, n: int, t: float) -> None:
         for i in range(n):
@@ -47,8 +46,11 @@ class Fixture:
         anomalies = [Anomaly("p", "team", k, s, "m", 1, 1, "runs") for k, s in kinds.items()]
         self.manager.receive(self.p, anomalies, t)
         self.manager.flush(t)
-        self.events.extend(e for _, es in self.manager.feed._pending for e in es)
-        self.manager.feed._pending.clear()
+
+    @property
+    def events(self) -> list[AlertEvent]:
+        """Every event published so far (the feed is never started: they all wait in it)."""
+        return self.manager.feed.pending()
 
 
 @pytest.mark.parametrize(
@@ -97,7 +99,7 @@ def test_an_alert_acknowledged_before_its_pass_ends_is_announced_first() -> None
     alert = f.manager.book.alerts()[0]
     f.manager.acknowledge(alert.alert_id, "ana")
     f.manager.flush(T0)
-    events = [e for _, es in f.manager.feed._pending for e in es]
+    events = f.manager.feed.pending()
     assert [e.type for e in events] == [FIRED, ACKNOWLEDGED_EVENT]
     assert should_notify(f.manager.book.alerts()[0])  # acknowledged, but neither muted nor closed
 

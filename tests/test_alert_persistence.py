@@ -192,11 +192,11 @@ async def test_replaying_the_log_or_restoring_a_snapshot_gives_the_state_exactly
     manager = AlertManager(AlertSettings(), log, clock=lambda: clock_time[0])
     _drive(manager, ShardSet(2, 8))
     state = manager.dump().SerializeToString(deterministic=True)
-    kinds = [storage_pb2.LogRecord.FromString(p).WhichOneof("entry") for _, p in log.replay(0)]
+    kinds = [storage_pb2.LogRecord.FromString(p).WhichOneof("entry") for _, p in log.read(0)]
     assert set(kinds) == {"alerts", "silence"}
 
     replayed = AlertManager(AlertSettings(), MemoryLog())
-    for _, payload in log.replay(0):
+    for _, payload in log.read(0):
         replayed.replay(storage_pb2.LogRecord.FromString(payload))
     assert replayed.dump().SerializeToString(deterministic=True) == state
 
@@ -204,6 +204,6 @@ async def test_replaying_the_log_or_restoring_a_snapshot_gives_the_state_exactly
     restored.restore(storage_pb2.AlertsSnapshot.FromString(manager.dump().SerializeToString()))
     assert restored.dump().SerializeToString(deterministic=True) == state
     # Nothing was published by replay or restore: their feeds have nothing pending.
-    assert not replayed.feed._pending and not restored.feed._pending
+    assert not replayed.feed.pending() and not restored.feed.pending()
     states = sorted((a.pipeline_id, a.state, a.severity) for a in restored.book.alerts())
     assert states == [("A", 1, 3), ("B", 1, 2), ("C", 3, 2)]

@@ -129,7 +129,7 @@ async def test_resolves_after_clear_runs_and_the_hold_time(tmp_path: Path) -> No
         await send(stub, run("late-1", "p1", start=clock.t - 10))
         await eventually(lambda: alerts(stub), lambda x: "p1" not in _anomalous(app))
         clock.advance(700)
-        app.alerts.tick()
+        app.partition.alerts.tick()
         assert (await alerts(stub))[0].state == alert_pb2.ALERT_STATE_FIRING
         # A second clear run; the hold counts from the first clear evaluation, 700 s ago.
         await send(stub, run("late-2", "p1", start=clock.t - 5))
@@ -149,12 +149,12 @@ async def test_the_hold_time_keeps_a_cleared_alert_open(tmp_path: Path) -> None:
         await send(stub, run("late-1", "p1", start=clock.t - 10))
         await eventually(lambda: alerts(stub), lambda x: "p1" not in _anomalous(app))
         clock.advance(599)
-        app.alerts.tick()
+        app.partition.alerts.tick()
         assert (await alerts(stub))[0].state == alert_pb2.ALERT_STATE_FIRING
         # Cleared alerts neither escalate nor repeat while they wait.
         assert [e.type for e in watcher.events] == [FIRED]
         clock.advance(1)
-        app.alerts.tick()
+        app.partition.alerts.tick()
         resolved = (await watcher.wait_count(2))[1]
         assert resolved.type == RESOLVED
         assert resolved.alert.resolved_at.ToSeconds() == clock.t
@@ -162,7 +162,7 @@ async def test_the_hold_time_keeps_a_cleared_alert_open(tmp_path: Path) -> None:
 
 
 def _anomalous(app: object) -> set[str]:
-    return {c.anomaly.pipeline_id for c in app.anomalies.list()}  # type: ignore[attr-defined]
+    return {c.anomaly.pipeline_id for c in app.partition.anomalies.list()}  # type: ignore[attr-defined]
 
 
 async def test_unacknowledged_alerts_escalate_on_time_and_repeat(tmp_path: Path) -> None:
@@ -184,33 +184,33 @@ async def test_unacknowledged_alerts_escalate_on_time_and_repeat(tmp_path: Path)
         # The defaults: MEDIUM becomes HIGH after 4 h unacknowledged, HIGH becomes CRITICAL
         # after 1 h more.
         clock.t = start + 2 * HOUR - 1
-        app.alerts.tick()
+        app.partition.alerts.tick()
         assert [e.type for e in watcher.events] == [FIRED]
         clock.t = start + 2 * HOUR
-        app.alerts.tick()
+        app.partition.alerts.tick()
         repeated = (await watcher.wait_count(2))[1]
         assert repeated.type == REPEATED and repeated.notify
         assert repeated.reason == "still firing after 2h"
         clock.t = start + 4 * HOUR - 1
-        app.alerts.tick()
+        app.partition.alerts.tick()
         assert len(watcher.events) == 2
         clock.t = start + 4 * HOUR
-        app.alerts.tick()
+        app.partition.alerts.tick()
         escalated = (await watcher.wait_count(3))[2]
         assert escalated.type == ESCALATED and escalated.notify
         assert (escalated.previous_severity, escalated.alert.severity) == (MEDIUM, HIGH)
         assert escalated.reason == "unacknowledged for 4h"
         clock.t = start + 5 * HOUR - 1
-        app.alerts.tick()
+        app.partition.alerts.tick()
         assert len(watcher.events) == 3
         clock.t = start + 5 * HOUR
-        app.alerts.tick()
+        app.partition.alerts.tick()
         critical = (await watcher.wait_count(4))[3]
         assert (critical.type, critical.alert.severity) == (ESCALATED, CRITICAL)
         assert critical.reason == "unacknowledged for 1h"
         # CRITICAL is the top: it only repeats, counted from the last notification.
         clock.t = start + 7 * HOUR
-        app.alerts.tick()
+        app.partition.alerts.tick()
         assert [e.type for e in await watcher.wait_count(5)][4] == REPEATED
         await watcher.close()
 
@@ -234,13 +234,13 @@ async def test_an_alert_unacknowledged_past_several_steps_escalates_to_the_last(
         fired = (await watcher.wait_count(1))[0]
         assert fired.alert.severity == MEDIUM
         clock.t += 6 * HOUR  # past 4 h (to HIGH) and 4 h + 1 h (to CRITICAL)
-        app.alerts.tick()
+        app.partition.alerts.tick()
         escalated = (await watcher.wait_count(2))[1]
         assert escalated.type == ESCALATED and escalated.notify
         assert (escalated.previous_severity, escalated.alert.severity) == (MEDIUM, CRITICAL)
         assert escalated.reason == "unacknowledged for 5h"
         clock.t += HOUR
-        app.alerts.tick()
+        app.partition.alerts.tick()
         await asyncio.sleep(0.1)
         assert len(watcher.events) == 2
         await watcher.close()
@@ -259,11 +259,11 @@ async def test_acknowledged_alerts_neither_escalate_nor_repeat(tmp_path: Path) -
         )
         await watcher.wait_count(3)
         clock.advance(HOUR)
-        app.alerts.tick()
+        app.partition.alerts.tick()
         events = await watcher.wait_count(4)
         assert [(e.alert.pipeline_id, e.type) for e in events[3:]] == [("p2", ESCALATED)]
         clock.advance(4 * HOUR)
-        app.alerts.tick()
+        app.partition.alerts.tick()
         events = await watcher.wait_count(5)
         assert [(e.alert.pipeline_id, e.type) for e in events[4:]] == [("p2", REPEATED)]
         listed = {a.pipeline_id: a for a in await alerts(stub)}
@@ -304,7 +304,8 @@ async def test_a_watcher_that_falls_behind_is_ended_and_slows_nobody(tmp_path: P
     async with serving(config(tmp_path, watch_queue_size=3), clock) as (app, stub):
         slow = Watcher(stub)
         await slow.ready()
-        steady = app.alerts.feed.subscribe(maxsize=0)  # an in-process subscriber, unbounded
+        # An in-process subscriber, unbounded.
+        steady = app.partition.alerts.feed.subscribe(maxsize=0)
         # Ten alerts in one detection pass: ten events at once, more than the queue holds.
         response = await stub.Ingest(
             service_pb2.IngestRequest(
@@ -481,5 +482,5 @@ async def test_a_stop_ends_the_watch_streams_at_once(tmp_path: Path) -> None:
         await app.close()
         # Well within the grace period (1 s here) that open ingest streams get.
         assert time.perf_counter() - began < 0.9
-        await asyncio.wait_for(watcher._task, 5)
+        await watcher.ended()
         assert watcher.error is None  # the stream ended normally

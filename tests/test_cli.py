@@ -23,14 +23,17 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
         proc.kill()
 
 
-def pw(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def pw(
+    *args: str, stdin: str | None = None, columns: str = "200"
+) -> subprocess.CompletedProcess[str]:
+    """Run the command on a terminal `columns` wide."""
     return subprocess.run(
         [str(BIN), *args],
         capture_output=True,
         text=True,
         input=stdin,
         timeout=60,
-        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
+        env={"COLUMNS": columns, "PATH": "/usr/bin:/bin"},
     )
 
 
@@ -130,7 +133,7 @@ def test_serve_imports_no_library_it_does_not_use() -> None:
     # the SMTP library without an email receiver, or the client library at all.
     unused = ("aiohttp", "aiosmtplib", "pipewarden.client")
     code = (
-        "import sys, pipewarden.cli, server.app, notifiers.dispatcher\n"
+        "import sys, pipewarden.cli, pipewarden.server.app, pipewarden.notifiers.dispatcher\n"
         f"unused = {unused!r}\n"
         "print(sorted(m for m in sys.modules if m.startswith(unused)))"
     )

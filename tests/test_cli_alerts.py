@@ -97,6 +97,13 @@ def test_silence_create_list_delete(server: ServerProcess) -> None:
     with Client(t) as client:
         client.ingest(failures("etl.orders", 3))
         assert _wait_for_alerts(client, 1)[0].silenced
+    # On a terminal narrower than the table needs, each alert takes two lines: its notes are
+    # styled, not printed as raw markup.
+    for columns in ("100", "200"):
+        shown = pw("alerts", "--target", t, columns=columns)
+        assert shown.returncode == 0, shown.stderr
+        assert "etl.orders" in shown.stdout and "silenced" in shown.stdout
+        assert "[/]" not in shown.stdout and "[dim]" not in shown.stdout
     ended = pw("silence", "delete", silence["silenceId"], "--by", "ana", "--target", t)
     assert ended.returncode == 0 and "ended silence" in ended.stdout
     assert "No silences." in pw("silence", "list", "--target", t).stdout

@@ -246,7 +246,7 @@ def _run(p: PipelineState, k: int, status: int) -> Execution:
 
 def test_ingest_judges_an_urgent_streak_in_the_request_and_leaves_the_rest_pending() -> None:
     """With detection deferred to passes, the request whose failure makes a streak of 3 hands
-    that pipeline to on_urgent (judged at once) instead of leaving it pending."""
+    that pipeline to `urgent` (judged at once by the caller) instead of leaving it pending."""
     shards = ShardSet(2, window=64)
     ingestor = Ingestor(
         shards,
@@ -257,7 +257,6 @@ def test_ingest_judges_an_urgent_streak_in_the_request_and_leaves_the_rest_pendi
         defer_detection=True,
     )
     judged: list[list[str]] = []
-    ingestor.on_urgent = lambda ps: judged.append([p.pipeline_id for p in ps])
 
     minutes = itertools.count()
 
@@ -267,6 +266,9 @@ def test_ingest_judges_an_urgent_streak_in_the_request_and_leaves_the_rest_pendi
               for (pid, status), m in zip(runs, minutes, strict=False))
         )  # fmt: skip
         ingestor.ingest(raw.SerializeToString(), raw)
+        urgent = ingestor.take_urgent()
+        if urgent:
+            judged.append([p.pipeline_id for p in urgent])
 
     send(("a", "failed"), ("a", "failed"), ("b", "succeeded"))
     assert judged == []
@@ -364,7 +366,7 @@ async def test_list_anomalies_end_to_end(
     # The peers first: a streak that crosses a threshold is judged in its request, against
     # the peers judged so far.
     await stub.Ingest(request(*healthy))
-    await until(lambda: not app.ingestor.pending)
+    await until(lambda: not app.partition.ingestor.pending)
     await stub.Ingest(request(*failing))
     found: list[anomaly_pb2.Anomaly] = []
     for _ in range(100):  # detection runs a moment after ingestion

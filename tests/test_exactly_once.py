@@ -168,7 +168,7 @@ async def test_a_year_9999_openlineage_event_is_refused_and_counts_nothing(
         assert r.status == 400
         answer = await r.json()
     assert "9999-12-31" in answer["message"] and SKEW_KEY in answer["message"]
-    assert len(app.shards) == 0
+    assert len(app.partition.shards) == 0
 
 
 # -- an execution is its pipeline and its id together --------------------------------------------

@@ -151,7 +151,7 @@ def test_every_string_field_of_every_request_is_in_the_table() -> None:
 
 
 def test_the_longest_page_token_the_server_gives_is_within_its_limit() -> None:
-    from pipewarden.server.api.servicer import _encode_token
+    from pipewarden.server.api.convert import encode_token as _encode_token
 
     limits = IngestLimits()
     token = _encode_token("\U0001f600" * limits.max_team_length, "é" * limits.max_id_length)

@@ -15,6 +15,7 @@ import pytest
 from pipewarden.server.api.auth import AuthToken
 from pipewarden.server.api.limits import RateLimiter
 from pipewarden.server.app import App
+from pipewarden.server.base.ratelimit import TokenBucket
 from pipewarden.server.core.limits import IngestLimits
 from pipewarden.server.storage.eventlog import MemoryLog
 from pipewarden.v1 import service_pb2, service_pb2_grpc
@@ -273,3 +274,19 @@ async def test_stream_ingest_reads_only_when_there_is_room(tmp_path: Path) -> No
     finally:
         await channel.close()
         await app.close()
+
+
+def test_the_bucket_refuses_what_it_cannot_pay_and_spends_nothing() -> None:
+    now = [0.0]
+    bucket = TokenBucket(rate=1.0, burst=2, clock=lambda: now[0])
+    assert bucket.take(3.0) == pytest.approx(1.0)  # more than it holds: wait, nothing spent
+    assert bucket.take(2.0) == 0.0
+    assert bucket.wait_time() == pytest.approx(1.0)
+    now[0] += 10.0
+    assert bucket.tokens == 0.0  # not refilled until asked
+    bucket.refill()
+    assert bucket.tokens == 2.0  # at most the burst
+    bucket.hold(5.0)
+    assert bucket.take() == pytest.approx(5.0)
+    now[0] += 5.0
+    assert bucket.take() == 0.0

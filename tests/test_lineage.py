@@ -118,7 +118,7 @@ async def test_a_linear_chain_pages_the_root_only(tmp_path: Path) -> None:
         # of cause is no event).
         await send(stub, *successes("A", 1, start=3))
         await watcher.wait_count(4)
-        app.alerts.tick()
+        app.partition.alerts.tick()
         later = await watcher.wait_count(5)
         assert [(e.alert.pipeline_id, e.type, e.notify) for e in later[3:]] == [
             ("A", RESOLVED, True),

@@ -83,7 +83,7 @@ async def test_another_teams_dataset_claim_does_not_mute_the_page(tmp_path: Path
         assert listed["nsb/report"].untrusted_cause == "nsa/fake"
         assert list(listed["nsa/fake"].impacted_pipelines) == []  # A explains nothing of B's
         # The timer's full judgement keeps it so.
-        app.alerts.tick()
+        app.partition.alerts.tick()
         listed = {a.pipeline_id: a for a in await alerts(stub)}
         assert listed["nsb/report"].caused_by == ""
         assert listed["nsb/report"].untrusted_cause == "nsa/fake"

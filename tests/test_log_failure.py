@@ -43,8 +43,8 @@ async def test_a_failing_disk_answers_unavailable_and_requests_a_stop(tmp_path: 
     again = App(config, event_log=WriteAheadLog(tmp_path / "wal"))
     await again.start()
     try:
-        p = again.shards.get("p1")
+        p = again.partition.shards.get("p1")
         assert p is not None and p.total in (1, 2)  # "during" was written, only its fsync failed
-        assert "after" not in again.seen
+        assert "after" not in again.partition.seen
     finally:
         await again.close()

@@ -93,7 +93,7 @@ async def test_the_cap_keeps_the_worst_pipelines_and_every_team(tmp_path: Path) 
     app = App(config)
     await app.start()
     try:
-        app.ingestor.ingest(
+        app.partition.ingestor.ingest(
             b"",
             request(
                 *(run(f"ok{i}", f"fine.{i}", "green") for i in range(5)),

@@ -29,7 +29,7 @@ from pipewarden.server.alerting.model import (
     Alert,
     AlertEvent,
 )
-from pipewarden.server.notifier import catch_up_events
+from pipewarden.server.partition.notifier import catch_up_events
 from pipewarden.server.storage.eventlog import MemoryLog
 from tests.alert_events import event as alert_event
 from tests.alerting import Clock

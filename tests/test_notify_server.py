@@ -58,7 +58,7 @@ async def serving(cfg: Config, clock: Clock, **notifier: Any) -> AsyncIterator[t
     and a stub to it."""
     app = App(cfg, clock=clock)
     for name, value in notifier.items():
-        setattr(app.notifier, name, value)
+        setattr(app.partition.notifier, name, value)
     await app.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as channel:
@@ -91,7 +91,7 @@ async def test_fire_acknowledge_resolve_reach_the_pager_once_each_and_metrics_sh
         await peer.wait_for(PD_PATH, 2)
         await send(stub, *successes("p1", 1, start=5))  # the next success resolves it
         await peer.wait_for(PD_PATH, 3)
-        assert await app.notifier.dispatcher.drain(5)
+        assert await app.partition.notifier.dispatcher.drain(5)
 
         assert app.http is not None
         url = f"http://127.0.0.1:{app.http.port}/metrics"
@@ -123,7 +123,7 @@ async def test_a_muted_alert_is_not_paged_until_its_silence_ends(
         assert page.body["payload"]["component"] == "p2"
         await eventually(lambda: alerts(stub), lambda x: len(x) == 2)
         await until(lambda: metrics.SUPPRESSED._value.get() > suppressed)
-        assert await app.notifier.dispatcher.drain(5)
+        assert await app.partition.notifier.dispatcher.drain(5)
         assert len(peer.received(PD_PATH)) == 1
 
         # The silence ends while p1 still fails: it fires again, told this time.
@@ -132,7 +132,7 @@ async def test_a_muted_alert_is_not_paged_until_its_silence_ends(
         )
         second = (await peer.wait_for(PD_PATH, 2))[1]
         assert second.body["payload"]["component"] == "p1"
-        assert await app.notifier.dispatcher.drain(5)
+        assert await app.partition.notifier.dispatcher.drain(5)
     assert len(peer.received(PD_PATH)) == 2
 
 
@@ -150,10 +150,10 @@ async def test_a_restart_sends_nothing_twice_and_still_resolves_what_was_told(
     async with serving(cfg, clock) as (app, stub):
         # Recovered firing and told: the start's catch-up finds nothing missing.
         assert metrics.CAUGHT_UP.labels("start")._value.get() == caught_up
-        assert app.notifier.dispatcher.unsettled == 0
+        assert app.partition.notifier.dispatcher.unsettled == 0
         await send(stub, *successes("p1", 1, start=5))
         await peer.wait_for(PD_PATH, 2)
-        assert await app.notifier.dispatcher.drain(5)
+        assert await app.partition.notifier.dispatcher.drain(5)
     assert actions(peer) == [("trigger", key), ("resolve", key)]
 
 
@@ -170,7 +170,7 @@ async def test_a_feed_that_overflows_catches_up_every_page_once_in_order(
         # Their resolutions, in one pass too: caught up again, after the triggers.
         await send(stub, *(r for p in pipelines for r in successes(p, 1, start=5)))
         await peer.wait_for(PD_PATH, 2 * len(pipelines))
-        assert await app.notifier.dispatcher.drain(5)
+        assert await app.partition.notifier.dispatcher.drain(5)
         told = {a.pipeline_id: f"pipewarden-{a.alert_id}" for a in await alerts(stub)}
     assert sorted(told) == pipelines
     for key in told.values():

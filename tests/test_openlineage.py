@@ -185,7 +185,7 @@ async def test_bad_events_are_400_with_the_reason_and_change_nothing(
         answer = await r.json()
     assert answer["code"] == 400
     assert reason in answer["message"]
-    assert len(app.shards) == 0
+    assert len(app.partition.shards) == 0
 
 
 async def test_lenient_about_what_it_does_not_use(app: App) -> None:
@@ -210,7 +210,7 @@ async def test_lenient_about_what_it_does_not_use(app: App) -> None:
         async with session.post(url, data=gzip.compress(json.dumps(body()).encode())) as r:
             assert r.status == 201
             assert (await r.json())["outcome"] == "accepted"
-    state = app.shards.get("ns/raw")
+    state = app.partition.shards.get("ns/raw")
     assert state is not None and state.succeeded == 2
     assert app.producers.producers_of(("w", "t")) == ["ns/raw"]
     assert app.producers.producers_of(("w", "u")) == ["ns/static"]
@@ -441,7 +441,7 @@ async def test_bodies_that_are_not_text_or_nest_too_deep_are_400(
     status, answer = await post_json(app, raw)
     assert (status, answer["code"]) == (400, 400), answer
     assert reason in answer["message"]
-    assert len(app.shards) == 0 and len(app.producers) == 0
+    assert len(app.partition.shards) == 0 and len(app.producers) == 0
 
 
 async def test_a_surrogate_claim_never_breaks_the_readers_of_the_dataset(tmp_path: Path) -> None:
@@ -472,7 +472,7 @@ async def test_a_surrogate_claim_never_breaks_the_readers_of_the_dataset(tmp_pat
             for _ in range(2):
                 status, answer = await post_json(node, reader_run("customers"))
                 assert status == 201, answer
-            state = node.shards.get("nsb/report")
+            state = node.partition.shards.get("nsb/report")
             assert state is not None and state.upstream == ("nsb/load",)
         finally:
             await node.close()
@@ -497,11 +497,11 @@ async def test_event_times_must_lie_in_years_1_to_9999_in_utc(
     status, answer = await post_json(app, body(eventTime=time))
     if not refused:
         assert status == 201, answer
-        state = app.shards.get("ns/raw")
+        state = app.partition.shards.get("ns/raw")
         assert state is not None and state.succeeded == 1
     else:
         assert status == 400 and refused in answer["message"], answer
-        assert len(app.shards) == 0
+        assert len(app.partition.shards) == 0
 
 
 LONG = 257
@@ -586,7 +586,7 @@ async def test_strings_and_datasets_beyond_their_limits_are_400(
     status, answer = await post_json(app, doc)
     assert status == 400, answer
     assert reason in answer["message"]
-    assert len(app.shards) == 0 and len(app.producers) == 0
+    assert len(app.partition.shards) == 0 and len(app.producers) == 0
 
 
 async def test_strings_at_their_limits_are_accepted_and_error_messages_cut(app: App) -> None:
@@ -606,7 +606,7 @@ async def test_strings_at_their_limits_are_accepted_and_error_messages_cut(app: 
     )
     status, answer = await post_json(app, doc)
     assert status == 201, answer
-    state = app.shards.get("n/" + "x" * 254)
+    state = app.partition.shards.get("n/" + "x" * 254)
     assert state is not None and state.team == "t" * 128 and state.failed == 1
     assert state.last_error == "e" * IngestLimits().max_error_message_length
     assert len(app.producers) == 1000
@@ -641,7 +641,7 @@ async def test_datasets_per_team_are_bounded_and_other_teams_unaffected(tmp_path
             )
             status, answer = await post_json(node, run)
             assert status == 400 and "max_datasets_per_team" in answer["message"]
-            assert node.shards.get("nsa/one") is None  # the run was not counted either
+            assert node.partition.shards.get("nsa/one") is None  # the run was not counted either
             assert (await post_json(node, claim("nsa", "one", "a1")))[0] == 201
             assert node.producers.producers_of(("warehouse", "a2")) == ["nsa/one", "nsa/two"]
             assert not node.producers.producers_of(("warehouse", "a3"))

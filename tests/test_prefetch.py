@@ -95,14 +95,15 @@ async def test_prefetched_replay_builds_the_same_state(tmp_path: Path) -> None:
     await fetched.close()
 
 
-async def test_a_helper_that_dies_midway_leaves_the_rest_to_the_parent(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_helper_that_dies_midway_leaves_the_rest_to_the_parent(tmp_path: Path) -> None:
     await _build(tmp_path / "data", before=10, after=30)
     plain, _ = await _recovered(tmp_path / "data", "plain", prefetch=False)
     # The helper SIGKILLs itself after writing its fourth entry (the newest four).
-    monkeypatch.setattr(failpoints, "_armed", {"replay-prefetch": 4})
-    fetched, used = await _recovered(tmp_path / "data", "fetched", prefetch=True)
+    failpoints.arm("replay-prefetch@4")
+    try:
+        fetched, used = await _recovered(tmp_path / "data", "fetched", prefetch=True)
+    finally:
+        failpoints.arm("")
     assert used == 4
     assert fetched.state() == plain.state()
     assert list(fetched.seen) == list(plain.seen)

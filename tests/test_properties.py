@@ -236,7 +236,7 @@ def test_replaying_the_log_and_restoring_a_dump_rebuild_the_same_state(
         req = service_pb2.IngestRequest(executions=[e.msg for e in batch])
         core.ingest(req.SerializeToString(), req)
     replayed = _ingestor()
-    for _, payload in core.log.replay(0):
+    for _, payload in core.log.read(0):
         replayed.replay(payload)
     assert _state(replayed) == _state(core)
     assert list(replayed.seen) == list(core.seen)

@@ -132,7 +132,7 @@ async def test_ending_a_silence_unmutes_and_fires_what_nobody_heard_of(tmp_path:
         await send(stub, *failures("p2", 3))
         assert not (await watcher.wait_count(3))[2].notify
         clock.advance(600)
-        app.alerts.tick()
+        app.partition.alerts.tick()
         last = (await watcher.wait_count(4))[3]
         assert (last.alert.pipeline_id, last.type, last.notify) == ("p2", FIRED, True)
         assert timed.silence_id not in {
@@ -152,7 +152,7 @@ async def test_a_silence_that_starts_later_mutes_from_then(tmp_path: Path) -> No
         fired = (await watcher.wait_count(1))[0]
         assert fired.notify and not fired.alert.silenced
         clock.advance(HOUR)
-        app.alerts.tick()
+        app.partition.alerts.tick()
         assert (await alerts(stub))[0].silenced
         # Muted, it does not escalate though an hour passed unacknowledged.
         assert [e.type for e in watcher.events] == [FIRED]

@@ -135,7 +135,7 @@ async def test_a_thousand_streaks_in_one_request_all_alert_within_the_request(
         await send(stub, *(r for pid in pids for r in successes(pid, HISTORY)))
         # Let the detection pass over the history finish, so that what follows is the
         # request's own judging.
-        await eventually(lambda: _noop(), lambda _: not app.ingestor.pending)
+        await eventually(lambda: _noop(), lambda _: not app.partition.ingestor.pending)
         lengths = {pid: LENGTHS[i % len(LENGTHS)] for i, pid in enumerate(pids)}
         began = time.perf_counter()
         await send(stub, *(r for pid in pids for r in failures(pid, lengths[pid], start=HISTORY)))

@@ -37,7 +37,7 @@ async def survivors(directory: Path, repair: bool = False) -> list[bytes]:
     wal = WriteAheadLog(directory, repair=repair)
     await wal.open()
     try:
-        got = list(wal.replay(0))
+        got = list(wal.read(0))
         assert [seq for seq, _ in got] == list(range(1, len(got) + 1))
         # The log goes on from where it was cut.
         seq = wal.append(b"after")
@@ -88,13 +88,13 @@ async def test_rotation_replay_and_truncation(tmp_path: Path) -> None:
     assert [int(p.stem) for p in files] == sorted(int(p.stem) for p in files)
     wal = WriteAheadLog(tmp_path)
     await wal.open()
-    assert [p for _, p in wal.replay(0)] == [entry(i) for i in range(120)]
-    assert [s for s, _ in wal.replay(100)] == list(range(101, 121))
+    assert [p for _, p in wal.read(0)] == [entry(i) for i in range(120)]
+    assert [s for s, _ in wal.read(100)] == list(range(101, 121))
     second_last = wal.segments[-2].last_seq
     dropped = await wal.truncate_before(second_last)
     assert dropped == len(files) - 1
     assert wal.first_seq == second_last + 1
-    assert [s for s, _ in wal.replay(0)] == list(range(second_last + 1, 121))
+    assert [s for s, _ in wal.read(0)] == list(range(second_last + 1, 121))
     await wal.close()
 
 
@@ -416,5 +416,5 @@ async def test_close_right_after_an_append_writes_it_and_returns(tmp_path: Path)
         await wal.close()
     reopened = WriteAheadLog(tmp_path)
     await reopened.open()
-    assert [e for _, e in reopened.replay(0)] == [b"last"]
+    assert [e for _, e in reopened.read(0)] == [b"last"]
     await reopened.close()

@@ -3,12 +3,8 @@ snapshots embed too (see `storage`)."""
 
 from __future__ import annotations
 
-import math
-
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from pipewarden.server.alerting.model import Alert, AlertEvent, Silence
-from pipewarden.server.core.validation import MAX_SECONDS, MIN_SECONDS
+from pipewarden.times import seconds, timestamp
 from pipewarden.v1 import alert_pb2
 
 __all__ = [
@@ -21,31 +17,6 @@ __all__ = [
     "silence_message",
     "timestamp",
 ]
-
-
-def timestamp(t: float) -> Timestamp:
-    """A Timestamp for Unix seconds `t`, within Timestamp's range whatever `t` is. Client times
-    are checked against that range when they arrive, but float seconds may round the last
-    instant of year 9999 up into year 10000, and a response, a log record or a snapshot must
-    never fail to encode because of one time (a NaN counts as the latest)."""
-    if not MIN_SECONDS <= t < MAX_SECONDS + 1:
-        return Timestamp(seconds=MIN_SECONDS) if t < MIN_SECONDS else _latest()
-    whole = math.floor(t)
-    nanos = round((t - whole) * 1e9)
-    if nanos >= 1_000_000_000:
-        whole, nanos = whole + 1, nanos - 1_000_000_000
-        if whole > MAX_SECONDS:
-            return _latest()
-    return Timestamp(seconds=whole, nanos=nanos)
-
-
-def _latest() -> Timestamp:
-    return Timestamp(seconds=MAX_SECONDS, nanos=999_999_999)
-
-
-def seconds(ts: Timestamp) -> float:
-    """Unix seconds of a Timestamp."""
-    return ts.seconds + ts.nanos / 1e9
 
 
 def alert_message(a: Alert) -> alert_pb2.Alert:

@@ -146,6 +146,11 @@ class AlertFeed:
             self._pending.append((seq, events))
             self._wake.set()
 
+    def pending(self) -> list[AlertEvent]:
+        """The events published and not yet handed to subscribers (their records are not yet
+        durable, or the feed has not started), oldest first."""
+        return [event for _, events in self._pending for event in events]
+
     def start(self) -> None:
         """Start delivering."""
         if self._task is None and not self._closed:

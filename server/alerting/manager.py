@@ -66,7 +66,7 @@ from pipewarden.server.alerting.storage import (
     unstored_alert,
 )
 from pipewarden.server.base import failpoints, metrics
-from pipewarden.server.base.errors import RequestError
+from pipewarden.server.base.errors import FailedPrecondition, InvalidArgument, NotFound
 from pipewarden.server.base.logsafe import safe
 from pipewarden.server.core.detect import Anomaly
 from pipewarden.server.core.shards import PipelineState
@@ -221,20 +221,17 @@ class AlertManager:
         alert and the log position to wait for before answering. Acknowledging twice keeps the
         first acknowledgement."""
         if not alert_id:
-            raise RequestError("INVALID_ARGUMENT", "alert_id is required")
+            raise InvalidArgument("alert_id is required")
         if not by.strip():
-            raise RequestError("INVALID_ARGUMENT", "by is required: say who acknowledges the alert")
+            raise InvalidArgument("by is required: say who acknowledges the alert")
         alert = self.book.get(alert_id)
         if alert is None:
-            raise RequestError(
-                "NOT_FOUND",
+            raise NotFound(
                 f"no alert {alert_id!r}: it never existed, or it resolved long enough ago to be "
                 "forgotten (ListAlerts shows the current ones)",
             )
         if alert.state == RESOLVED:
-            raise RequestError(
-                "FAILED_PRECONDITION", f"alert {alert_id} has already resolved: nothing to handle"
-            )
+            raise FailedPrecondition(f"alert {alert_id} has already resolved: nothing to handle")
         if alert.state == ACKNOWLEDGED:
             return alert.copy(), self.log.last_seq
         now = self.clock()
@@ -249,7 +246,7 @@ class AlertManager:
 
     def create_silence(self, silence: Silence) -> tuple[Silence, int]:
         """Check and add a silence (its id is assigned here); mute what it matches. Raises
-        RequestError INVALID_ARGUMENT when it cannot be created."""
+        InvalidArgument when it cannot be created."""
         now = self.clock()
         check_silence(silence, now)
         created = replace(silence, silence_id=self.silences.new_id())
@@ -271,13 +268,13 @@ class AlertManager:
         """End a silence now; what it muted is unmuted (and fires, if receivers were never
         told). Returns the silence as ended and the log position to wait for."""
         if not silence_id:
-            raise RequestError("INVALID_ARGUMENT", "silence_id is required")
+            raise InvalidArgument("silence_id is required")
         if not by.strip():
-            raise RequestError("INVALID_ARGUMENT", "by is required: say who ends the silence")
+            raise InvalidArgument("by is required: say who ends the silence")
         now = self.clock()
         found = self.silences.get(silence_id)
         if found is None or found.ends_at <= now:
-            raise RequestError("NOT_FOUND", f"no silence {silence_id!r} that has not ended")
+            raise NotFound(f"no silence {silence_id!r} that has not ended")
         ended = replace(found, ends_at=now)
         self.log.append(silence_change(ended, ended_by=by))
         self.silences.put(ended)

@@ -1,7 +1,8 @@
 """The alerting domain: alerts, their events, silences. Plain objects, no I/O.
 
 The numbers of states, event types, severities and kinds are those of the pipewarden.v1 enums,
-so no table is needed to translate.
+so no table is needed to translate; severities and kinds, and their names, are those of
+`pipewarden.names`.
 """
 
 from __future__ import annotations
@@ -9,6 +10,15 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from typing import Final
+
+from pipewarden.names import (
+    CONSECUTIVE_FAILURES,
+    CRITICAL,
+    HIGH,
+    KIND_NAMES,
+    MEDIUM,
+    SEVERITY_NAMES,
+)
 
 __all__ = [
     "ACKNOWLEDGED",
@@ -42,25 +52,6 @@ ESCALATED: Final = 2
 ACKNOWLEDGED_EVENT: Final = 3
 RESOLVED_EVENT: Final = 4
 REPEATED: Final = 5
-
-# pipewarden.v1.Severity
-MEDIUM: Final = 1
-HIGH: Final = 2
-CRITICAL: Final = 3
-SEVERITY_NAMES: Final = {MEDIUM: "medium", HIGH: "high", CRITICAL: "critical"}
-
-# pipewarden.v1.AnomalyKind
-CONSECUTIVE_FAILURES: Final = 4
-KIND_NAMES: Final = {
-    1: "low_success_rate",
-    2: "high_duration",
-    3: "low_records",
-    4: "consecutive_failures",
-    5: "duration_regression",
-    6: "volume_drop",
-    7: "stale",
-    8: "stuck_run",
-}
 
 
 def fingerprint(pipeline_id: str, kind: int) -> str:

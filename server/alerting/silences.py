@@ -6,8 +6,8 @@ import secrets
 from collections.abc import Iterator
 
 from pipewarden.server.alerting.model import KIND_NAMES, Alert, Silence
-from pipewarden.server.base.errors import RequestError
-from pipewarden.server.core.validation import MAX_SECONDS, MIN_SECONDS
+from pipewarden.server.base.errors import InvalidArgument
+from pipewarden.times import MAX_SECONDS, MIN_SECONDS
 
 __all__ = ["MAX_COMMENT_LENGTH", "MAX_NAME_LENGTH", "Silences", "check_silence"]
 
@@ -18,11 +18,11 @@ MAX_COMMENT_LENGTH = 4096
 
 
 def check_silence(silence: Silence, now: float) -> None:
-    """Raise RequestError INVALID_ARGUMENT, saying what is wrong, unless `silence` may be
+    """Raise InvalidArgument, saying what is wrong, unless `silence` may be
     created at `now`."""
 
-    def bad(message: str) -> RequestError:
-        return RequestError("INVALID_ARGUMENT", message)
+    def bad(message: str) -> InvalidArgument:
+        return InvalidArgument(message)
 
     if silence.kind and silence.kind not in KIND_NAMES:
         raise bad(f"kind {silence.kind} is not a known AnomalyKind")

@@ -13,7 +13,7 @@ of the time it took to apply (PAUSE_WHILE_READING), so that ingestion takes at m
 of the loop (p99 about 10 ms); with no reads about, ingestion runs flat out.
 
 Waiting is back-pressure: a stream whose request waits is not read further (see
-`PipelineMonitorService.stream_ingest`). A unary Ingest is refused with RESOURCE_EXHAUSTED and a
+`IngestMethods.stream_ingest`). A unary Ingest is refused with RESOURCE_EXHAUSTED and a
 retry hint rather than queued when the requests already waiting hold `max_waiting_bytes`.
 """
 

@@ -27,6 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from pipewarden.names import SEVERITY_NAMES
 from pipewarden.server.core.shards import PipelineState, ShardSet
 
 __all__ = [
@@ -227,8 +228,5 @@ class AlertCollector(Collector):
         for key in self._alerts():
             counts[key] = counts.get(key, 0) + 1
         for (team, severity), n in sorted(counts.items()):
-            family.add_metric([team, _SEVERITY_NAMES.get(severity, str(severity))], n)
+            family.add_metric([team, SEVERITY_NAMES.get(severity, str(severity))], n)
         yield family
-
-
-_SEVERITY_NAMES = {1: "medium", 2: "high", 3: "critical"}

@@ -7,17 +7,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+
+from pipewarden.server.base.ratelimit import TokenBucket
 
 __all__ = ["RateLimiter", "StreamGate"]
 
 _MAX_BUCKETS = 100_000
-
-
-@dataclass(slots=True)
-class _Bucket:
-    tokens: float
-    at: float
 
 
 class RateLimiter:
@@ -29,7 +24,7 @@ class RateLimiter:
         self.rate = rate
         self.burst = float(max(burst, 1))
         self.clock = clock
-        self._buckets: dict[str, _Bucket] = {}
+        self._buckets: dict[str, TokenBucket] = {}
 
     @property
     def enabled(self) -> bool:
@@ -40,19 +35,13 @@ class RateLimiter:
         """Spend `cost` from `key`'s bucket: 0.0 when allowed, else the seconds to wait."""
         if not self.enabled:
             return 0.0
-        now = self.clock()
         b = self._buckets.get(key)
         if b is None:
             if len(self._buckets) >= _MAX_BUCKETS:
                 # Keys are configured tokens, so this takes a misuse; forget the full buckets.
                 self._buckets = {k: v for k, v in self._buckets.items() if v.tokens < self.burst}
-            b = self._buckets[key] = _Bucket(self.burst, now)
-        b.tokens = min(self.burst, b.tokens + (now - b.at) * self.rate)
-        b.at = now
-        if b.tokens >= cost:
-            b.tokens -= cost
-            return 0.0
-        return (cost - b.tokens) / self.rate
+            b = self._buckets[key] = TokenBucket(self.rate, int(self.burst), self.clock)
+        return b.take(cost)
 
 
 class StreamGate:

@@ -5,13 +5,19 @@ from __future__ import annotations
 import errno
 
 __all__ = [
+    "Busy",
     "ConfigError",
     "CorruptLogError",
     "DiskError",
+    "DomainError",
+    "FailedPrecondition",
+    "InvalidArgument",
     "LogError",
+    "NotFound",
+    "PermissionDenied",
     "PipewardenError",
-    "RequestError",
     "TaskDied",
+    "TooLarge",
     "is_disk_error",
     "is_disk_full",
 ]
@@ -67,12 +73,42 @@ class CorruptLogError(LogError):
     """The event log holds a corrupt record where one may not be cut off (not the tail)."""
 
 
-class RequestError(PipewardenError):
-    """A request cannot be served as sent; carries the gRPC status name to answer with."""
+class DomainError(PipewardenError):
+    """A request that cannot be served as sent, in the domain's words. The layer that speaks to
+    clients (server/api/status.py) maps each kind to its protocol's status: the core and the
+    alerting code never name a gRPC or HTTP status."""
 
-    def __init__(self, code: str, message: str) -> None:
+
+class InvalidArgument(DomainError):
+    """The request is malformed or out of range; sending it again as it is will fail again."""
+
+
+class NotFound(DomainError):
+    """What the request names does not exist (or no longer does)."""
+
+
+class FailedPrecondition(DomainError):
+    """What the request names is not in a state that allows the change (e.g. acknowledging an
+    alert that has resolved)."""
+
+
+class PermissionDenied(DomainError):
+    """The caller is known but may not do this."""
+
+
+class TooLarge(DomainError):
+    """The request is larger than a limit allows: split it (sending it again as it is fails)."""
+
+
+class Busy(DomainError):
+    """The server is too loaded to take the request now; the same request may succeed later."""
+
+    retriable = True
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
         super().__init__(message)
-        self.code = code
+        self.retry_after = retry_after
+        """Seconds after which sending the request again is worth it."""
 
 
 class TaskDied(PipewardenError):

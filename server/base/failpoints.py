@@ -11,7 +11,15 @@ from __future__ import annotations
 import os
 import signal
 
-__all__ = ["NAMES", "NOTIFY_NAMES", "PREFETCH_NAMES", "TASK_NAMES", "FailpointError", "hit"]
+__all__ = [
+    "NAMES",
+    "NOTIFY_NAMES",
+    "PREFETCH_NAMES",
+    "TASK_NAMES",
+    "FailpointError",
+    "arm",
+    "hit",
+]
 
 NAMES = (
     "wal-before-write",
@@ -54,6 +62,14 @@ def _parse(spec: str) -> tuple[dict[str, int], set[str]]:
 
 
 _armed, _raising = _parse(os.environ.get("PIPEWARDEN_FAILPOINTS", ""))
+
+
+def arm(spec: str) -> None:
+    """Arm the failpoints `spec` names, as PIPEWARDEN_FAILPOINTS would at start, in place of
+    those armed now ("" disarms them all): for tests that run the server in their own process
+    (a child it forks inherits them)."""
+    global _armed, _raising
+    _armed, _raising = _parse(spec)
 
 
 def hit(name: str) -> None:

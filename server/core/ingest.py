@@ -75,18 +75,15 @@ class Ingestor:
         self.clock = clock
         self._detect = detector is not None
         self.defer_detection = defer_detection
-        """When set, touched pipelines wait in `pending` until `take_pending` (the server's
+        """When set, touched pipelines wait in `pending` until `take_pending` (the partition's
         detection loop), so a pipeline that runs many times in a moment is evaluated once, and
         detection slows the answer to an ingest request only for the few pipelines whose failure
-        streak just crossed an alerting length (`on_urgent`)."""
+        streak just crossed an alerting length (`urgent`)."""
         self.pending: dict[str, PipelineState] = {}
-        self.on_pending: Callable[[], None] | None = None
-        """Called when an ingest request leaves pipelines pending, so that the detection loop
-        can wake at once instead of polling."""
-        self.on_urgent: Callable[[list[PipelineState]], None] | None = None
-        """Called, in the request, with the pipelines the detector finds `urgent` (a failure
-        streak that crossed an alerting length in this request, even if it ended in it too):
-        they are judged at once, not in the next pass, and are no longer pending."""
+        self.urgent: list[PipelineState] = []
+        """With deferred detection, the pipelines the detector found `urgent` in the requests
+        since `take_urgent` (a failure streak that crossed an alerting length, even if it ended
+        in the same request too): not pending, since the caller judges them at once."""
 
     def ingest(
         self, raw: bytes, request: service_pb2.IngestRequest, team: str | None = None
@@ -141,12 +138,10 @@ class Ingestor:
                 judge = [
                     v for v in touched.values() if v.peak_failures > v.judged_failures and urgent(v)
                 ]
-                if judge and self.on_urgent is not None:
+                if judge:
                     for state in judge:
                         del self.pending[state.pipeline_id]
-                    self.on_urgent(judge)
-                if self.on_pending is not None and self.pending:
-                    self.on_pending()
+                    self.urgent.extend(judge)
             else:
                 self.evaluate(touched.values())
         return out, seq
@@ -159,6 +154,13 @@ class Ingestor:
             self.sink.receive(state, self.detector.evaluate(state, self.shards, now), now)
             count += 1
         return count
+
+    def take_urgent(self) -> list[PipelineState]:
+        """The pipelines found urgent since the last call, to judge now."""
+        if not self.urgent:
+            return []
+        urgent, self.urgent = self.urgent, []
+        return urgent
 
     def take_pending(self) -> list[PipelineState]:
         """The pipelines touched since the last call, to evaluate."""

@@ -13,6 +13,7 @@ from typing import Final
 
 from pipewarden.server.core.limits import IngestLimits
 from pipewarden.server.core.model import CANCELLED, FAILED, RUNNING, SUCCEEDED, Execution
+from pipewarden.times import MAX_SECONDS, MIN_SECONDS
 from pipewarden.v1.execution_pb2 import PipelineExecution
 
 __all__ = [
@@ -31,11 +32,7 @@ _STATUSES = frozenset({SUCCEEDED, FAILED, RUNNING, CANCELLED})
 # The one range of client times, for every request: google.protobuf.Timestamp's documented
 # range, 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z. Float seconds hold it (to
 # within microseconds), and so do the snapshot's doubles; the encoder back to a Timestamp
-# (alerting.convert.timestamp) keeps the rounding of the very last second inside it.
-MIN_SECONDS: Final = -62_135_596_800
-"""0001-01-01T00:00:00Z, the earliest Timestamp a client may send."""
-MAX_SECONDS: Final = 253_402_300_799
-"""9999-12-31T23:59:59Z, the latest whole second a client may send."""
+# (pipewarden.times.timestamp) keeps the rounding of the very last second inside it.
 MAX_DURATION_SECONDS: Final = 315_576_000_000
 """google.protobuf.Duration's documented bound, about 10,000 years, either sign."""
 

@@ -15,6 +15,16 @@ import math
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
+from pipewarden.names import (
+    CRITICAL,
+    HIGH,
+    HIGH_DURATION,
+    LOW_RECORDS,
+    LOW_SUCCESS_RATE,
+    MEDIUM,
+    STALE,
+    STUCK_RUN,
+)
 from pipewarden.server.core.detect import Anomaly
 from pipewarden.server.core.shards import PipelineState, ShardSet
 from pipewarden.server.detection.history import (
@@ -25,12 +35,7 @@ from pipewarden.server.detection.history import (
     binomial_tail,
     median,
 )
-from pipewarden.server.detection.peer import (
-    HIGH_DURATION,
-    LOW_RECORDS,
-    LOW_SUCCESS_RATE,
-    PeerDetector,
-)
+from pipewarden.server.detection.peer import PeerDetector
 from pipewarden.server.detection.profile import fold
 from pipewarden.server.detection.settings import DetectionSettings, MetricRule
 
@@ -45,8 +50,6 @@ DETECTORS = (
     "staleness",
     "stuck_run",
 )
-MEDIUM, HIGH, CRITICAL = 1, 2, 3
-STALE, STUCK_RUN = 7, 8
 REFRESH_EVERY = 16  # runs between recomputations of a pipeline's rhythm
 
 

@@ -14,6 +14,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from pipewarden.names import (
+    CONSECUTIVE_FAILURES,
+    CRITICAL,
+    DURATION_REGRESSION,
+    HIGH,
+    LOW_SUCCESS_RATE,
+    MEDIUM,
+    VOLUME_DROP,
+)
 from pipewarden.server.core.detect import Anomaly
 from pipewarden.server.core.model import FAILED, SUCCEEDED
 from pipewarden.server.core.shards import PipelineState
@@ -39,8 +48,6 @@ __all__ = [
     "widened",
 ]
 
-MEDIUM, HIGH, CRITICAL = 1, 2, 3
-LOW_SUCCESS_RATE, CONSECUTIVE_FAILURES, DURATION_REGRESSION, VOLUME_DROP = 1, 4, 5, 6
 REFRESH_EVERY = 16  # runs between recomputations of a pipeline's baseline
 
 

@@ -13,6 +13,7 @@ import bisect
 import math
 from dataclasses import dataclass
 
+from pipewarden.names import CRITICAL, HIGH, HIGH_DURATION, LOW_RECORDS, LOW_SUCCESS_RATE, MEDIUM
 from pipewarden.server.core.detect import Anomaly
 from pipewarden.server.core.model import FAILED, SUCCEEDED
 from pipewarden.server.core.shards import PipelineState, ShardSet
@@ -20,9 +21,6 @@ from pipewarden.server.detection.settings import MetricRule, PeerSettings
 
 __all__ = ["PeerDetector", "severity_for"]
 
-# pipewarden.v1 enum numbers.
-MEDIUM, HIGH, CRITICAL = 1, 2, 3
-LOW_SUCCESS_RATE, HIGH_DURATION, LOW_RECORDS = 1, 2, 3
 RESUM_EVERY = 1_000_000  # updates between exact recomputations of the running sums
 
 

@@ -13,6 +13,7 @@ import re
 import zlib
 from typing import Any
 
+from pipewarden.server.base.errors import TooLarge
 from pipewarden.server.openlineage.mapping import BadEventError
 
 __all__ = ["MAX_DEPTH", "BodyTooLargeError", "decode"]
@@ -28,7 +29,7 @@ _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 (JSON in UTF-8 or UTF-16 cannot hold one otherwise: their decoders refuse it)."""
 
 
-class BodyTooLargeError(Exception):
+class BodyTooLargeError(TooLarge):
     """The body inflates to more than the limit (answered 413)."""
 
 

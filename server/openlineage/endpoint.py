@@ -1,7 +1,7 @@
 """POST /api/v1/lineage: OpenLineage events in, as Marquez accepts them.
 
 A body is one event, JSON, gzip-encoded or not. A run event that changes a run's state becomes
-one execution event and takes the gRPC path: the same Ingestor validates, deduplicates, applies
+one execution event and takes the gRPC path: the same partition validates, deduplicates, applies
 and logs it, and the answer (201) waits until it is durable, as Ingest does; the outputs it names
 teach the dataset producer map, durable before the answer too. Bad input is 400 with the reason
 and changes nothing; 503 while recovering or when the log cannot write.
@@ -22,9 +22,9 @@ from aiohttp import web
 
 from pipewarden.server.api.auth import ANONYMOUS, Principal
 from pipewarden.server.api.http import PRINCIPAL
+from pipewarden.server.api.status import http_status
 from pipewarden.server.base import metrics
 from pipewarden.server.base.errors import LogError
-from pipewarden.server.core.ingest import Ingestor
 from pipewarden.server.core.limits import IngestLimits
 from pipewarden.server.openlineage.body import BodyTooLargeError, decode
 from pipewarden.server.openlineage.mapping import (
@@ -37,7 +37,7 @@ from pipewarden.server.openlineage.mapping import (
 )
 from pipewarden.server.openlineage.producers import DatasetProducers
 from pipewarden.server.openlineage.settings import OpenLineageSettings
-from pipewarden.server.storage.eventlog import EventLog
+from pipewarden.server.partition.fleet import IngestTarget
 from pipewarden.v1 import service_pb2
 
 __all__ = ["PATH", "Authorizer", "LineageEndpoint", "allow_all", "event_limits"]
@@ -76,8 +76,7 @@ class LineageEndpoint:
 
     def __init__(
         self,
-        ingestor: Ingestor,
-        event_log: EventLog,
+        target: IngestTarget,
         translator: Translator,
         producers: DatasetProducers,
         *,
@@ -86,8 +85,8 @@ class LineageEndpoint:
         authorize: Authorizer = allow_all,
         limits: EventLimits | None = None,
     ) -> None:
-        self.ingestor = ingestor
-        self.log = event_log
+        self.target = target
+        """Where the events' runs are ingested (the partition, standalone)."""
         self.translator = translator
         self.producers = producers
         self.ready = ready
@@ -114,11 +113,10 @@ class LineageEndpoint:
         try:
             doc = decode(await request.read(), self.max_body_bytes)
             plan = self._plan(parse_event(doc, self.limits))
-        except BadEventError as e:
-            metrics.OPENLINEAGE_EVENTS.labels("UNKNOWN", "rejected").inc()
-            return _error(400, str(e))
-        except BodyTooLargeError as e:
-            return _error(413, str(e))
+        except (BadEventError, BodyTooLargeError) as e:
+            if isinstance(e, BadEventError):
+                metrics.OPENLINEAGE_EVENTS.labels("UNKNOWN", "rejected").inc()
+            return _error(http_status(e), str(e))
         except Exception as e:  # a client's body must never make a 500
             log.warning("an OpenLineage event could not be read", exc_info=True)
             metrics.OPENLINEAGE_EVENTS.labels("UNKNOWN", "rejected").inc()
@@ -126,7 +124,7 @@ class LineageEndpoint:
         try:
             return await self._apply(plan, who)
         except LogError as e:
-            return _error(503, str(e))
+            return _error(http_status(e), str(e))
 
     def _plan(self, event: LineageEvent) -> _Plan:
         """What `event` would change, decided and checked (BadEventError) before anything
@@ -166,7 +164,7 @@ class LineageEndpoint:
             body["execution_id"] = execution.execution_id
             # Nothing awaits between reading the state (in to_execution) and applying the
             # event, so no other event changes the pipeline in between.
-            result, seq = self.ingestor.ingest(plan.data, plan.request)
+            result, seq = self.target.ingest(plan.data, plan.request)
             if result.rejected:
                 metrics.OPENLINEAGE_EVENTS.labels(kind, "rejected").inc()
                 return _error(400, result.rejected[0][2])
@@ -176,7 +174,7 @@ class LineageEndpoint:
         if plan.pipeline_id and self.producers.record(plan.pipeline_id, event.outputs, plan.team):
             await self.producers.flush()
         if seq:
-            await self.log.wait_durable(seq)
+            await self.target.wait_durable(seq)
         metrics.OPENLINEAGE_EVENTS.labels(kind, outcome).inc()
         body["outcome"] = outcome
         return web.json_response(body, status=201)

@@ -32,13 +32,12 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
-from pipewarden.server.base.errors import PipewardenError
+from pipewarden.server.base.errors import InvalidArgument
 from pipewarden.server.base.logsafe import safe
 from pipewarden.server.core.model import CANCELLED, FAILED, RUNNING, SUCCEEDED
 from pipewarden.server.core.shards import ShardSet
 from pipewarden.server.openlineage.settings import OpenLineageSettings
+from pipewarden.times import MAX_SECONDS, MIN_SECONDS, timestamp
 from pipewarden.v1.execution_pb2 import PipelineExecution
 
 __all__ = [
@@ -70,9 +69,6 @@ DatasetKey = tuple[str, str]
 
 _MAX_INT64 = 2**63 - 1
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-# The range of google.protobuf.Timestamp, as in server.validation: 0001-01-01 to 9999-12-31.
-_MIN_SECONDS = -62_135_596_800
-_MAX_SECONDS = 253_402_300_799
 
 
 @dataclass(frozen=True)
@@ -97,7 +93,7 @@ class EventLimits:
     """Longest dataset namespace, and longest dataset name."""
 
 
-class BadEventError(PipewardenError):
+class BadEventError(InvalidArgument):
     """The body is not an OpenLineage event Pipewarden can use; the message says why."""
 
 
@@ -330,21 +326,15 @@ class Translator:
         )
         if status == RUNNING:
             # A RUNNING after the START keeps the START's time as the run's start.
-            msg.started_at.CopyFrom(_timestamp(remembered or event.event_time))
+            msg.started_at.CopyFrom(timestamp(remembered or event.event_time))
             return msg
-        msg.finished_at.CopyFrom(_timestamp(event.event_time))
+        msg.finished_at.CopyFrom(timestamp(event.event_time))
         # Clocks of different hosts may disagree: a start after the finish is no duration.
         if remembered is not None and remembered <= event.event_time:
-            msg.started_at.CopyFrom(_timestamp(remembered))
+            msg.started_at.CopyFrom(timestamp(remembered))
         if status == FAILED:
             msg.error_message = event.error_message
         return msg
-
-
-def _timestamp(t: float) -> Timestamp:
-    ts = Timestamp()
-    ts.FromNanoseconds(round(t * 1e6) * 1000)
-    return ts
 
 
 def _object(doc: Mapping[str, Any], key: str) -> Mapping[str, Any]:
@@ -386,9 +376,9 @@ def _time(value: Any) -> float | None:
     except OverflowError as e:
         raise BadEventError(f"eventTime {value!r} is outside years 1 to 9999 once in UTC") from e
     seconds = since.days * 86_400 + since.seconds
-    if not _MIN_SECONDS <= seconds <= _MAX_SECONDS:
+    if not MIN_SECONDS <= seconds <= MAX_SECONDS:
         raise BadEventError(f"eventTime {value!r} is outside years 1 to 9999 once in UTC")
-    if seconds == _MAX_SECONDS:
+    if seconds == MAX_SECONDS:
         return float(seconds)  # a fraction of the last second would round past the range
     return seconds + since.microseconds / 1e6
 

@@ -26,7 +26,6 @@ with a warning, so that no line can break the requests that would read it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -35,6 +34,7 @@ from pathlib import Path
 
 from pipewarden.server.base.errors import DiskError, LogError, is_disk_error
 from pipewarden.server.openlineage.mapping import DatasetKey
+from pipewarden.server.storage.files import fsync_dir, remove, truncate, write_all
 
 __all__ = ["MAX_PRODUCERS_PER_DATASET", "DatasetProducers"]
 
@@ -130,7 +130,7 @@ class DatasetProducers:
         """Read the file (blocking: at start, before serving)."""
         self.directory.mkdir(parents=True, exist_ok=True)
         self._map = {}
-        _remove(self.path.with_name(FILE_NAME + ".tmp"))  # a rewrite a crash cut short
+        remove(self.path.with_name(FILE_NAME + ".tmp"))  # a rewrite a crash cut short
         self._team_of, self._entries_of, self._per_team = {}, {}, {}
         try:
             data = self.path.read_bytes()
@@ -162,7 +162,7 @@ class DatasetProducers:
                     log.warning(
                         "%s: not compacted (%s); cutting its torn line in place", self.path, e
                     )
-                    _truncate(self.path, len(data) - len(tail))
+                    truncate(self.path, len(data) - len(tail))
         for team, count in self._per_team.items():
             if count > self.max_per_team:
                 log.warning(
@@ -212,14 +212,12 @@ class DatasetProducers:
         created = not self.path.exists()
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            write_all(fd, data)
             os.fdatasync(fd)
         finally:
             os.close(fd)
         if created:
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
 
     def _rewrite(self) -> None:
         tmp = self.path.with_name(FILE_NAME + ".tmp")
@@ -238,23 +236,9 @@ class DatasetProducers:
                 os.fsync(f.fileno())
             os.rename(tmp, self.path)
         except BaseException:
-            _remove(tmp)
+            remove(tmp)
             raise
-        _fsync_dir(self.directory)
-
-
-def _remove(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
-
-
-def _truncate(path: Path, size: int) -> None:
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        os.ftruncate(fd, size)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fsync_dir(self.directory)
 
 
 def _entry(line: bytes) -> tuple[str, str, str, str] | None:
@@ -283,11 +267,3 @@ def _entry(line: bytes) -> tuple[str, str, str, str] | None:
     except UnicodeEncodeError:
         return None  # a lone surrogate: no request may carry it on
     return namespace, name, producer, team
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -44,6 +44,7 @@ from pipewarden.server.core.limits import IngestLimits
 from pipewarden.server.core.validation import convert
 from pipewarden.server.core.wire import decode_rows
 from pipewarden.server.partition.snapshot import SnapshotStore
+from pipewarden.server.storage.files import write_all
 from pipewarden.server.storage.wal import read_entries, segments_after
 from pipewarden.storage.v1 import storage_pb2
 
@@ -202,9 +203,7 @@ def _convert_tail(
     for seq, entry in reversed(entries):
         blob = _converted(entry, limits, ids, at)
         frame = _FRAME.pack(seq, crc32c.crc32c(entry), len(blob)) + blob
-        written = 0
-        while written < len(frame):  # the reader takes a frame only once it is whole
-            written += os.write(fd, frame[written:])
+        write_all(fd, frame)  # the reader takes a frame only once it is whole
         failpoints.hit("replay-prefetch")
 
 

@@ -72,7 +72,7 @@ async def recover(
         event_log.start_after(after)
         if prefetch is not None:
             prefetch.restored(after)
-        entries, events = _replay(event_log, after, ingestor, alerts, prefetch)
+        entries, events = await _replay(event_log, after, ingestor, alerts, prefetch)
     return Recovered(after, entries, events, time.perf_counter() - began)
 
 
@@ -126,7 +126,7 @@ def _load_latest(store: SnapshotStore) -> LoadedSnapshot | None:
     return store.load_latest()
 
 
-def _replay(
+async def _replay(
     event_log: EventLog,
     after: int,
     ingestor: Ingestor,
@@ -135,19 +135,20 @@ def _replay(
 ) -> tuple[int, int]:
     """Apply the log's entries after `after`; return (entries, events applied)."""
     entries = events = 0
-    for seq, payload in event_log.replay(after):
-        converted = prefetch.take(seq, payload) if prefetch is not None else None
-        if converted is not None:
-            events += ingestor.replay_rows(*converted)
+    async for batch in event_log.replay(after):
+        for seq, payload in batch:
+            converted = prefetch.take(seq, payload) if prefetch is not None else None
+            if converted is not None:
+                events += ingestor.replay_rows(*converted)
+                entries += 1
+                continue
+            record = storage_pb2.LogRecord.FromString(payload)
+            if record.WhichOneof("entry") == "executions":
+                events += ingestor.replay_batch(record.executions)
+            elif alerts is not None:
+                alerts.replay(record)
+                _streaks_judged(record, ingestor.shards)
             entries += 1
-            continue
-        record = storage_pb2.LogRecord.FromString(payload)
-        if record.WhichOneof("entry") == "executions":
-            events += ingestor.replay_batch(record.executions)
-        elif alerts is not None:
-            alerts.replay(record)
-            _streaks_judged(record, ingestor.shards)
-        entries += 1
     if prefetch is not None:
         log.info(
             "replay prefetch: %d of %d log entries converted by the helper process",

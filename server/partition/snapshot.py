@@ -57,6 +57,9 @@ from pipewarden.server.core.dedup import (
 from pipewarden.server.core.shards import ShardSet, SnapshotJob, encode_shard_part
 from pipewarden.server.storage.descriptors import open_file
 from pipewarden.server.storage.eventlog import EventLog
+from pipewarden.server.storage.files import fsync_dir as _fsync_dir
+from pipewarden.server.storage.files import remove as _remove
+from pipewarden.server.storage.files import write_all as _write_all
 from pipewarden.server.storage.readonly import mapped
 from pipewarden.storage.v1 import storage_pb2
 
@@ -659,22 +662,3 @@ def _ids_frames(image: Remembered) -> Iterator[tuple[bytes, memoryview]]:
 def _write_pair(fd: int, head: bytes, rest: memoryview) -> None:
     _write_all(fd, head)
     _write_all(fd, rest)
-
-
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def _remove(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -1,12 +1,15 @@
 """The event-log seam: every accepted change passes through it before it is acknowledged.
 
 The in-memory implementation here keeps records for the life of the process; the write-ahead
-log puts the same interface on disk, and a later one a shared stream.
+log puts the same interface on disk, and a later one a shared stream across the network: so
+`open`, `wait_durable` and `replay` are coroutines (replay hands records over in batches), and
+`append` only queues a record and numbers it, without waiting. A log that cannot keep what it
+took raises LogError from `wait_durable`; the partition that owns it stops.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Protocol
 
 __all__ = ["EventLog", "MemoryLog"]
@@ -33,8 +36,9 @@ class EventLog(Protocol):
         """Return once records up to `seq` are durable; raise LogError if they cannot be."""
         ...
 
-    def replay(self, after: int) -> Iterator[tuple[int, bytes]]:
-        """The stored records with sequence numbers above `after`, in order."""
+    def replay(self, after: int) -> AsyncIterator[Sequence[tuple[int, bytes]]]:
+        """The stored records with sequence numbers above `after`, in order, in batches (an
+        async generator: `async for batch in log.replay(after)`)."""
         ...
 
     async def close(self) -> None:
@@ -102,8 +106,14 @@ class MemoryLog:
     async def wait_durable(self, seq: int) -> None:
         """Memory is as durable as it gets here."""
 
-    def replay(self, after: int) -> Iterator[tuple[int, bytes]]:
-        """The records after `after`."""
+    async def replay(self, after: int) -> AsyncIterator[list[tuple[int, bytes]]]:
+        """The records after `after`, in one batch."""
+        records = list(self.read(after))
+        if records:
+            yield records
+
+    def read(self, after: int) -> Iterator[tuple[int, bytes]]:
+        """The records after `after`, one by one."""
         for i in range(max(after - self._base, 0), len(self._records)):
             yield self._base + i + 1, self._records[i]
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import itertools
 import logging
 import os
@@ -37,7 +36,7 @@ import re
 import struct
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +47,7 @@ import crc32c
 from pipewarden.server.base import failpoints, metrics, tasks
 from pipewarden.server.base.errors import CorruptLogError, DiskError, LogError, is_disk_error
 from pipewarden.server.storage.descriptors import open_file
+from pipewarden.server.storage.files import fsync_dir, truncate, write_all
 from pipewarden.server.storage.readonly import Buffer, mapped
 
 __all__ = [
@@ -69,6 +69,9 @@ RECORD_HEADER = struct.Struct("<IIQI")  # length, crc, first_seq, count
 ENTRY = struct.Struct("<I")
 MAX_RECORD_BYTES = 1 << 30
 FSYNC_POLICIES = ("always", "interval", "off")
+REPLAY_BATCH = 4096
+"""Entries handed over at once by `replay`: a log across the network fetches in batches, and an
+await per entry would cost a restart a second per million."""
 _NONZERO = re.compile(b"[^\x00]")
 
 
@@ -332,14 +335,6 @@ def read_entries(directory: Path, after: int) -> Iterator[tuple[int, bytes]]:
             return
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = open_file(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class WriteAheadLog:
     """The event log on disk. See the module docstring for the format and the guarantees."""
 
@@ -429,7 +424,19 @@ class WriteAheadLog:
         self._waiters.append((seq, future))
         await future
 
-    def replay(self, after: int) -> Iterator[tuple[int, bytes]]:
+    async def replay(self, after: int) -> AsyncIterator[list[tuple[int, bytes]]]:
+        """Entries numbered above `after`, in order, from the recovered segments, in batches
+        (the EventLog seam; see `read` for the plain iterator)."""
+        batch: list[tuple[int, bytes]] = []
+        for entry in self.read(after):
+            batch.append(entry)
+            if len(batch) >= REPLAY_BATCH:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+    def read(self, after: int) -> Iterator[tuple[int, bytes]]:
         """Entries numbered above `after`, in order, from the recovered segments."""
         for segment in list(self.segments):
             if segment.last_seq <= after:
@@ -486,7 +493,7 @@ class WriteAheadLog:
             for s in doomed:
                 with contextlib.suppress(FileNotFoundError):
                     s.path.unlink()
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
 
         await asyncio.get_running_loop().run_in_executor(self._executor, delete)
         self.segments = [s for s in self.segments if s not in doomed]
@@ -539,7 +546,7 @@ class WriteAheadLog:
                         cut,
                         scan.last_seq - first + 1,
                     )
-                    self._truncate(path, scan.good_end)
+                    truncate(path, scan.good_end)
                     report.cut_bytes += cut
                 else:
                     problem = scan.error
@@ -589,16 +596,7 @@ class WriteAheadLog:
         if good_end < SEGMENT_HEADER.size:
             path.unlink()
         else:
-            self._truncate(path, good_end)
-
-    @staticmethod
-    def _truncate(path: Path, size: int) -> None:
-        fd = os.open(path, os.O_WRONLY)
-        try:
-            os.ftruncate(fd, size)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            truncate(path, good_end)
 
     def _new_segment(self, first_seq: int) -> None:
         """Create and switch to a new segment (in the writer thread or during recovery)."""
@@ -607,7 +605,7 @@ class WriteAheadLog:
         try:
             fd = open_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
-                self._write_all(fd, _segment_header(first_seq))
+                write_all(fd, _segment_header(first_seq), self.io.write)
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -618,21 +616,13 @@ class WriteAheadLog:
                 tmp.unlink()
             e.filename = e.filename or str(tmp)
             raise
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
         if self._fd >= 0:
             os.close(self._fd)
         self._fd = open_file(path, os.O_WRONLY | os.O_APPEND)
         self.segments.append(Segment(path, first_seq, first_seq - 1, SEGMENT_HEADER.size))
 
     # -- writing ---------------------------------------------------------------------------------
-
-    def _write_all(self, fd: int, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            n = self.io.write(fd, view)
-            if n <= 0:
-                raise OSError(errno.ENOSPC, "write wrote nothing")
-            view = view[n:]
 
     def _fsync(self, fd: int) -> None:
         """In the writer thread: fdatasync, timed for /metrics."""
@@ -647,7 +637,7 @@ class WriteAheadLog:
                 self._fsync(self._fd)
             self._new_segment(first_seq)
         failpoints.hit("wal-before-write")
-        self._write_all(self._fd, data)
+        write_all(self._fd, data, self.io.write)
         failpoints.hit("wal-after-write")
         if self.fsync == "always":
             self._fsync(self._fd)
