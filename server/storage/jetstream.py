@@ -7,16 +7,17 @@ increasing but not contiguous: fence records and the pieces of a split record ta
 `replay` never yields.
 
 Durability. `append` only queues a record and returns its number; a writer task publishes the
-queue pipelined (`publish_async`), and an acker task takes the PubAcks in order: a record is
-durable once JetStream's PubAck for it (and for every record before it) has arrived, which at R3
-means a majority of the servers stored it. What the NATS servers do with it then (`sync_interval`)
+queue pipelined (replies to the log's own inbox, at most MAX_IN_FLIGHT awaited), and an acker
+task takes the PubAcks in order: a record is durable once JetStream's PubAck for it (and for
+every record before it) has arrived, which at R3 means a majority of the servers stored it. What the NATS servers do with it then (`sync_interval`)
 is their configuration's business.
 
 Fencing. Exactly one writer may append, and the stream decides who: every message carries
 `Nats-Expected-Last-Sequence` (the stream sequence of the message before it) and
 `Nats-Msg-Id` / `Nats-Expected-Last-Msg-Id` (an id naming this writer and that sequence, and the
 id of the message before it). `open()` makes this log the owner by appending a fence record (a
-message whose `Pw-Kind` header is `fence`) expected to follow the stream's last message. From
+message whose `Pw-Kind` header is `fence`) expected to follow the stream's last message (tried
+again while another writer's appends make it miss). From
 then on a previous owner's next append is refused by the server, and the log raises FencedError
 and stays failed: the owner must drop the partition. The message id matters for pipelining: a
 fenced writer's in-flight messages expect sequences N, N+1, ... and the one expecting the fence's
@@ -52,6 +53,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import secrets
 import time
@@ -63,6 +65,7 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import api
 
 from pipewarden.server.base import tasks
@@ -80,6 +83,8 @@ HEADER_ROOM = 1024
 """Bytes of a message kept for its headers when a record is split."""
 REPLAY_BATCH = 256
 """Messages fetched at once by `replay` (a record is a whole ingest request: keep memory low)."""
+MAX_IN_FLIGHT = 4096
+"""Messages published and not yet acknowledged, at most (the writer waits beyond)."""
 WRONG_LAST_SEQUENCE = 10071
 WRONG_LAST_MSG_ID = 10070
 _NATS_ERRORS = (nats.errors.Error, OSError, asyncio.TimeoutError)
@@ -127,7 +132,11 @@ class JetStreamLog:
         self._prev_id = ""  # ... and its id
         self._advance_to = 0  # start_after beyond the stream: purge up to it first
         self._queue: deque[_Message] = deque()
-        self._inflight: deque[tuple[_Message, asyncio.Future[api.PubAck]]] = deque()
+        self._inflight: deque[tuple[_Message, asyncio.Future[int]]] = deque()
+        self._pending: dict[int, asyncio.Future[int]] = {}  # by the reply subject's number
+        self._room = asyncio.Event()
+        self._inbox = ""
+        self._replies: Subscription | None = None
         self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
         self._wake = asyncio.Event()
         self._acks = asyncio.Event()
@@ -157,41 +166,49 @@ class JetStreamLog:
 
     async def open(self) -> None:
         """Create the stream if it does not exist, and become its only writer by appending a
-        fence record after its last message. FencedError if another writer appends meanwhile."""
+        fence record after its last message. A writer that appends meanwhile makes the fence
+        miss; it is tried again (the caller has decided this node owns the partition) until
+        `ack_timeout` has passed, then FencedError."""
         if self._opened:
             return
-        try:
-            state = await self._ensure_stream()
-            last = state.last_seq
-            fence = last + 1
-            fence_id = self._id(fence)
-            headers = {
-                KIND: "fence",
-                "Nats-Msg-Id": fence_id,
-                "Nats-Expected-Last-Sequence": str(last),
-            }
-            ack = await self._js.publish(
-                self.subject,
-                self.writer_id.encode(),
-                timeout=self.ack_timeout,
-                stream=self.stream,
-                headers=headers,
-            )
-        except nats.js.errors.APIError as e:
-            if e.err_code == WRONG_LAST_SEQUENCE:
-                raise FencedError(
-                    f"stream {self.stream}: another writer appended while this one opened it "
-                    f"(expected the last message at {last}: {e.description})"
-                ) from e
-            raise LogError(f"stream {self.stream} cannot be opened: {e}") from e
-        except _NATS_ERRORS as e:
-            raise LogError(f"stream {self.stream} cannot be opened: {e!r}") from e
+        deadline = time.monotonic() + self.ack_timeout
+        while True:
+            try:
+                state = await self._ensure_stream()
+                fence = state.last_seq + 1
+                ack = await self._js.publish(
+                    self.subject,
+                    self.writer_id.encode(),
+                    timeout=self.ack_timeout,
+                    stream=self.stream,
+                    headers={
+                        KIND: "fence",
+                        "Nats-Msg-Id": self._id(fence),
+                        "Nats-Expected-Last-Sequence": str(state.last_seq),
+                    },
+                )
+                break
+            except nats.js.errors.APIError as e:
+                if e.err_code != WRONG_LAST_SEQUENCE:
+                    raise LogError(f"stream {self.stream} cannot be opened: {e}") from e
+                if time.monotonic() > deadline:
+                    raise FencedError(
+                        f"stream {self.stream}: another writer kept appending while this one "
+                        f"tried to fence it for {self.ack_timeout}s ({e.description})"
+                    ) from e
+            except _NATS_ERRORS as e:
+                raise LogError(f"stream {self.stream} cannot be opened: {e!r}") from e
         if ack.seq != fence or ack.duplicate:
             raise LogError(f"stream {self.stream}: the fence took sequence {ack.seq}, not {fence}")
         self._first = state.first_seq if state.messages else fence
         self._last = self._durable = self._prev_seq = fence
-        self._prev_id = fence_id
+        self._prev_id = self._id(fence)
         self._bytes = state.bytes
+        self._inbox = self.connection.new_inbox()
+        try:
+            self._replies = await self.connection.subscribe(f"{self._inbox}.*", cb=self._on_reply)
+        except _NATS_ERRORS as e:
+            raise LogError(f"stream {self.stream} cannot be opened: {e!r}") from e
         self._opened = True
         self._writer = tasks.spawn(self._write_loop(), name=f"jetstream-writer-{self.stream}")
         self._acker = tasks.spawn(self._ack_loop(), name=f"jetstream-acker-{self.stream}")
@@ -283,6 +300,9 @@ class JetStreamLog:
                 await asyncio.wait({task})
         self._closed = True
         self._fail_inflight()
+        if self._replies is not None:
+            with contextlib.suppress(*_NATS_ERRORS):
+                await self._replies.unsubscribe()
 
     def start_after(self, seq: int) -> None:
         """Number the next record at least `seq + 1`. Beyond the stream's last sequence (a
@@ -384,8 +404,37 @@ class JetStreamLog:
 
     # -- the writer and the acker ----------------------------------------------------------------
 
+    async def _on_reply(self, msg: Msg) -> None:
+        """A PubAck (or the server's refusal) for the message its reply subject names."""
+        future = self._pending.pop(int(msg.subject.rpartition(".")[2]), None)
+        if future is None or future.done():
+            return
+        if msg.headers and msg.headers.get("Status") == "503":
+            future.set_exception(LogError(f"stream {self.stream}: no JetStream responders"))
+            return
+        try:
+            reply = json.loads(msg.data)
+        except ValueError as e:
+            future.set_exception(LogError(f"stream {self.stream}: unreadable PubAck: {e}"))
+            return
+        error = reply.get("error")
+        if error is not None:
+            future.set_exception(
+                nats.js.errors.APIError(
+                    code=error.get("code"),
+                    err_code=error.get("err_code"),
+                    description=error.get("description"),
+                )
+            )
+        else:
+            future.set_result(int(reply.get("seq", 0)))
+
     async def _write_loop(self) -> None:
-        """Publish the queue in order, pipelined, each message chained to the one before."""
+        """Publish the queue in order, pipelined, each message chained to the one before.
+
+        The replies come to this log's own inbox (nats-py's publish_async would do the same,
+        but its handler raises a refusal instead of handing it to the waiting future)."""
+        loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -398,6 +447,10 @@ class JetStreamLog:
                 self._prev_seq = self._durable = self._advance_to
                 self._advance_to = 0
             while self._queue and self._error is None:
+                if len(self._inflight) >= MAX_IN_FLIGHT:
+                    self._room.clear()
+                    await self._room.wait()
+                    continue
                 message = self._queue.popleft()
                 seq = message.seq
                 headers = {
@@ -407,22 +460,21 @@ class JetStreamLog:
                 }
                 if message.part is not None:
                     headers[PART] = message.part
+                future: asyncio.Future[int] = loop.create_future()
+                self._pending[seq] = future
+                self._inflight.append((message, future))
+                self._acks.set()
                 try:
-                    future = await self._js.publish_async(
+                    await self.connection.publish(
                         self.subject,
                         message.payload,
-                        wait_stall=max(message.deadline - time.monotonic(), 0.001),
+                        reply=f"{self._inbox}.{seq}",
                         headers=headers,
                     )
-                except nats.js.errors.TooManyStalledMsgsError:
-                    self._fail(self._timeout(seq))
-                    return
                 except _NATS_ERRORS as e:
                     self._fail(LogError(f"stream {self.stream}: record {seq} not sent: {e!r}"))
                     return
                 self._prev_seq, self._prev_id = seq, headers["Nats-Msg-Id"]
-                self._inflight.append((message, future))
-                self._acks.set()
             if self._error is not None or (self._closing and not self._queue):
                 self._acks.set()
                 return
@@ -441,18 +493,21 @@ class JetStreamLog:
             remaining = message.deadline - time.monotonic()
             if not future.done():
                 await asyncio.wait({future}, timeout=max(remaining, 0))
+            if self._error is not None:
+                return
             if not future.done():
                 self._fail(self._timeout(message.seq))
                 return
             self._inflight.popleft()
+            self._room.set()
             error = future.exception()
             if error is not None:
                 self._fail(self._refused(message.seq, error))
                 return
-            ack = future.result()
-            if ack.seq != message.seq:
+            stored = future.result()
+            if stored != message.seq:
                 self._fail(
-                    LogError(f"stream {self.stream}: record {message.seq} was stored at {ack.seq}")
+                    LogError(f"stream {self.stream}: record {message.seq} was stored at {stored}")
                 )
                 return
             if message.part is None or message.part.split("/")[0] == message.part.split("/")[1]:
@@ -505,8 +560,9 @@ class JetStreamLog:
         while self._inflight:
             _, future = self._inflight.popleft()
             future.add_done_callback(_retrieve)
+        self._pending.clear()
 
 
-def _retrieve(future: asyncio.Future[api.PubAck]) -> None:
+def _retrieve(future: asyncio.Future[int]) -> None:
     if not future.cancelled():
         future.exception()
