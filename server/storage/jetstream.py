@@ -9,8 +9,8 @@ increasing but not contiguous: fence records and the pieces of a split record ta
 Durability. `append` only queues a record and returns its number; a writer task publishes the
 queue pipelined (replies to the log's own inbox, at most MAX_IN_FLIGHT awaited), and an acker
 task takes the PubAcks in order: a record is durable once JetStream's PubAck for it (and for
-every record before it) has arrived, which at R3 means a majority of the servers stored it. What the NATS servers do with it then (`sync_interval`)
-is their configuration's business.
+every record before it) has arrived, which at R3 means a majority of the servers stored it.
+What the NATS servers do with it then (`sync_interval`) is their configuration's business.
 
 Fencing. Exactly one writer may append, and the stream decides who: every message carries
 `Nats-Expected-Last-Sequence` (the stream sequence of the message before it) and
