@@ -58,8 +58,9 @@ import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import nats.errors
 import nats.js.errors
@@ -87,6 +88,7 @@ MAX_IN_FLIGHT = 4096
 """Messages published and not yet acknowledged, at most (the writer waits beyond)."""
 WRONG_LAST_SEQUENCE = 10071
 WRONG_LAST_MSG_ID = 10070
+_T = TypeVar("_T")
 _NATS_ERRORS = (nats.errors.Error, OSError, asyncio.TimeoutError)
 
 
@@ -109,6 +111,7 @@ class JetStreamLog:
         *,
         replicas: int = 1,
         ack_timeout: float = 10.0,
+        read_timeout: float = 30.0,
         owner: str = "",
         on_failure: Callable[[LogError], None] | None = None,
     ) -> None:
@@ -120,10 +123,13 @@ class JetStreamLog:
         self.replicas = replicas
         self.ack_timeout = ack_timeout
         """Seconds an append may wait for its PubAck before the log fails."""
+        self.read_timeout = read_timeout
+        """Seconds `replay` keeps trying to read (a cluster electing leaders) before LogError."""
         self.on_failure = on_failure
         self.writer_id = f"{owner or 'pw'}-{secrets.token_hex(6)}"
         """Names this log's messages (`Nats-Msg-Id` is `<writer_id>:<seq>`)."""
-        self._js = connection.jetstream()
+        # Its API requests (stream info, purge, the fence) wait no longer than an append.
+        self._js = connection.jetstream(timeout=ack_timeout)
         self._first = 1
         self._last = 0  # numbered (appended)
         self._durable = 0  # acknowledged, in order
@@ -252,28 +258,29 @@ class JetStreamLog:
         """The records numbered above `after` that JetStream has acknowledged when it starts,
         in order, in batches; fence records skipped, split records joined."""
         end = self._durable
-        if after >= end:
+        start = max(after + 1, self._first)
+        if start > end:
             return
         config = api.ConsumerConfig(
             deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=after + 1,
+            opt_start_seq=start,
             ack_policy=api.AckPolicy.NONE,
             inactive_threshold=60.0,
             mem_storage=True,
             num_replicas=1,
         )
-        try:
-            sub = await self._js.pull_subscribe(self.subject, stream=self.stream, config=config)
-        except _NATS_ERRORS as e:
-            raise LogError(f"stream {self.stream} cannot be read: {e!r}") from e
+        sub = await self._retrying(
+            f"cannot create a consumer from {start}",
+            lambda: self._js.pull_subscribe(self.subject, stream=self.stream, config=config),
+        )
         pieces: list[bytes] = []
         seq = after
         try:
             while seq < end:
-                try:
-                    msgs = await sub.fetch(REPLAY_BATCH, timeout=self.ack_timeout)
-                except _NATS_ERRORS as e:
-                    raise LogError(f"stream {self.stream} cannot be read after {seq}: {e!r}") from e
+                msgs = await self._retrying(
+                    f"cannot be read after {seq}",
+                    lambda: sub.fetch(REPLAY_BATCH, timeout=self.ack_timeout),
+                )
                 batch: list[tuple[int, bytes]] = []
                 for msg in msgs:
                     seq = msg.metadata.sequence.stream
@@ -287,6 +294,19 @@ class JetStreamLog:
         finally:
             with contextlib.suppress(*_NATS_ERRORS):
                 await sub.unsubscribe()
+
+    async def _retrying(self, problem: str, request: Callable[[], Awaitable[_T]]) -> _T:
+        """`request()`, tried again until `read_timeout` has passed: after a NATS server died,
+        the cluster elects new leaders (of the stream and of the cluster's metadata) first."""
+        deadline = time.monotonic() + self.read_timeout
+        while True:
+            try:
+                return await request()
+            except _NATS_ERRORS as e:
+                if time.monotonic() > deadline:
+                    raise LogError(f"stream {self.stream} {problem}: {e!r}") from e
+                log.info("stream %s %s (%r); trying again", self.stream, problem, e)
+                await asyncio.sleep(0.2)
 
     async def close(self) -> None:
         """Wait (up to the ack deadline) until what was appended is acknowledged, then stop the
