@@ -426,7 +426,8 @@ class JetStreamLog:
 
     async def _on_reply(self, msg: Msg) -> None:
         """A PubAck (or the server's refusal) for the message its reply subject names."""
-        future = self._pending.pop(int(msg.subject.rpartition(".")[2]), None)
+        token = msg.subject.rpartition(".")[2]
+        future = self._pending.pop(int(token), None) if token.isdigit() else None
         if future is None or future.done():
             return
         if msg.headers and msg.headers.get("Status") == "503":
