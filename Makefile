@@ -11,7 +11,7 @@ BYTECODE := $(PY) -m compileall -q server notifiers pipewarden bench eval > /dev
 HOT      := $(addprefix server/core/,model.py validation.py dedup.py shards.py wire.py ingest.py)
 COMPILED := build/mypyc/manifest.json
 
-.PHONY: run test lint proto bench eval install dev compile clean
+.PHONY: run test lint proto bench bench-scale eval install dev compile clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,10 @@ proto: dev                      ## regenerate pipewarden/v1 and pipewarden/stora
 bench: dev compile              ## the benchmarks; results also in bench/results.json
 	$(BYTECODE)
 	$(PY) -m bench
+
+bench-scale: dev compile        ## fleet sizes up to 1,000,000 pipelines (minutes); bench/out/results.json
+	$(BYTECODE)
+	$(PY) -m bench scale-1m
 
 eval: dev compile               ## the anomaly detectors on labelled scenarios; also eval/results.json
 	$(PY) -m eval

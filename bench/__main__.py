@@ -35,15 +35,21 @@ from bench import (
     queries,
     recovery,
     report,
+    scale,
+    scale_million,
 )
 from bench.common import Context, SectionResult
 from pipewarden.server.core import compiled
 
 SECTIONS: dict[str, ModuleType] = {
     m.NAME: m
-    for m in (ingest, latency, alerts, queries, memory, fsync, recovery, notify, load, overload)
-}
+    for m in (
+        ingest, latency, alerts, queries, memory, fsync, recovery, scale, notify, load, overload
+    )
+}  # fmt: skip
 """Every section, by name, in the order a full run takes them."""
+EXTRA: dict[str, ModuleType] = {scale_million.NAME: scale_million}
+"""Sections that run only when named (minutes each): `make bench-scale`."""
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results.json"
@@ -79,7 +85,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "sections",
         nargs="*",
         metavar="SECTION",
-        help=f"sections to run (default: all): {', '.join(SECTIONS)}",
+        help=f"sections to run (default: all but {', '.join(EXTRA)}): {', '.join(SECTIONS)}",
     )
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
     parser.add_argument(
@@ -100,9 +106,10 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "--strict", action="store_true", help="exit with status 1 when a figure misses its target"
     )
     args = parser.parse_args(argv)
-    unknown = [s for s in args.sections if s not in SECTIONS]
+    unknown = [s for s in args.sections if s not in SECTIONS and s not in EXTRA]
     if unknown:
-        parser.error(f"unknown section {', '.join(unknown)}; known: {', '.join(SECTIONS)}")
+        known = ", ".join([*SECTIONS, *EXTRA])
+        parser.error(f"unknown section {', '.join(unknown)}; known: {known}")
     return args
 
 
@@ -137,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     began = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="pipewarden-bench-") as tmp:
         for name in names:
-            module = SECTIONS[name]
+            module = SECTIONS.get(name) or EXTRA[name]
             ctx = Context(
                 quick=args.quick,
                 console=console,

@@ -423,15 +423,18 @@ class Context:
 
     @contextlib.contextmanager
     def pipewarden(
-        self, name: str, config: dict[str, Any] | None = None
+        self, name: str, config: dict[str, Any] | None = None, *, bin_dir: Path = VENV_BIN
     ) -> Iterator[ServerProcess]:
         """A fresh Pipewarden (empty data directory), serving until the block ends.
 
         `config` is a configuration document (as in pipewarden.yaml) for sections that compare
-        settings; the command-line flags still set the addresses and the data directory."""
+        settings; the command-line flags still set the addresses and the data directory.
+        `bin_dir` holds the `pipewarden` to run: the development tree's by default, an installed
+        wheel's (bench.wheel) to compare them."""
         data_dir = self.workdir / f"{name}-data"
         data_dir.mkdir(parents=True, exist_ok=False)
-        with self._serving(self.start_pipewarden(name, data_dir, config)) as server:
+        server = self.start_pipewarden(name, data_dir, config, bin_dir=bin_dir)
+        with self._serving(server):
             yield server
 
     def start_pipewarden(
@@ -441,6 +444,7 @@ class Context:
         config: dict[str, Any] | None = None,
         *,
         wrap: Sequence[str] = (),
+        bin_dir: Path = VENV_BIN,
     ) -> ServerProcess:
         """Start Pipewarden on `data_dir`, which may hold what an earlier server left, without
         waiting for it to serve; its log goes to `<logdir>/<name>.log`. `wrap` goes before the
@@ -448,7 +452,7 @@ class Context:
         port = free_port()
         argv = [
             *wrap,
-            str(VENV_BIN / "pipewarden"), "serve",
+            str(bin_dir / "pipewarden"), "serve",
             "--listen", f"{HOST}:{port}",
             "--http-listen", "",
             "--data-dir", str(data_dir),

@@ -7,19 +7,30 @@ each server, one after the other (the order rotates between rounds, so a drift i
 speed hurts no side more). The figures to watch are ratios taken round by round, then the
 median: ingest path / sink (target 0.5) and detectors on / off (target 0.8: detection may cost
 at most a fifth of the throughput). The absolute rates are context.
+
+At 1,000 executions a request, every round also sends a second set of requests to Pipewarden
+as users install it, a wheel of the current tree (built with pip, so with the hot path compiled
+by mypyc where a C compiler is) in its own virtual environment under bench/out/wheel/, detection
+off, and to a development tree's server that has seen the same requests since it started, the
+two back to back in alternating order, after every server has gone quiet (the detecting server
+goes on evaluating after its run). The figure
+is the ratio installed wheel / development tree, round by round, then the median (target 1.0:
+what users install runs no slower than a `make`-built checkout).
 """
 
 from __future__ import annotations
 
 import statistics
+import time
+from collections.abc import Iterable
 from typing import Any
 
-from bench import loadgen
+from bench import loadgen, wheel
 from bench.common import STORE, Context, SectionResult, ServerProcess, Target, Worker
 from bench.profile import summarize
 from bench.workload import Fleet, check_request
 
-__all__ = ["NAME", "TITLE", "build", "measure", "run", "send", "setup"]
+__all__ = ["NAME", "TITLE", "build", "hot_path", "measure", "run", "send", "setup"]
 
 NAME = "ingest"
 TITLE = "Ingest throughput (StreamIngest), Pipewarden vs no-op sink"
@@ -34,6 +45,13 @@ DETECTION_TARGET = Target(">=", 0.8)
 NO_DETECTION = {"detection": {"enabled": False}}
 LABELS = ("sink", "pipewarden", "detecting")
 """The sink, Pipewarden with detection off, Pipewarden with detection on."""
+WHEEL_SIZE = 1000
+"""The request size at which the installed wheel runs beside the development tree."""
+WHEEL_TARGET = Target(">=", 1.0)
+QUIET_CPU = 0.05
+"""A server counts as quiet below this share of a CPU."""
+QUIET_WITHIN = 15.0
+"""How long to wait at most for the servers to go quiet before the wheel's pair of runs."""
 PROFILE_SECONDS = 8.0
 """How long the extra run under py-spy (--profile) should take."""
 
@@ -99,20 +117,34 @@ def run(ctx: Context) -> SectionResult:
     res.details.update(
         streams=STREAMS, pipelines=PIPELINES, rounds=rounds, events_per_run=events, sizes={}
     )
+    ctx.log(f"a wheel of the current tree, installed into {ctx.logdir / 'wheel'}")
+    wheel_bin = wheel.installed(ctx.logdir / "wheel")
     with (
         ctx.worker() as worker,
         ctx.sink("ingest-sink") as sink,
         ctx.pipewarden("ingest-pipewarden", NO_DETECTION) as full,
         ctx.pipewarden("ingest-detecting") as detecting,
+        ctx.pipewarden("ingest-dev", NO_DETECTION) as dev,
+        ctx.pipewarden("ingest-wheel", NO_DETECTION, bin_dir=wheel_bin) as installed,
     ):
+        hot_paths = {"development tree": hot_path(dev), "installed wheel": hot_path(installed)}
+        res.details["hot_path"] = hot_paths
+        ctx.log(f"hot path: {hot_paths}")
         worker.call(setup, PIPELINES)
-        servers = {"sink": sink, "pipewarden": full, "detecting": detecting}
+        servers = {
+            "sink": sink,
+            "pipewarden": full,
+            "detecting": detecting,
+            "dev": dev,
+            "wheel": installed,
+        }
         for server in servers.values():
             measure(worker, server, "warmup", max_seconds)
         for size in SIZES:
             runs: dict[str, list[dict[str, Any]]] = {label: [] for label in LABELS}
             ratios: list[float] = []
             detection_ratios: list[float] = []
+            wheel_ratios: list[float] = []
             for r in range(rounds):
                 built = worker.call(build, size, events[size], size * 1000 + r)
                 order = [(label, servers[label]) for label in LABELS]
@@ -125,13 +157,30 @@ def run(ctx: Context) -> SectionResult:
                     rates[label] = out["events_per_second"]
                 ratios.append(rates["pipewarden"] / rates["sink"])
                 detection_ratios.append(rates["detecting"] / rates["pipewarden"])
+                installed_rate = ""
+                if size == WHEEL_SIZE:
+                    pair = [("dev", dev), ("wheel", installed)][:: 1 if r % 2 == 0 else -1]
+                    worker.call(build, size, events[size], size * 1000 + 500 + r)
+                    quiet = _quiet(servers.values())
+                    for label, server in pair:
+                        out = measure(worker, server, "requests", max_seconds)
+                        out.update(quiet_after_seconds=quiet)
+                        runs.setdefault(label, []).append(out)
+                        rates[label] = out["events_per_second"]
+                    wheel_ratios.append(rates["wheel"] / rates["dev"])
+                    installed_rate = (
+                        f"; then dev {rates['dev']:,.0f}/s, installed wheel "
+                        f"{rates['wheel']:,.0f}/s (wheel/dev {wheel_ratios[-1]:.2f})"
+                    )
                 ctx.log(
                     f"ingest x{size} round {r + 1}/{rounds}: sink {rates['sink']:,.0f}/s, "
                     f"pipewarden {rates['pipewarden']:,.0f}/s (ratio {ratios[-1]:.2f}), "
                     f"with detection {rates['detecting']:,.0f}/s "
-                    f"(on/off {detection_ratios[-1]:.2f})"
+                    f"(on/off {detection_ratios[-1]:.2f}){installed_rate}"
                 )
             _report(res, size, runs, ratios, detection_ratios)
+            if wheel_ratios:
+                _report_wheel(res, size, runs, wheel_ratios, hot_paths)
             if ctx.profile:
                 for label in ("pipewarden", "detecting"):
                     _profile(
@@ -139,6 +188,56 @@ def run(ctx: Context) -> SectionResult:
                     )
         res.details["pipewarden_data_dir_bytes"] = ctx.data_dir_bytes("ingest-pipewarden")
     return res
+
+
+def _quiet(servers: Iterable[ServerProcess]) -> float:
+    """Wait until every server uses less than QUIET_CPU of a CPU (or QUIET_WITHIN seconds have
+    passed); return the seconds waited."""
+    began = time.monotonic()
+    while time.monotonic() - began < QUIET_WITHIN:
+        before = [(server, server.cpu_seconds()) for server in servers]
+        time.sleep(0.25)
+        if all(server.cpu_seconds() - cpu < QUIET_CPU * 0.25 for server, cpu in before):
+            break
+    return time.monotonic() - began
+
+
+def hot_path(server: ServerProcess) -> str:
+    """What the server's start line says runs its hot path ("compiled with mypyc", ...)."""
+    for line in server.log_tail(200).splitlines():
+        if "serving gRPC on" in line and "hot path " in line:
+            return line.split("hot path ", 1)[1].strip()
+    return "unknown (no start line)"
+
+
+def _report_wheel(
+    res: SectionResult,
+    size: int,
+    runs: dict[str, list[dict[str, Any]]],
+    wheel_ratios: list[float],
+    hot_paths: dict[str, str],
+) -> None:
+    summary = res.details["sizes"][str(size)]
+    summary["wheel_ratios"] = wheel_ratios
+    names = {"dev": "development tree", "wheel": "installed wheel"}
+    for label in ("dev", "wheel"):
+        rates = [r["events_per_second"] for r in runs[label]]
+        cpu = statistics.median(r["server_cpu"] for r in runs[label])
+        summary[label] = {"median": statistics.median(rates), "best": max(rates), "cpu": cpu}
+        res.add(
+            f"{names[label]} (detection off) events/s, {size:,} exec/request, paired",
+            statistics.median(rates),
+            "events/s",
+            note=f"median of {len(rates)}; best {max(rates):,.0f}; server CPU {cpu:.0%}; "
+            f"hot path {hot_paths[names[label]]}",
+        )
+    res.add(
+        f"ratio installed wheel/development tree, {size:,} exec/request",
+        statistics.median(wheel_ratios),
+        "ratio",
+        WHEEL_TARGET,
+        note=f"median of paired rounds {', '.join(f'{x:.2f}' for x in wheel_ratios)}",
+    )
 
 
 def _report(

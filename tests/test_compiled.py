@@ -7,7 +7,9 @@ import json
 import os
 import subprocess
 import sys
+from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -45,6 +47,7 @@ def test_compiled_and_pure_python_decide_and_keep_the_same() -> None:
 def _restored(monkeypatch: pytest.MonkeyPatch) -> None:
     """What activate() changes, put back after each test: sys.path and the reported status."""
     monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setattr(sys, "meta_path", list(sys.meta_path))
     monkeypatch.setattr(compiled, "_status", compiled.status())
 
 
@@ -93,3 +96,59 @@ def test_no_build_or_the_environment_variable_means_pure_python(
     monkeypatch.setenv(compiled.PURE_ENV, "1")
     assert compiled.PURE_ENV in compiled.activate(path, _build(tmp_path, compiled.manifest()))
     assert path == []
+
+
+def _installed(tmp_path: Path) -> Path:
+    """A package directory as a wheel installs it: each compiled module beside its source."""
+    package = tmp_path / "core"
+    package.mkdir()
+    for name in compiled.MODULES:
+        (package / f"{name}.py").write_text("")
+        (package / f"{name}{EXTENSION_SUFFIXES[0]}").write_bytes(b"")
+    return package
+
+
+def test_an_installed_wheel_runs_its_extension_modules(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(compiled.PURE_ENV, raising=False)
+    path = [str(_installed(tmp_path))]
+    assert compiled.activate(path, tmp_path / "no-build") == compiled.COMPILED
+    assert path == [str(tmp_path / "core")]  # nothing to put ahead: the import finds them
+
+
+def test_once_loaded_the_status_is_where_the_modules_came_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(compiled.PURE_ENV, raising=False)
+    package = _installed(tmp_path)
+    assert compiled.activate([str(package)], tmp_path / "no-build") == compiled.COMPILED
+    for name in compiled.MODULES:
+        module = ModuleType(f"pipewarden.server.core.{name}")
+        suffix = ".py" if name == "shards" else EXTENSION_SUFFIXES[0]
+        module.__file__ = str(package / f"{name}{suffix}")
+        monkeypatch.setitem(sys.modules, module.__name__, module)
+    assert compiled.status() == "pure Python: pipewarden.server.core.shards loaded from source"
+
+
+def test_the_environment_variable_also_switches_an_installed_wheel_to_its_sources(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(compiled.PURE_ENV, "1")
+    package = _installed(tmp_path)
+    assert compiled.activate([str(package)], tmp_path / "no-build").startswith("pure Python")
+    finder = sys.meta_path[0]
+    spec = finder.find_spec("pipewarden.server.core.ingest", None)
+    assert spec is not None and spec.origin == str(package / "ingest.py")
+    assert finder.find_spec("pipewarden.server.core.detect", None) is None  # not compiled
+
+
+def test_a_wheel_built_without_a_compiler_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(compiled.PURE_ENV, raising=False)
+    package = tmp_path / "core"
+    package.mkdir()
+    (package / compiled.RECORD).write_text(json.dumps({"compiled": False, "why": "no cc"}))
+    said = compiled.activate([str(package)], tmp_path / "no-build")
+    assert said == "pure Python: installed from a wheel built without it: no cc"

@@ -248,6 +248,9 @@ class Ingestor:
                 if job is not None:
                     job.preserve(state.shard, state)
             state.last_received = received
+            if not state.changed:  # for the next delta snapshot
+                state.changed = True
+                shards.changed += 1
             if status == RUNNING:
                 Shard.apply_running(state, e)
                 verdicts[i] = _RUNNING

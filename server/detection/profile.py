@@ -83,6 +83,7 @@ def fold(p: PipelineState, settings: ProfileSettings) -> None:
             _add(prof, _DURATIONS, hour, x, cap_hour)
             _add(prof, _DURATIONS, day, x, cap_day)
     p.profile_at = upto
+    p.changed = True  # for the next delta snapshot
 
 
 def started(t: float, duration: float) -> float:

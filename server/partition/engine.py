@@ -50,6 +50,7 @@ from pipewarden.v1 import service_pb2
 
 __all__ = [
     "ALERT_TICK_SECONDS",
+    "SNAPSHOT_CHANGED_PIPELINES",
     "SNAPSHOT_CHECK_SECONDS",
     "STATS_INTERVAL_SECONDS",
     "Partition",
@@ -60,6 +61,10 @@ log = logging.getLogger("pipewarden")
 
 STATS_INTERVAL_SECONDS = 10.0
 SNAPSHOT_CHECK_SECONDS = 0.2
+SNAPSHOT_CHANGED_PIPELINES = 200_000
+"""A snapshot is also taken once this many pipelines changed since the last one began, so that
+the stop's snapshot (a delta of what changed since) stays within a few seconds at any fleet
+size."""
 ALERT_TICK_SECONDS = 1.0
 """How often alert timers (escalation, repeats, holds, silences) are checked, and root causes
 judged again for every open alert."""
@@ -164,6 +169,7 @@ class Partition:
         self._tasks: list[asyncio.Task[None]] = []
         self._prefetch: Prefetch | None = None
         self._snapshot_lock = asyncio.Lock()
+        self._periodic: asyncio.Future[Path | None] | None = None
         self._log_bytes_at_snapshot = 0
         self._snapshot_time = time.monotonic()
         self._started = False
@@ -222,6 +228,16 @@ class Partition:
             await self.notifier.close(grace)
         except Exception as e:  # the snapshot and the log's flush must still happen
             log.error("notifiers did not stop cleanly: %s", e)
+        periodic = self._periodic  # a snapshot that the stop found under way (_snapshot_loop)
+        if periodic is not None:
+            if self.failure is not None:  # the state may be half changed: not written
+                periodic.cancel()
+            await asyncio.wait([periodic])
+            error = None if periodic.cancelled() else periodic.exception()
+            if isinstance(error, DiskError):
+                self._log_failed(error)
+            elif error is not None:
+                log.error("snapshot failed: %s", error)
         try:
             if self.failure is None and self._tasks:
                 await self.snapshot()
@@ -333,13 +349,20 @@ class Partition:
             due = s.snapshot_interval_seconds > 0 and (
                 time.monotonic() - self._snapshot_time >= s.snapshot_interval_seconds
             )
-            if grown >= s.snapshot_log_bytes or (due and grown > 0):
+            changed = self.shards.changed >= SNAPSHOT_CHANGED_PIPELINES
+            if grown >= s.snapshot_log_bytes or (due and grown > 0) or changed:
                 try:
-                    await self.snapshot()
+                    # Not cancelled by a stop: a snapshot under way is finished (with ingestion
+                    # stopped, quickly), and the stop's own is then the delta after it.
+                    self._periodic = asyncio.ensure_future(self.snapshot())
+                    await asyncio.shield(self._periodic)
+                    self._periodic = None
                 except DiskError as e:  # the log, on the same disk, would fail next: stop now
+                    self._periodic = None
                     self._log_failed(e)
                     return
                 except (OSError, LogError) as e:
+                    self._periodic = None
                     log.error("snapshot failed: %s", e)
 
     async def _alert_loop(self) -> None:

@@ -89,8 +89,8 @@ class Prefetch:
         where there is no fork or memfd)."""
         if not hasattr(os, "fork") or not hasattr(os, "memfd_create"):
             return None
-        paths = SnapshotStore(snapshot_dir).paths()
-        after = int(paths[0].stem) if paths else 0
+        newest = SnapshotStore(snapshot_dir).newest()
+        after = int(newest.stem.partition("-")[0]) if newest is not None else 0
         try:
             if sum(p.stat().st_size for p in segments_after(wal_dir, after)) < min_bytes:
                 return None
@@ -106,7 +106,7 @@ class Prefetch:
                 signal.set_wakeup_fd(-1)
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     signal.signal(sig, signal.SIG_DFL)
-                _convert_tail(wal_dir, after, limits, fd, paths[0] if paths else None)
+                _convert_tail(wal_dir, after, limits, fd, newest)
                 status = 0
             except Exception as e:
                 os.write(2, f"replay prefetch helper failed: {e!r}\n".encode())

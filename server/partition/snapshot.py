@@ -12,10 +12,20 @@ Version 3 remembers an execution by its pipeline and id together (dedup.key), an
 team. Versions 1 (the ids in protobuf chunks) and 2 (the compact form) remembered bare ids
 without teams: they are still read, as legacy keys (dedup.legacy_key) of the team LEGACY.
 
-Writing: to `<seq>.snap.tmp`, fsync, rename, fsync the directory (a write that fails removes its
-`.tmp`, and a start removes any left by a crash); the two newest are kept, and
-log segments wholly covered by the oldest kept one are deleted. The pipelines are dumped a chunk
-at a time while ingestion goes on (see shards.SnapshotJob), and so is the ids' table.
+Deltas: `<seq>-<parent>.delta`, in the same format, holds only the pipelines changed since the
+snapshot at `<parent>` began (a whole snapshot or another delta), and the whole of the rest (team
+totals, alerting state, remembered executions, which are compact). A snapshot of a large fleet
+is then written at the cost of what changed: the stop's snapshot too. A whole snapshot is
+written again when the deltas since the last one hold as many pipelines as it does, or after
+MAX_DELTAS of them, so that a start reads a bounded chain: the newest usable whole snapshot, then
+the deltas that follow it, parent to child, as far as they are usable (the log has the rest).
+A build that knows no deltas reads the whole snapshot and replays the log after it.
+
+Writing: to `<name>.tmp`, fsync, rename, fsync the directory (a write that fails removes its
+`.tmp`, and a start removes any left by a crash); the two newest whole snapshots are kept with
+the deltas after the older one, and log segments wholly covered by the oldest kept one are
+deleted. The pipelines are dumped a chunk at a time while ingestion goes on (see
+shards.SnapshotJob), and so is the ids' table.
 """
 
 from __future__ import annotations
@@ -29,7 +39,7 @@ import sys
 import time
 from array import array
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
 
@@ -44,7 +54,7 @@ from pipewarden.server.core.dedup import (
     SeenExecutions,
     legacy_key,
 )
-from pipewarden.server.core.shards import ShardSet
+from pipewarden.server.core.shards import ShardSet, SnapshotJob, encode_shard_part
 from pipewarden.server.storage.descriptors import open_file
 from pipewarden.server.storage.eventlog import EventLog
 from pipewarden.server.storage.files import fsync_dir as _fsync_dir
@@ -64,8 +74,14 @@ HEADER = struct.Struct("<8sIIQI4x")  # magic, version, reserved, seq, crc, pad
 FRAME = struct.Struct("<IIB")  # length of the message, crc of kind + message, kind
 TEAMS, PIPELINES, SEEN, END, ALERTS, IDS, IDS_PART = 1, 2, 3, 4, 5, 6, 7
 CHUNK_PIPELINES = 500
+SLICE_SECONDS = 0.01
+"""How long the writer works before it lets ingestion in: about what one request of a thousand
+events takes, so that a snapshot keeps its share of the loop while ingestion saturates it (with
+a turn per chunk, it had a few percent, and a stop found most of it still to write)."""
 FLUSH_BYTES = 1 << 20
 PART_BYTES = 8 << 20
+MAX_DELTAS = 8
+"""Deltas after a whole snapshot before the next whole one (a start reads all of them)."""
 IDS_HEADER = struct.Struct("<QQQQBB6x")
 """The ids' header frame: ids, chunks, table slots, overflow ids, the table's item size, and 1
 when written little-endian; then each chunk's end (u64) and each chunk's latest time (f64);
@@ -88,6 +104,25 @@ class LoadedSnapshot:
     pipelines: int
     alerts: storage_pb2.AlertsSnapshot | None = None
     """The alerting state; None in a snapshot written before alerting existed."""
+    deltas: list[list[storage_pb2.ShardSnapshot]] = field(default_factory=list)
+    """The shards of the deltas read after the whole snapshot, oldest first (for
+    ShardSet.restore); `seq`, `path`, `seen` and `alerts` are then the newest delta's."""
+
+
+@dataclass
+class _Chain:
+    """The snapshots written since the newest whole one, as the next delta builds on them."""
+
+    base_pipelines: int
+    """Pipelines in the whole snapshot."""
+    delta_pipelines: int
+    """Pipelines in the deltas after it, summed."""
+    deltas: int
+    """How many deltas follow it."""
+    last: Path
+    """The newest file of the chain."""
+    last_seq: int
+    """Its log position."""
 
 
 def _header(seq: int) -> bytes:
@@ -104,29 +139,95 @@ def _snapshot_name(seq: int) -> str:
     return f"{seq:020d}.snap"
 
 
+def _delta_name(seq: int, parent: int) -> str:
+    return f"{seq:020d}-{parent:020d}.delta"
+
+
 class SnapshotStore:
     """Writes, lists and reads the snapshots of one data directory."""
 
     def __init__(self, directory: str | Path, *, keep: int = 2) -> None:
         self.directory = Path(directory)
         self.keep = keep
+        self._chain: _Chain | None = None
+        """What the next delta builds on; None: the next snapshot is whole."""
 
     def paths(self) -> list[Path]:
-        """Snapshot files, newest first."""
+        """Whole snapshot files, newest first."""
         if not self.directory.is_dir():
             return []
         found = [p for p in self.directory.glob("*.snap") if p.stem.isdigit()]
         return sorted(found, key=lambda p: int(p.stem), reverse=True)
 
+    def deltas(self) -> list[tuple[int, int, Path]]:
+        """Delta files as (seq, parent's seq, path), newest first."""
+        if not self.directory.is_dir():
+            return []
+        found: list[tuple[int, int, Path]] = []
+        for path in self.directory.glob("*.delta"):
+            seq, _, parent = path.stem.partition("-")
+            if seq.isdigit() and parent.isdigit() and int(parent) < int(seq):
+                found.append((int(seq), int(parent), path))
+        return sorted(found, reverse=True)
+
+    def newest(self) -> Path | None:
+        """The end of the newest chain by the files' names (a start restores it, unless a
+        file in it proves unusable): the newest whole snapshot, or the last delta after it."""
+        paths = self.paths()
+        if not paths:
+            return None
+        children = self._children()
+        newest, seq = paths[0], int(paths[0].stem)
+        while children.get(seq):
+            seq, newest = children[seq][0]
+        return newest
+
+    def _children(self) -> dict[int, list[tuple[int, Path]]]:
+        """Deltas by their parent's seq, newest first."""
+        children: dict[int, list[tuple[int, Path]]] = {}
+        for seq, parent, path in self.deltas():
+            children.setdefault(parent, []).append((seq, path))
+        return children
+
     # -- reading ---------------------------------------------------------------------------------
 
     def load_latest(self) -> LoadedSnapshot | None:
-        """The newest whole snapshot, falling back to older ones past corrupt files."""
+        """The newest whole snapshot, falling back to older ones past corrupt files, with the
+        deltas that follow it as far as they are usable; the next delta written builds on
+        what this returns."""
+        self._chain = None
+        children = self._children()
         for path in self.paths():
             try:
-                return self.load(path)
+                base = self.load(path)
             except ValueError as e:
                 log.warning("snapshot %s is unusable (%s); trying an older one", path, e)
+                continue
+            chain = _Chain(base.pipelines, 0, 0, base.path, base.seq)
+            newest = base
+            while children.get(newest.seq):
+                for seq, delta_path in children[newest.seq]:
+                    try:
+                        delta = self.load(delta_path)
+                        if delta.seq != seq or len(delta.shards) != len(base.shards):
+                            raise ValueError("its name or its shards disagree with the chain")
+                    except ValueError as e:
+                        log.warning("delta %s is unusable (%s)", delta_path, e)
+                        continue
+                    base.deltas.append(delta.shards)
+                    chain.delta_pipelines += delta.pipelines
+                    chain.deltas += 1
+                    newest = delta
+                    break
+                else:  # none usable: the log after the last usable one has the rest
+                    break
+            chain.last, chain.last_seq = newest.path, newest.seq
+            self._chain = chain
+            if newest is not base:
+                base.seq, base.path, base.seen = newest.seq, newest.path, newest.seen
+                base.alerts = newest.alerts if newest.alerts is not None else base.alerts
+                base.pipelines += chain.delta_pipelines
+            return base
         return None
 
     @staticmethod
@@ -280,16 +381,40 @@ class SnapshotStore:
         A write that fails leaves no file behind; for want of space or of a working disk, it
         raises DiskError."""
         seq = event_log.last_seq
-        tmp = self.directory / (_snapshot_name(seq) + ".tmp")
+        chain, self._chain = self._chain, None  # until this one is written
+        delta = chain is not None and (
+            chain.deltas < MAX_DELTAS and chain.delta_pipelines < chain.base_pipelines
+        )
+        if delta and chain is not None and chain.last_seq == seq and chain.last.exists():
+            self._chain = chain  # nothing was logged since: the newest file has it all
+            return chain.last
+        name = _delta_name(seq, chain.last_seq) if delta and chain else _snapshot_name(seq)
+        tmp = self.directory / (name + ".tmp")
+        before = shards.last_job
         try:
-            return await self._write(seq, shards, seen, event_log, alerts)
+            path, job = await self._write(seq, shards, seen, event_log, alerts, name, delta)
         except BaseException as e:
+            # What it held is changed again, and the files on disk are as they were: a delta
+            # that failed (or a stop that cancelled it) costs the next one nothing more.
+            begun = shards.last_job
+            if begun is not None and begun is not before:
+                shards.abandon_snapshot(begun)
+                if not begun.full:
+                    self._chain = chain
             # A half-written snapshot must not keep the space that the log needs next.
             with contextlib.suppress(OSError):
                 await asyncio.shield(asyncio.to_thread(_remove, tmp))
             if isinstance(e, OSError) and is_disk_error(e):
                 raise DiskError(e.filename or tmp, e, "no snapshot was written") from e
             raise
+        if not job.full and chain is not None:
+            chain.delta_pipelines += job.listed
+            chain.deltas += 1
+            chain.last, chain.last_seq = path, seq
+            self._chain = chain
+        else:
+            self._chain = _Chain(job.listed, 0, 0, path, seq)
+        return path
 
     def remove_temporary(self) -> int:
         """Delete the temporary files of snapshots that were never finished (at start, before
@@ -309,17 +434,21 @@ class SnapshotStore:
         seen: SeenExecutions,
         event_log: EventLog,
         alerts: Callable[[], storage_pb2.AlertsSnapshot] | None,
-    ) -> Path:
+        name: str,
+        delta: bool,
+    ) -> tuple[Path, SnapshotJob]:
         loop = asyncio.get_running_loop()
         began = time.perf_counter()
         alerting = alerts() if alerts is not None else None
-        job = shards.begin_snapshot()
+        job = shards.begin_snapshot(full=not delta)
+        if job.full and delta:  # the shards cannot make a delta (see ShardSet.full_next)
+            name = _snapshot_name(seq)
         try:
             ids_builder = ImageBuilder(seen)
             await loop.run_in_executor(
                 None, lambda: self.directory.mkdir(parents=True, exist_ok=True)
             )
-            final = self.directory / _snapshot_name(seq)
+            final = self.directory / name
             tmp = final.with_name(final.name + ".tmp")
             fd = await loop.run_in_executor(
                 None, lambda: open_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -331,20 +460,24 @@ class SnapshotStore:
                 if alerting is not None:
                     buffer += _frame(ALERTS, alerting.SerializeToString())
                 pipelines = 0
+                turn = time.perf_counter()
                 for index, batch in job.chunks(CHUNK_PIPELINES):
-                    part = storage_pb2.ShardSnapshot(index=index, pipelines=batch)
-                    buffer += _frame(PIPELINES, part.SerializeToString())
+                    buffer += _frame(PIPELINES, encode_shard_part(index, batch))
                     pipelines += len(batch)
                     if len(buffer) >= FLUSH_BYTES:
                         await loop.run_in_executor(None, _write_all, fd, bytes(buffer))
                         buffer.clear()
                         failpoints.hit("snapshot-mid-write")
-                    await asyncio.sleep(0)  # let ingestion in between chunks
+                    if time.perf_counter() - turn >= SLICE_SECONDS:
+                        await asyncio.sleep(0)  # let ingestion in between slices
+                        turn = time.perf_counter()
                 if buffer:
                     await loop.run_in_executor(None, _write_all, fd, bytes(buffer))
                     buffer.clear()
                 for _ in ids_builder.steps():
-                    await asyncio.sleep(0)  # let ingestion in between slices
+                    if time.perf_counter() - turn >= SLICE_SECONDS:
+                        await asyncio.sleep(0)  # let ingestion in between slices
+                        turn = time.perf_counter()
                 image = ids_builder.result
                 for head, piece in _ids_frames(image):
                     await loop.run_in_executor(None, _write_pair, fd, head, piece)
@@ -376,17 +509,19 @@ class SnapshotStore:
         await loop.run_in_executor(None, commit)
         metrics.SNAPSHOT_SECONDS.observe(time.perf_counter() - began)
         log.info(
-            "snapshot %s: %d pipelines, %d execution ids, %.1f MiB, %.2fs",
+            "%s %s: %d pipelines, %d execution ids, %.1f MiB, %.2fs",
+            "snapshot" if job.full else "delta snapshot",
             final.name,
             pipelines,
             ids,
             final.stat().st_size / 2**20,
             time.perf_counter() - began,
         )
-        return final
+        return final, job
 
     def prune(self) -> int | None:
-        """Delete snapshots beyond the newest `keep`; return the oldest kept one's seq."""
+        """Delete whole snapshots beyond the newest `keep`, and the deltas before the oldest
+        kept; return the oldest kept one's seq."""
         paths = self.paths()
         for old in paths[self.keep :]:
             with contextlib.suppress(FileNotFoundError):
@@ -394,7 +529,11 @@ class SnapshotStore:
         for tmp in self.directory.glob("*.tmp"):
             _remove(tmp)
         kept = paths[: self.keep]
-        return int(kept[-1].stem) if kept else None
+        oldest = int(kept[-1].stem) if kept else None
+        for seq, _, path in self.deltas():
+            if oldest is None or seq <= oldest:
+                _remove(path)
+        return oldest
 
 
 def _chunk_meta(
