@@ -17,9 +17,9 @@ Fencing. Exactly one writer may append, and the stream decides who: every messag
 `Nats-Msg-Id` / `Nats-Expected-Last-Msg-Id` (an id naming this writer and that sequence, and the
 id of the message before it). `open()` makes this log the owner by appending a fence record (a
 message whose `Pw-Kind` header is `fence`) expected to follow the stream's last message (tried
-again while another writer's appends make it miss). From
-then on a previous owner's next append is refused by the server, and the log raises FencedError
-and stays failed: the owner must drop the partition. The message id matters for pipelining: a
+again while another writer's appends make it miss). From then on a previous owner's next append
+is refused by the server, and the log raises FencedError and stays failed: the owner must drop
+the partition. The message id matters for pipelining: a
 fenced writer's in-flight messages expect sequences N, N+1, ... and the one expecting the fence's
 own sequence would pass a sequence check alone; it cannot also name the fence's message id.
 (The expected-id check uses the stream's memory of its last message id, which a NATS server
@@ -43,10 +43,13 @@ with `seq` beyond the stream's last sequence (a snapshot ahead of a stream that 
 e.g. R1 without sync) purges up to `seq`, which moves the stream's sequence on, so that no new
 record takes a number the snapshot already covers. `replay(after)` reads the stream from
 `after + 1` to the last message acknowledged when it starts (at a start: the fence) through an
-ephemeral pull consumer, in batches, and skips fence records.
+ephemeral pull consumer, in batches, and skips fence records; while a cluster elects leaders
+after a server died it tries again, for up to `read_timeout`.
 
 The connection is the caller's (one per node, shared by its partitions' logs); connect it with
-reconnection on (nats-py's default) so that a short outage costs nothing but latency.
+reconnection on (nats-py's default). What the client buffered while disconnected is sent on
+reconnection and acknowledged as usual; a message lost with a dropped connection gets no PubAck,
+and the log fails at its deadline (the partition reopens: a new fence, a replay).
 """
 
 from __future__ import annotations
