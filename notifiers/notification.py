@@ -2,7 +2,8 @@
 
 Everything here is pure: the adapters turn a `Notification` into their request with these
 helpers, so PagerDuty, Slack, email, webhooks and the console say the same thing the same way.
-Every text names the pipeline id and the team (CONTRACT.md section 3).
+Every text names the pipeline id and the team, so that whoever reads only the subject line or
+the page's summary knows what broke and whose it is.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Configuration: typed, frozen, validated once at start.
 
-The YAML file of CONTRACT.md section 4 is read into these dataclasses; every key is optional and
+The YAML file (`pipewarden serve --config`; docs/configuration.md lists every key) is read into
+these dataclasses; every key is optional and
 unknown keys are errors, so a typo is caught at start rather than silently ignored. Command-line
 flags override the file (see `with_overrides`). Every error names the key and what is wrong.
 """

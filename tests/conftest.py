@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -11,22 +10,8 @@ import grpc
 import pytest
 
 from pipewarden.server.app import App
-from pipewarden.server.config import Config, ServerConfig
-from pipewarden.server.core.limits import IngestLimits
 from pipewarden.v1 import service_pb2_grpc
-
-
-def make_config(tmp_path: Path, **server: Any) -> Config:
-    """A configuration listening on free loopback ports with its data under tmp_path."""
-    limits = server.pop("limits", IngestLimits())
-    sc = ServerConfig(
-        listen="127.0.0.1:0",
-        http_listen="127.0.0.1:0",
-        data_dir=str(tmp_path / "data"),
-        shutdown_grace_seconds=1.0,
-        limits=limits,
-    )
-    return Config(server=dataclasses.replace(sc, **server))
+from tests.support.config import make_config
 
 
 @pytest.fixture

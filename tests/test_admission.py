@@ -14,8 +14,8 @@ from pipewarden.server.api.admission import IngestTurns
 from pipewarden.server.app import App
 from pipewarden.server.storage.eventlog import MemoryLog
 from pipewarden.v1 import service_pb2, service_pb2_grpc
-from tests.conftest import make_config
-from tests.helpers import request, run
+from tests.support.config import make_config
+from tests.support.helpers import request, run
 
 Stub = service_pb2_grpc.PipelineMonitorStub
 

@@ -22,7 +22,7 @@ from pipewarden.server.core.detect import Anomaly
 from pipewarden.server.core.model import SUCCEEDED, Execution
 from pipewarden.server.core.shards import PipelineState, ShardSet
 from pipewarden.server.storage.eventlog import MemoryLog
-from tests.helpers import T0
+from tests.support.helpers import T0
 
 REGRESSION = 5
 

@@ -19,18 +19,10 @@ from pipewarden.server.core.shards import ShardSet
 from pipewarden.server.storage.eventlog import MemoryLog
 from pipewarden.storage.v1 import storage_pb2
 from pipewarden.v1 import alert_pb2, service_pb2
-from tests.alerting import FIRED, Stub, Watcher, failures, send
-from tests.helpers import T0
-from tests.process import ServerProcess
-
-ONLY_STREAKS = """
-detection:
-  peer: {enabled: false}
-  duration_regression: {enabled: false}
-  volume_drop: {enabled: false}
-  staleness: {enabled: false}
-  stuck_run: {enabled: false}
-"""
+from tests.support.alerting import FIRED, Stub, Watcher, failures, send
+from tests.support.commands import ONLY_STREAKS
+from tests.support.helpers import T0
+from tests.support.process import ServerProcess
 
 
 def _start(tmp_path: Path) -> ServerProcess:

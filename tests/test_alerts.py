@@ -13,7 +13,7 @@ import pytest
 
 from pipewarden.server.app import App
 from pipewarden.v1 import alert_pb2, service_pb2, service_pb2_grpc
-from tests.alerting import (
+from tests.support.alerting import (
     ACKNOWLEDGED,
     CRITICAL,
     ESCALATED,
@@ -34,7 +34,7 @@ from tests.alerting import (
     serving,
     successes,
 )
-from tests.helpers import T0, run
+from tests.support.helpers import T0, run
 
 NOW = T0 + 100 * 3600  # the server's clock at the start of each test
 MINUTE, HOUR = 60.0, 3600.0

@@ -20,8 +20,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from pipewarden.server.api.auth import AuthToken, digest
 from pipewarden.server.app import App
 from pipewarden.v1 import alert_pb2, service_pb2
-from tests.alerting import Clock, Stub, Watcher, config, eventually, failures, serving
-from tests.helpers import T0, request, run
+from tests.support.alerting import Clock, Stub, Watcher, config, eventually, failures, serving
+from tests.support.helpers import T0, request, run
 
 OWN, OTHER = "team-a", "team-b"
 NOW = T0 + 100 * 3600

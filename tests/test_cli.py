@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.process import BIN, ServerProcess
+from tests.support.commands import pw
+from tests.support.process import BIN, ServerProcess
 
 
 @pytest.fixture
@@ -21,20 +22,6 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
         yield proc
     finally:
         proc.kill()
-
-
-def pw(
-    *args: str, stdin: str | None = None, columns: str = "200"
-) -> subprocess.CompletedProcess[str]:
-    """Run the command on a terminal `columns` wide."""
-    return subprocess.run(
-        [str(BIN), *args],
-        capture_output=True,
-        text=True,
-        input=stdin,
-        timeout=60,
-        env={"COLUMNS": columns, "PATH": "/usr/bin:/bin"},
-    )
 
 
 LINES = [
@@ -104,7 +91,7 @@ def test_send_from_standard_input(server: ServerProcess) -> None:
 
 
 def test_client_commands_explain_an_unreachable_server(tmp_path: Path) -> None:
-    from tests.process import free_port
+    from tests.support.process import free_port
 
     out = pw("teams", "--target", f"127.0.0.1:{free_port()}")
     assert out.returncode == 1

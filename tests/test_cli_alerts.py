@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 
 from pipewarden.client import Client
-from tests.alerting import failures
-from tests.process import BIN, ServerProcess
-from tests.test_alert_persistence import ONLY_STREAKS
-from tests.test_cli import pw
+from tests.support.alerting import failures
+from tests.support.commands import ONLY_STREAKS, pw
+from tests.support.process import BIN, ServerProcess
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ def _workload(*, pure: bool) -> list[str]:
     if pure:
         env[compiled.PURE_ENV] = "1"
     out = subprocess.run(
-        [sys.executable, "-m", "tests.hot_path_workload"],
+        [sys.executable, "-m", "tests.support.hot_path_workload"],
         cwd=ROOT,
         env=env,
         capture_output=True,

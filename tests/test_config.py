@@ -11,7 +11,7 @@ import yaml
 from pipewarden.server.base.errors import ConfigError
 from pipewarden.server.config import Config, load, parse
 
-CONTRACT_EXAMPLE = """
+DOCUMENTED_EXAMPLE = """
 server:  {listen: "127.0.0.1:50051", http_listen: "127.0.0.1:9095", data_dir: "./var"}
 receivers:
   - {name: oncall, type: pagerduty, url: "https://example.invalid/v2/enqueue", routing_key: "k"}
@@ -30,7 +30,7 @@ auth:
 
 def test_the_contract_example_parses(tmp_path: Path) -> None:
     path = tmp_path / "pipewarden.yaml"
-    path.write_text(CONTRACT_EXAMPLE)
+    path.write_text(DOCUMENTED_EXAMPLE)
     config = load(path)
     assert config.server.listen == "127.0.0.1:50051"
     assert [r.name for r in config.receivers] == ["oncall", "chat", "mail", "hook"]
@@ -123,12 +123,12 @@ def test_unreadable_and_invalid_yaml_files(tmp_path: Path) -> None:
     broken.write_text("server: {listen: [")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load(broken)
-    assert yaml.safe_load(CONTRACT_EXAMPLE)
+    assert yaml.safe_load(DOCUMENTED_EXAMPLE)
 
 
 def test_the_alerts_section_and_its_defaults() -> None:
     defaults = Config().alerts
-    # CONTRACT.md: clear for 2 runs; MEDIUM escalates after 4 h, HIGH after 1 h; repeats 4-hourly.
+    # Clear for 2 runs; MEDIUM escalates after 4 h, HIGH after 1 h; repeats 4-hourly.
     assert defaults.resolve_after_runs == 2
     assert (defaults.escalate_after.medium, defaults.escalate_after.high) == (14400, 3600)
     assert defaults.repeat_interval_seconds == 14400

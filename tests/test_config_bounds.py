@@ -18,7 +18,7 @@ import trustme
 from pipewarden.notifiers.config import Delivery
 from pipewarden.server.base.errors import ConfigError
 from pipewarden.server.config import Config, parse
-from tests.process import BIN
+from tests.support.process import BIN
 
 INT32_MAX = 2**31 - 1  # gRPC's options are int32
 

@@ -23,9 +23,9 @@ from pipewarden.server.app import App
 from pipewarden.server.core.limits import IngestLimits
 from pipewarden.server.storage import descriptors
 from pipewarden.v1 import service_pb2, service_pb2_grpc
-from tests.conftest import make_config
-from tests.helpers import request, run
-from tests.process import ServerProcess, free_port
+from tests.support.config import make_config
+from tests.support.helpers import request, run
+from tests.support.process import ServerProcess, free_port
 
 
 @pytest.fixture

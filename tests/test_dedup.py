@@ -18,9 +18,9 @@ from pipewarden.server.core.dedup import (
     key,
 )
 from pipewarden.v1 import service_pb2_grpc
-from tests.durability import Node
-from tests.helpers import request, run, until
-from tests.process import ServerProcess
+from tests.support.durability import Node
+from tests.support.helpers import request, run, until
+from tests.support.process import ServerProcess
 
 
 def test_forgets_the_oldest_beyond_capacity() -> None:

@@ -23,7 +23,7 @@ from pipewarden.server.detection.history import median, spread
 from pipewarden.server.detection.settings import DetectionSettings
 from pipewarden.server.storage.eventlog import MemoryLog
 from pipewarden.v1 import anomaly_pb2, service_pb2, service_pb2_grpc
-from tests.helpers import T0, request, run, until
+from tests.support.helpers import T0, request, run, until
 
 HOUR = 3600.0
 STREAK, REGRESSION, DROP, STALE, STUCK = 4, 5, 6, 7, 8

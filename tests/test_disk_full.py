@@ -17,8 +17,8 @@ import pytest
 
 from pipewarden.server.openlineage.producers import DatasetProducers
 from pipewarden.v1 import service_pb2, service_pb2_grpc
-from tests.helpers import request, run
-from tests.process import ServerProcess
+from tests.support.helpers import request, run
+from tests.support.process import ServerProcess
 
 PER_REQUEST = 20
 CONFIG = """

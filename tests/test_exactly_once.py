@@ -23,9 +23,9 @@ from pipewarden.server.base.errors import ConfigError
 from pipewarden.server.config import parse
 from pipewarden.server.core.limits import IngestLimits
 from pipewarden.v1 import service_pb2, service_pb2_grpc
-from tests.conftest import make_config
-from tests.helpers import T0, request, run
-from tests.process import ServerProcess
+from tests.support.config import make_config
+from tests.support.helpers import T0, request, run
+from tests.support.process import ServerProcess
 
 AIRFLOW = "scheduled__2026-11-26T00:00:00+00:00"  # Airflow's run ids are unique per DAG only
 YEAR_9999 = 253_402_300_000.0  # 9999-12-31, within what a Timestamp holds

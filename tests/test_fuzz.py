@@ -30,8 +30,8 @@ from pipewarden.server.api.requestlimits import DEFAULT_STRING_LENGTH, string_li
 from pipewarden.server.core.limits import IngestLimits
 from pipewarden.server.core.validation import MAX_DURATION_SECONDS, MAX_SECONDS, MIN_SECONDS
 from pipewarden.v1 import alert_pb2, service_pb2
-from tests.helpers import request, run
-from tests.process import ServerProcess
+from tests.support.helpers import request, run
+from tests.support.process import ServerProcess
 
 SERVICE = service_pb2.DESCRIPTOR.services_by_name["PipelineMonitor"]
 METHODS = {m.name: m for m in SERVICE.methods}

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipewarden.v1 import service_pb2, service_pb2_grpc
-from tests.process import ServerProcess, free_port
+from tests.support.process import ServerProcess, free_port
 
 FUZZ = settings(
     max_examples=150,

@@ -7,7 +7,7 @@ import pytest
 from google.protobuf.duration_pb2 import Duration
 
 from pipewarden.v1 import service_pb2, service_pb2_grpc
-from tests.helpers import T0, request, run
+from tests.support.helpers import T0, request, run
 
 Stub = service_pb2_grpc.PipelineMonitorStub
 

@@ -6,7 +6,7 @@ import aiohttp
 
 from pipewarden.server.app import App
 from pipewarden.v1 import service_pb2_grpc
-from tests.helpers import request, run
+from tests.support.helpers import request, run
 
 
 async def test_healthz_readyz_and_metrics(

@@ -12,7 +12,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from pipewarden.server.app import App
 from pipewarden.server.core.limits import IngestLimits
 from pipewarden.v1 import execution_pb2, service_pb2, service_pb2_grpc
-from tests.helpers import T0, request, run
+from tests.support.helpers import T0, request, run
 
 Stub = service_pb2_grpc.PipelineMonitorStub
 

@@ -19,8 +19,8 @@ from pipewarden.server.core.validation import MAX_SECONDS, MIN_SECONDS
 from pipewarden.server.storage.wal import WriteAheadLog
 from pipewarden.storage.v1 import storage_pb2
 from pipewarden.v1 import alert_pb2, service_pb2
-from tests.alerting import STREAK, Clock, alerts, config, failures, send, serving
-from tests.helpers import T0, run
+from tests.support.alerting import STREAK, Clock, alerts, config, failures, send, serving
+from tests.support.helpers import T0, run
 
 NOW = T0 + 100 * 3600
 HOUR = 3600

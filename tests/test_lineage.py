@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from pipewarden.server.alerting.lineage import Lineage, TeamTrust, root_causes
 from pipewarden.server.alerting.settings import BlastRadiusSettings
-from tests.alerting import (
+from tests.support.alerting import (
     CRITICAL,
     ESCALATED,
     FIRED,
@@ -28,7 +28,7 @@ from tests.alerting import (
     serving,
     successes,
 )
-from tests.helpers import T0
+from tests.support.helpers import T0
 
 NOW = T0 + 100 * 3600
 TRUST_EVERYONE = {"*": ("*",)}

@@ -17,9 +17,9 @@ from pipewarden.server.alerting.lineage import Lineage, TeamTrust, root_causes
 from pipewarden.server.base.errors import ConfigError
 from pipewarden.server.config import Config, parse
 from pipewarden.server.openlineage.settings import OpenLineageSettings
-from tests.alerting import FIRED, Clock, Watcher, alerts, config, failures, send, serving
-from tests.helpers import T0
-from tests.lineage import at
+from tests.support.alerting import FIRED, Clock, Watcher, alerts, config, failures, send, serving
+from tests.support.helpers import T0
+from tests.support.lineage import at
 
 NOW = T0 + 100 * 3600
 TEAMS = {"nsa": "team-a", "nsb": "team-b"}

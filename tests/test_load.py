@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from bench.load import auth_config, drive, totals
-from tests.process import ServerProcess
+from tests.support.process import ServerProcess
 
 STREAMS = 60
 SECONDS = 3.0

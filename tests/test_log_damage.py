@@ -8,10 +8,11 @@ from pathlib import Path
 
 import grpc
 
+from pipewarden.server.storage.wal import SEGMENT_HEADER
 from pipewarden.v1 import service_pb2, service_pb2_grpc
-from tests.helpers import request, run
-from tests.process import ServerProcess
-from tests.test_wal import SEGMENT_HEADER, flip, record_offsets
+from tests.support.helpers import request, run
+from tests.support.logfiles import flip, record_offsets
+from tests.support.process import ServerProcess
 
 REQUESTS = 40
 PER_REQUEST = 10

@@ -11,9 +11,9 @@ import pytest
 from pipewarden.server.app import App
 from pipewarden.server.storage.wal import WriteAheadLog
 from pipewarden.v1 import service_pb2_grpc
-from tests.conftest import make_config
-from tests.helpers import request, run
-from tests.test_wal import FaultyIO
+from tests.support.config import make_config
+from tests.support.helpers import request, run
+from tests.support.logfiles import FaultyIO
 
 
 async def test_a_failing_disk_answers_unavailable_and_requests_a_stop(tmp_path: Path) -> None:

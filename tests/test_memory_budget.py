@@ -20,7 +20,7 @@ from pipewarden.server.detection.engine import DetectionEngine
 from pipewarden.server.detection.settings import DetectionSettings
 from pipewarden.server.storage.eventlog import MemoryLog
 from pipewarden.v1 import execution_pb2
-from tests.helpers import T0, request, run
+from tests.support.helpers import T0, request, run
 
 WIDE = "\U0001f600"  # 4 bytes a character in a str
 PIPELINES = 100

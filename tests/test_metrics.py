@@ -16,8 +16,8 @@ from pipewarden.server.base.errors import ConfigError
 from pipewarden.server.config import parse
 from pipewarden.server.core.shards import ShardSet
 from pipewarden.v1 import service_pb2_grpc
-from tests.conftest import make_config
-from tests.helpers import request, run
+from tests.support.config import make_config
+from tests.support.helpers import request, run
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

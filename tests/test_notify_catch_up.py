@@ -31,8 +31,8 @@ from pipewarden.server.alerting.model import (
 )
 from pipewarden.server.partition.notifier import catch_up_events
 from pipewarden.server.storage.eventlog import MemoryLog
-from tests.alert_events import event as alert_event
-from tests.alerting import Clock
+from tests.support.alert_events import event as alert_event
+from tests.support.alerting import Clock
 
 T0 = 1_780_000_000.0
 NOW = T0 + 3600

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from pipewarden.notifiers.config import parse_receivers, parse_routes
 from pipewarden.notifiers.dispatcher import Dispatcher
-from tests.alert_events import event
-from tests.peers import PD_PATH, HttpPeer
-from tests.process import BIN
+from tests.support.alert_events import event
+from tests.support.peers import PD_PATH, HttpPeer
+from tests.support.process import BIN
 
 
 def pw(*args: str) -> subprocess.CompletedProcess[str]:

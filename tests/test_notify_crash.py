@@ -10,14 +10,14 @@ import signal
 import sys
 from pathlib import Path
 
-from tests.peers import PD_PATH, Answer, HttpPeer
+from tests.support.peers import PD_PATH, Answer, HttpPeer
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 async def spawn(data: Path, peer: HttpPeer, *extra: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.notify_process",
+        sys.executable, "-m", "tests.support.notify_process",
         "--data-dir", str(data), "--pagerduty-url", peer.url(PD_PATH), *extra,
         cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip

@@ -21,8 +21,8 @@ from pipewarden.notifiers.dispatcher import Dispatcher
 from pipewarden.notifiers.notification import Notification
 from pipewarden.notifiers.webhook import signature
 from pipewarden.server.base.errors import LogError
-from tests.alert_events import event
-from tests.peers import (
+from tests.support.alert_events import event
+from tests.support.peers import (
     HOOK_PATH,
     PD_PATH,
     ROUTING_KEY,

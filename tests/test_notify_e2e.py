@@ -25,9 +25,9 @@ import yaml
 
 from pipewarden.client import execution
 from pipewarden.v1 import service_pb2, service_pb2_grpc
-from tests.helpers import until
-from tests.peers import HOOK_PATH, PD_PATH, ROUTING_KEY, SLACK_PATH, HttpPeer, SmtpPeer
-from tests.process import ServerProcess
+from tests.support.helpers import until
+from tests.support.peers import HOOK_PATH, PD_PATH, ROUTING_KEY, SLACK_PATH, HttpPeer, SmtpPeer
+from tests.support.process import ServerProcess
 
 MINUTE, HOUR = 60.0, 3600.0
 FAST = {"rate_per_second": 0, "retry_initial_seconds": 0.05, "retry_max_seconds": 0.2}

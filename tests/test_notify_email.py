@@ -12,8 +12,8 @@ import pytest
 from pipewarden.notifiers import deadletters
 from pipewarden.notifiers.config import parse_receivers, parse_routes
 from pipewarden.notifiers.dispatcher import Dispatcher
-from tests.alert_events import event
-from tests.peers import Certificates, SmtpPeer
+from tests.support.alert_events import event
+from tests.support.peers import Certificates, SmtpPeer
 
 
 @pytest.fixture(autouse=True)

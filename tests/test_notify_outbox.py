@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pipewarden.notifiers.outbox import DEAD, DELIVERED, Outbox
-from tests.alert_events import event
+from tests.support.alert_events import event
 
 
 async def test_replay_gives_back_what_is_pending_and_what_was_told(tmp_path: Path) -> None:

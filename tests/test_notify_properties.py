@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from pipewarden.notifiers.nflog import NotificationLog
 from pipewarden.notifiers.notification import state_of
 from pipewarden.notifiers.outbox import DEAD, DELIVERED, Outbox
-from tests.alert_events import event
+from tests.support.alert_events import event
 
 ALERTS = ["a0"]
 RECEIVERS = ["oncall", "chat"]

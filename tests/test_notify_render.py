@@ -19,8 +19,8 @@ from pipewarden.notifiers.pagerduty import dedup_key, event_body
 from pipewarden.notifiers.slack import message
 from pipewarden.notifiers.webhook import body, signature
 from pipewarden.v1 import alert_pb2
-from tests.alert_events import T0, event
-from tests.peers import ROUTING_KEY, pagerduty_answer, slack_answer
+from tests.support.alert_events import T0, event
+from tests.support.peers import ROUTING_KEY, pagerduty_answer, slack_answer
 
 LINKS = [{"text": "Runbook", "href": "https://wiki.invalid/run/{pipeline_id}?team={team}"}]
 PD, SLACK, MAIL, HOOK = parse_receivers(

@@ -21,9 +21,18 @@ from pipewarden.notifiers.config import parse_receivers, parse_routes
 from pipewarden.server.app import App
 from pipewarden.server.config import Config
 from pipewarden.v1 import alert_pb2, service_pb2, service_pb2_grpc
-from tests.alerting import Clock, Stub, alerts, config, eventually, failures, send, successes
-from tests.helpers import T0, until
-from tests.peers import PD_PATH, ROUTING_KEY, HttpPeer
+from tests.support.alerting import (
+    Clock,
+    Stub,
+    alerts,
+    config,
+    eventually,
+    failures,
+    send,
+    successes,
+)
+from tests.support.helpers import T0, until
+from tests.support.peers import PD_PATH, ROUTING_KEY, HttpPeer
 
 NOW = T0 + 100 * 3600
 

@@ -24,10 +24,10 @@ from pipewarden.server.openlineage.mapping import BadEventError, parse_event
 from pipewarden.server.openlineage.producers import DatasetProducers
 from pipewarden.server.openlineage.settings import OpenLineageSettings
 from pipewarden.v1 import execution_pb2, service_pb2, service_pb2_grpc
-from tests.conftest import make_config
-from tests.helpers import T0
-from tests.lineage import at, event, lineage_client
-from tests.process import ServerProcess, free_port
+from tests.support.config import make_config
+from tests.support.helpers import T0
+from tests.support.lineage import at, event, lineage_client
+from tests.support.process import ServerProcess, free_port
 
 
 def rid() -> str:

@@ -28,8 +28,8 @@ from pipewarden.server.partition.engine import Partition, PartitionSettings
 from pipewarden.server.partition.fleet import StandaloneFleet
 from pipewarden.server.storage.eventlog import MemoryLog
 from pipewarden.v1 import service_pb2_grpc
-from tests.conftest import make_config
-from tests.helpers import request, run, until
+from tests.support.config import make_config
+from tests.support.helpers import request, run, until
 
 
 def _settings(tmp_path: Path) -> PartitionSettings:

@@ -1,5 +1,5 @@
 """The peer rule gives exactly the contract's verdicts: hand-computed expectations, the σ floor
-and every severity boundary (CONTRACT.md section 3, "Peer anomalies")."""
+and every severity boundary of the peer rule as documented in docs/detection.md."""
 
 from __future__ import annotations
 

@@ -21,9 +21,9 @@ from pipewarden.server.partition.recovery import recover
 from pipewarden.server.partition.snapshot import SnapshotStore
 from pipewarden.server.storage.wal import read_entries
 from pipewarden.v1 import service_pb2, service_pb2_grpc
-from tests.durability import Node
-from tests.helpers import T0, request, run
-from tests.process import ServerProcess
+from tests.support.durability import Node
+from tests.support.helpers import T0, request, run
+from tests.support.process import ServerProcess
 
 
 def _history(k: int) -> list:

@@ -19,9 +19,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pipewarden.server.app import App
 from pipewarden.v1 import service_pb2_grpc
-from tests.alerting import Clock, alerts, config, eventually, failures, send, serving
-from tests.helpers import T0, request, run
-from tests.process import free_port
+from tests.support.alerting import Clock, alerts, config, eventually, failures, send, serving
+from tests.support.helpers import T0, request, run
+from tests.support.process import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"

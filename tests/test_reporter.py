@@ -18,8 +18,8 @@ import pytest
 from pipewarden.client import AsyncReporter, Reporter, current_run, execution
 from pipewarden.server.app import App
 from pipewarden.v1 import execution_pb2, service_pb2, service_pb2_grpc
-from tests.helpers import run
-from tests.process import ServerProcess, free_port
+from tests.support.helpers import run
+from tests.support.process import ServerProcess, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -22,8 +22,8 @@ from pipewarden.server.app import App
 from pipewarden.server.base.errors import ConfigError
 from pipewarden.server.config import Config, ServerConfig, check_exposure, parse
 from pipewarden.v1 import service_pb2, service_pb2_grpc
-from tests.conftest import make_config
-from tests.process import BIN, free_port
+from tests.support.config import make_config
+from tests.support.process import BIN, free_port
 
 
 @dataclasses.dataclass

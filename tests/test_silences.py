@@ -10,7 +10,7 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from pipewarden.v1 import alert_pb2, service_pb2
-from tests.alerting import (
+from tests.support.alerting import (
     FIRED,
     RESOLVED,
     STALE,
@@ -25,7 +25,7 @@ from tests.alerting import (
     serving,
     successes,
 )
-from tests.helpers import T0
+from tests.support.helpers import T0
 
 NOW = T0 + 100 * 3600
 HOUR = 3600.0

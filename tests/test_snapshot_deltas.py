@@ -17,9 +17,9 @@ import pytest
 from pipewarden.server.partition.snapshot import MAX_DELTAS, SnapshotStore
 from pipewarden.storage.v1 import storage_pb2
 from pipewarden.v1 import service_pb2, service_pb2_grpc
-from tests.durability import Node
-from tests.helpers import T0, request, run
-from tests.process import ServerProcess
+from tests.support.durability import Node
+from tests.support.helpers import T0, request, run
+from tests.support.process import ServerProcess
 
 
 def runs(tag: str, pipelines: range, status: str = "succeeded") -> list:

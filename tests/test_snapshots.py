@@ -16,8 +16,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from pipewarden.server.base.errors import CorruptLogError
 from pipewarden.server.core.dedup import key
-from tests.durability import Node
-from tests.helpers import T0, request, run
+from tests.support.durability import Node
+from tests.support.helpers import T0, request, run
 
 
 def fleet_batch(tag: str, n: int, pipelines: int = 30) -> list:

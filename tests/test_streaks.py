@@ -18,7 +18,7 @@ from typing import Any
 from pipewarden.server.config import Config
 from pipewarden.server.core.limits import IngestLimits
 from pipewarden.v1 import alert_pb2
-from tests.alerting import (
+from tests.support.alerting import (
     CRITICAL,
     HIGH,
     STREAK,
@@ -33,7 +33,7 @@ from tests.alerting import (
     serving,
     successes,
 )
-from tests.helpers import T0
+from tests.support.helpers import T0
 
 LENGTHS = (3, 4, 6, 8, 20)
 HISTORY = 30  # successful runs of each pipeline before its streak

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from pipewarden.server.base.errors import CorruptLogError, LogError
-from pipewarden.server.storage.wal import RECORD_HEADER, SEGMENT_HEADER, WriteAheadLog
+from pipewarden.server.storage.wal import SEGMENT_HEADER, WriteAheadLog
+from tests.support.logfiles import FaultyIO, flip, record_offsets
 
 
 def entry(i: int) -> bytes:
@@ -50,23 +51,6 @@ async def survivors(directory: Path, repair: bool = False) -> list[bytes]:
 
 def segments(directory: Path) -> list[Path]:
     return sorted(directory.glob("*.seg"))
-
-
-def record_offsets(path: Path) -> list[int]:
-    """Byte offsets of the records of a segment."""
-    data = path.read_bytes()
-    offsets, offset = [], SEGMENT_HEADER.size
-    while offset < len(data):
-        offsets.append(offset)
-        (length,) = RECORD_HEADER.unpack_from(data, offset)[:1]
-        offset += RECORD_HEADER.size + length
-    return offsets
-
-
-def flip(path: Path, offset: int) -> None:
-    data = bytearray(path.read_bytes())
-    data[offset] ^= 0x10
-    path.write_bytes(bytes(data))
 
 
 async def test_group_commit_shares_writes_among_concurrent_appends(tmp_path: Path) -> None:
@@ -303,34 +287,6 @@ async def test_a_damaged_header_of_a_middle_segment_counts_only_the_segments_aft
     later = files[2].stat().st_size
     drops = f"dropping {size} bytes of this segment from byte 0 on"
     assert f"{drops} and the 1 later segment(s) ({later} bytes)" in message
-
-
-class FaultyIO:
-    """Short writes always; an error from the `fail_at`-th write or fsync on."""
-
-    def __init__(self, fail_at: int | None = None, err: int = errno.EIO, on: str = "write"):
-        self.fail_at = fail_at
-        self.err = err
-        self.on = on
-        self.calls = 0
-        self.armed = False
-
-    def write(self, fd: int, data: memoryview) -> int:
-        if self.on == "write":
-            self._maybe_fail()
-        return os.write(fd, data[: max(1, len(data) // 3)])  # a short write, every time
-
-    def fsync(self, fd: int) -> None:
-        if self.on == "fsync":
-            self._maybe_fail()
-        os.fdatasync(fd)
-
-    def _maybe_fail(self) -> None:
-        if not self.armed:
-            return
-        self.calls += 1
-        if self.fail_at is not None and self.calls >= self.fail_at:
-            raise OSError(self.err, os.strerror(self.err))
 
 
 async def test_short_writes_are_finished_before_acknowledging(tmp_path: Path) -> None:

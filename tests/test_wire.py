@@ -13,7 +13,7 @@ from pipewarden.server.core.limits import IngestLimits
 from pipewarden.server.core.validation import convert
 from pipewarden.server.core.wire import decode_rows
 from pipewarden.v1 import execution_pb2, service_pb2
-from tests.helpers import T0, run
+from tests.support.helpers import T0, run
 
 LIMITS = IngestLimits()
 RECEIVED = 1_780_000_000.25

@@ -1,4 +1,9 @@
-"""The peer rule: a pipeline against the other pipelines of its scope (CONTRACT.md section 3).
+"""The peer rule: a pipeline against the other pipelines of its scope.
+
+Each pipeline with at least `min_executions` is compared with the mean μ and population standard
+deviation σ of the same aggregate over its peers (σ raised to a floor): success rate below
+μ − k·σ, average duration above μ + k·σ, average records below μ − k·σ; the severity grows with
+the deviation (see PeerSettings).
 
 For each scope and aggregate the detector keeps running sums over the qualifying pipelines
 (count, Σx, Σx²), updated when a pipeline's aggregate changes, so that judging one pipeline

@@ -37,7 +37,8 @@ class MetricRule:
 
 @dataclass(frozen=True)
 class PeerSettings:
-    """The peer rule of CONTRACT.md section 3."""
+    """The peer rule: each pipeline against the mean and standard deviation of its peers
+    (see detection/peer.py)."""
 
     enabled: bool = True
     """Run the peer rule."""

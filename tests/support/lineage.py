@@ -16,7 +16,7 @@ from openlineage.client.facet_v2 import (
 )
 from openlineage.client.transport.http import HttpCompression, HttpConfig, HttpTransport
 
-from tests.helpers import T0
+from tests.support.helpers import T0
 
 PRODUCER = "https://github.com/example/pipewarden-tests"
 

@@ -17,7 +17,7 @@ from pipewarden.server.core.limits import IngestLimits
 from pipewarden.server.core.shards import ShardSet
 from pipewarden.server.storage.eventlog import MemoryLog
 from pipewarden.v1 import execution_pb2, service_pb2
-from tests.helpers import T0, run
+from tests.support.helpers import T0, run
 
 STATUSES = ("succeeded", "failed", "cancelled", "running")
 

@@ -18,8 +18,8 @@ from pipewarden.server.config import Config
 from pipewarden.server.detection.engine import DETECTORS
 from pipewarden.server.detection.settings import DetectionSettings
 from pipewarden.v1 import alert_pb2, service_pb2, service_pb2_grpc
-from tests.conftest import make_config
-from tests.helpers import T0, request, run
+from tests.support.config import make_config
+from tests.support.helpers import T0, request, run
 
 Stub = service_pb2_grpc.PipelineMonitorStub
 FIRED = alert_pb2.ALERT_EVENT_TYPE_FIRED

@@ -1,4 +1,4 @@
-"""A process that runs a Dispatcher, for the crash tests: `python -m tests.notify_process`.
+"""A process that runs a Dispatcher, for the crash tests: `python -m tests.support.notify_process`.
 
     --data-dir DIR --pagerduty-url URL [--submit ALERT_ID] [--exit-when-idle]
 
@@ -17,8 +17,8 @@ import sys
 
 from pipewarden.notifiers.config import parse_receivers, parse_routes
 from pipewarden.notifiers.dispatcher import Dispatcher
-from tests.alert_events import event
-from tests.peers import ROUTING_KEY
+from tests.support.alert_events import event
+from tests.support.peers import ROUTING_KEY
 
 
 async def main(args: argparse.Namespace) -> int:
