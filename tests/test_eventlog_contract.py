@@ -13,7 +13,7 @@ from nats.aio.client import Client
 from pipewarden.server.storage.eventlog import EventLog, MemoryLog
 from pipewarden.server.storage.jetstream import JetStreamLog
 from pipewarden.server.storage.wal import WriteAheadLog
-from tests.natsserver import NatsServer
+from tests.support.natsserver import NatsServer
 
 pytestmark = pytest.mark.timeout(60)
 

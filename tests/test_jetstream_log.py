@@ -18,7 +18,7 @@ from nats.js import api
 
 from pipewarden.server.base.errors import FencedError, LogError
 from pipewarden.server.storage.jetstream import JetStreamLog
-from tests.natsserver import NatsServer, start_cluster
+from tests.support.natsserver import NatsServer, start_cluster
 
 STREAM, SUBJECT = "PW_P007", "pipewarden.p.7"
 
