@@ -11,6 +11,7 @@ __all__ = [
     "DiskError",
     "DomainError",
     "FailedPrecondition",
+    "FencedError",
     "InvalidArgument",
     "LogError",
     "NotFound",
@@ -71,6 +72,12 @@ def is_disk_full(e: BaseException) -> bool:
 
 class CorruptLogError(LogError):
     """The event log holds a corrupt record where one may not be cut off (not the tail)."""
+
+
+class FencedError(LogError):
+    """Another writer has taken the log (a shared stream's new owner fenced it): this process
+    no longer owns what the log holds and must drop it. Nothing it appended after the fence
+    is in the log."""
 
 
 class DomainError(PipewardenError):
