@@ -12,6 +12,7 @@ import pytest
 from pipewarden.server.app import App
 from pipewarden.v1 import service_pb2_grpc
 from tests.support.config import make_config
+from tests.support.natsserver import NatsServer
 
 
 @pytest.fixture
@@ -53,3 +54,13 @@ def free_port() -> Iterator[int]:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
     yield port
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    """A nats-server with JetStream on a free port, its store under tmp_path."""
+    server = NatsServer(tmp_path / "nats").start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -3,7 +3,7 @@ on disk and the JetStream log (against a real nats-server started on a free port
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import nats
@@ -19,16 +19,6 @@ pytestmark = pytest.mark.timeout(60)
 
 Factory = Callable[[], EventLog]
 """A new log object over the same storage (for the memory log: the same object)."""
-
-
-@pytest.fixture
-def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
-    """A nats-server with JetStream on a free port, its store under tmp_path."""
-    server = NatsServer(tmp_path / "nats").start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

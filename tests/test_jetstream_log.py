@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import nats
@@ -21,16 +21,6 @@ from pipewarden.server.storage.jetstream import JetStreamLog
 from tests.support.natsserver import NatsServer, start_cluster
 
 STREAM, SUBJECT = "PW_P007", "pipewarden.p.7"
-
-
-@pytest.fixture
-def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
-    """A nats-server with JetStream on a free port, its store under tmp_path."""
-    server = NatsServer(tmp_path / "nats").start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

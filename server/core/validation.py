@@ -1,8 +1,10 @@
 """Translate a protobuf PipelineExecution into an Execution, or say why it is refused.
 
-The checks are those of CONTRACT.md section 3 plus the size limits of the configuration. Each
-reason names the field, the value and the rule, so the runner's owner can fix it without reading
-the server's code.
+An execution needs an id, a pipeline, a team and a status other than UNSPECIFIED; counts and
+durations are not negative, it does not finish before it starts, its times lie within the
+Timestamp range and not beyond the future skew, and its strings and lists within the size limits
+of the configuration. Each reason names the field, the value and the rule, so the runner's
+owner can fix it without reading the server's code.
 """
 
 from __future__ import annotations
