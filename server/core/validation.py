@@ -153,9 +153,23 @@ def convert(
             # Nor can a label or upstream id be longer than what the ids leave of the message
             # (a character takes at least a byte): in most messages, none needs a look.
             rest = size - len(execution_id) - len(pipeline_id) - len(team)
-            reason = _check_limits(execution_id, pipeline_id, team, upstream, labels, limits, rest)
-            if reason:
-                return reason
+            longest_id = limits.max_id_length
+            if (
+                len(execution_id) > longest_id
+                or len(pipeline_id) > longest_id
+                or len(team) > limits.max_team_length
+                or len(upstream) > limits.max_upstreams
+                or (labels and len(labels) > limits.max_labels)
+                or rest > longest_id
+                or rest > limits.max_label_length
+            ):
+                reason = _check_limits(
+                    execution_id, pipeline_id, team, upstream, labels, limits, rest
+                )
+                if reason:
+                    return reason
+            elif upstream and not all(upstream):
+                return f"upstream_pipeline_ids[{upstream.index('')}] is empty"
         elif upstream and not all(upstream):
             return f"upstream_pipeline_ids[{upstream.index('')}] is empty"
     error_message = ""
@@ -166,9 +180,12 @@ def convert(
 
     when = event_time(status, started_at, finished_at, duration, received_at)
     if check_limits:
-        reason = too_far_ahead(started_at, finished_at, when, received_at, limits)
-        if reason:
-            return reason
+        # too_far_ahead's common case, here: the event time is never before the start.
+        latest = received_at + limits.max_future_skew_seconds
+        if when > latest or (finished_at is not None and finished_at > latest):
+            reason = too_far_ahead(started_at, finished_at, when, received_at, limits)
+            if reason:
+                return reason
     return Execution(
         execution_id,
         pipeline_id,
