@@ -159,7 +159,7 @@ def convert(
                 or len(pipeline_id) > longest_id
                 or len(team) > limits.max_team_length
                 or len(upstream) > limits.max_upstreams
-                or (labels and len(labels) > limits.max_labels)
+                or len(labels) > limits.max_labels
                 or rest > longest_id
                 or rest > limits.max_label_length
             ):
