@@ -150,10 +150,28 @@ def convert(
     if check_limits:
         # No string in a message can be longer than the message. So a small message needs no
         # look at each label and upstream id; only the team's own limit is lower.
-        if msg.ByteSize() > limits.small_message_bytes or len(team) > limits.max_team_length:
-            reason = _check_limits(execution_id, pipeline_id, team, upstream, labels, limits)
-            if reason:
-                return reason
+        size = msg.ByteSize()
+        if size > limits.small_message_bytes or len(team) > limits.max_team_length:
+            # Nor can a label or upstream id be longer than what the ids leave of the message
+            # (a character takes at least a byte): in most messages, none needs a look.
+            rest = size - len(execution_id) - len(pipeline_id) - len(team)
+            longest_id = limits.max_id_length
+            if (
+                len(execution_id) > longest_id
+                or len(pipeline_id) > longest_id
+                or len(team) > limits.max_team_length
+                or len(upstream) > limits.max_upstreams
+                or len(labels) > limits.max_labels
+                or rest > longest_id
+                or rest > limits.max_label_length
+            ):
+                reason = _check_limits(
+                    execution_id, pipeline_id, team, upstream, labels, limits, rest
+                )
+                if reason:
+                    return reason
+            elif upstream and not all(upstream):
+                return f"upstream_pipeline_ids[{upstream.index('')}] is empty"
         elif upstream and not all(upstream):
             return f"upstream_pipeline_ids[{upstream.index('')}] is empty"
     error_message = ""
@@ -164,9 +182,12 @@ def convert(
 
     when = event_time(status, started_at, finished_at, duration, received_at)
     if check_limits:
-        reason = too_far_ahead(started_at, finished_at, when, received_at, limits)
-        if reason:
-            return reason
+        # too_far_ahead's common case, here: the event time is never before the start.
+        latest = received_at + limits.max_future_skew_seconds
+        if when > latest or (finished_at is not None and finished_at > latest):
+            reason = too_far_ahead(started_at, finished_at, when, received_at, limits)
+            if reason:
+                return reason
     return Execution(
         execution_id,
         pipeline_id,
@@ -235,7 +256,10 @@ def _check_limits(
     upstream: tuple[str, ...],
     labels: Mapping[str, str],
     limits: IngestLimits,
+    rest: int,
 ) -> str | None:
+    """Why the event breaks a size limit, or None. `rest` bounds the length of every label and
+    upstream id (the message's bytes less those of its ids)."""
     for name, value, limit in (
         ("execution_id", execution_id, limits.max_id_length),
         ("pipeline_id", pipeline_id, limits.max_id_length),
@@ -244,11 +268,12 @@ def _check_limits(
         if len(value) > limit:
             return f"{name} is {len(value)} characters long; the limit is {limit}"
     if upstream:
-        lengths = list(map(len, upstream))
         if len(upstream) > limits.max_upstreams:
             count, most = len(upstream), limits.max_upstreams
             return f"upstream_pipeline_ids has {count} entries; the limit is {most}"
-        if min(lengths) == 0 or max(lengths) > limits.max_id_length:
+        if not all(upstream) or (
+            rest > limits.max_id_length and max(map(len, upstream)) > limits.max_id_length
+        ):
             for i, up in enumerate(upstream):
                 if not up:
                     return f"upstream_pipeline_ids[{i}] is empty"
@@ -261,7 +286,9 @@ def _check_limits(
         if len(labels) > limits.max_labels:
             return f"labels has {len(labels)} entries; the limit is {limits.max_labels}"
         longest = limits.max_label_length
-        if max(map(len, labels)) > longest or max(map(len, labels.values())) > longest:
+        if rest > longest and (
+            max(map(len, labels)) > longest or max(map(len, labels.values())) > longest
+        ):
             for key, value in labels.items():
                 if len(key) > longest or len(value) > longest:
                     return f"label {key[:40]!r} is longer than {longest} characters"
